@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Explanation:
   """Batched counterfactual explanation.

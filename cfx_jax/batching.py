@@ -1,0 +1,34 @@
+"""Run a compiled function over a large input in fixed-size, padded chunks.
+
+Each chunk is padded to a power-of-two size (at least 8, at most `chunk_size`), so any
+number of images reuses a handful of compiled programs instead of one per size.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+MIN_BUCKET = 8
+
+
+def bucket_size(n: int, chunk_size: int) -> int:
+  size = MIN_BUCKET
+  while size < n and size < chunk_size:
+    size *= 2
+  return max(min(size, chunk_size), MIN_BUCKET)
+
+
+def map_in_chunks(fn, arrays, chunk_size: int = 256):
+  """fn(*chunks) -> pytree of arrays with the chunk on axis 0; results concatenated."""
+  arrays = [np.asarray(a) for a in arrays]
+  total = len(arrays[0])
+  outs = []
+  for start in range(0, total, chunk_size):
+    parts = [a[start:start + chunk_size] for a in arrays]
+    n = len(parts[0])
+    size = bucket_size(n, chunk_size)
+    padded = [np.concatenate([p, np.repeat(p[-1:], size - n, axis=0)]) for p in parts]
+    out = fn(*padded)
+    outs.append(jax.tree.map(lambda a: np.asarray(a)[:n], out))
+  return jax.tree.map(lambda *a: np.concatenate(a), *outs)

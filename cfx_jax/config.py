@@ -1,0 +1,49 @@
+"""Default settings of a generative explainer, as an ml_collections ConfigDict.
+
+Experiment files in `configs/` start from these and override what they need; every
+field can also be set from the command line (`--config.explainer.steps=2000`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def explainer_config(method: str = "syce") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = method
+  c.steps = ml_collections.FieldReference(None, field_type=int)  # None: by image size
+  c.batch_size = ml_collections.FieldReference(None, field_type=int)  # global, all classes
+  c.learning_rate = 1e-4
+  c.b1 = 0.5
+  c.seed = 0
+  # Loss weights that override the method's defaults, e.g. {"l1": 0.0}.
+  c.weights = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(dict(
+      gen_features=(16, 32, 64), disc_features=(32, 64, 96),
+      residual=True, shared=ml_collections.FieldReference(None, field_type=bool),
+      dtype="float32"))
+  c.num_devices = 0          # 0: every device
+  c.log_every = 50
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.chunk_size = 256         # images per compiled explain call
+  c.progress = True
+  return c
+
+
+def paper_form(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The papers' exact generator: re-synthesis with tanh and no direct L1 proximity."""
+  c = c.copy_and_resolve_references()
+  c.model.residual = False
+  c.weights.l1 = 0.0
+  return c
+
+
+def default_steps(image_size: int) -> int:
+  return 1200 if image_size <= 32 else 3000
+
+
+def default_batch_size(num_classes: int) -> int:
+  """32 per class for two classes (the measured setting), 16 per class beyond."""
+  return 64 if num_classes == 2 else 16 * num_classes

@@ -1,0 +1,27 @@
+"""Datasets (procedural lesions, digits, TFDS) and deterministic pipelines."""
+
+from __future__ import annotations
+
+from cfx_jax.data.digits import make_digits
+from cfx_jax.data.lesions import make_lesions
+from cfx_jax.data.pipeline import batches
+from cfx_jax.data.pipeline import grouped_batches
+from cfx_jax.data.pipeline import to_global
+from cfx_jax.data.sources import ArraySource
+from cfx_jax.data.sources import DatasetNotPreparedError
+from cfx_jax.data.sources import load_source
+from cfx_jax.data.sources import materialize
+from cfx_jax.data.sources import tfds_source
+
+__all__ = [
+    "ArraySource",
+    "DatasetNotPreparedError",
+    "batches",
+    "grouped_batches",
+    "load_source",
+    "make_digits",
+    "make_lesions",
+    "materialize",
+    "tfds_source",
+    "to_global",
+]

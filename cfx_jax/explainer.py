@@ -1,0 +1,128 @@
+"""A trained generative explainer: batched, compiled explanations; save and load."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from cfx_jax import validation
+from cfx_jax.batching import map_in_chunks
+from cfx_jax.classifier import Classifier, as_classifier
+from cfx_jax.explanation import Explanation
+from cfx_jax.methods import Method, ModelSpec, get_method, other_class
+
+FINGERPRINT_TOLERANCE = 1e-3
+
+
+class Explainer:
+
+  def __init__(self, method: Method, spec: ModelSpec, gen_def, gen_params,
+               classifier: Classifier, *, chunk_size: int = 256, config: dict | None = None):
+    self.method, self.spec, self.classifier = method, spec, classifier
+    self.gen_def, self.gen_params = gen_def, gen_params
+    self.chunk_size = int(chunk_size)
+    self.config = dict(config or {})
+    self._programs = jax.jit(self._explain_program)
+    self._probs = jax.jit(lambda p, x: jax.nn.softmax(classifier.apply(p, x), axis=-1))
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.spec.image_size, self.spec.image_size, self.spec.channels)
+
+  @property
+  def num_classes(self) -> int:
+    return self.spec.num_classes
+
+  def _explain_program(self, gen_params, clf_params, x, target):
+    gen = nnx.merge(self.gen_def, gen_params)
+    probs = jax.nn.softmax(self.classifier.apply(clf_params, x), axis=-1)
+    predicted = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+    target = jnp.where(target < 0, other_class(probs), target)
+    stable, cf, maps = self.method.explain(gen, x, predicted, target)
+    cf_probs = jax.nn.softmax(self.classifier.apply(clf_params, cf), axis=-1)
+    return Explanation(maps=maps, counterfactual=cf, stable=stable, target=target,
+                       probs=probs, cf_probs=cf_probs)
+
+  def predict_proba(self, images) -> np.ndarray:
+    x = validation.check_images(images, self.image_shape)
+    return map_in_chunks(lambda xb: self._probs(self.classifier.params, xb), [x],
+                         self.chunk_size)
+
+  def explain(self, images, target=None) -> Explanation:
+    """Counterfactuals and maps; default target is the most likely other class."""
+    x = validation.check_images(images, self.image_shape)
+    if target is None:
+      t = np.full((len(x),), -1, np.int32)
+    else:
+      predicted = np.argmax(self.predict_proba(x), axis=-1)
+      t = validation.check_target(target, len(x), self.num_classes, predicted)
+    return map_in_chunks(
+        lambda xb, tb: self._programs(self.gen_params, self.classifier.params, xb, tb),
+        [x, t], self.chunk_size)
+
+  # Persistence ---------------------------------------------------------------
+
+  def save(self, path: str) -> None:
+    path = os.path.abspath(path)
+    os.makedirs(path, exist_ok=True)
+    meta = {
+        "method": self.method.name,
+        "spec": {**dataclasses.asdict(self.spec), "dtype": None},
+        "chunk_size": self.chunk_size,
+        "config": self.config,
+        "classifier_fingerprint": self.classifier.fingerprint(),
+    }
+    with open(os.path.join(path, "explainer.json"), "w") as f:
+      json.dump(meta, f, indent=2, default=str)
+    with ocp.StandardCheckpointer() as ckpt:
+      ckpt.save(os.path.join(path, "generator"), self.gen_params, force=True)
+
+
+def spec_from_json(d: dict[str, Any]) -> ModelSpec:
+  d = dict(d)
+  for k in ("gen_features", "disc_features"):
+    d[k] = tuple(d[k])
+  return ModelSpec(**d)
+
+
+def check_fingerprint(saved, classifier: Classifier, what: str) -> None:
+  now = np.asarray(classifier.fingerprint())
+  saved = np.asarray(saved)
+  if now.shape != saved.shape or not np.allclose(now, saved, atol=FINGERPRINT_TOLERANCE,
+                                                 rtol=FINGERPRINT_TOLERANCE):
+    raise ValueError(f"{what} was made for another classifier: its outputs on the probe "
+                     "images differ from this classifier's")
+
+
+def load_explainer(path: str, classifier) -> Explainer:
+  """Load an explainer saved with `Explainer.save`; checks it matches `classifier`."""
+  path = os.path.abspath(path)
+  meta_path = os.path.join(path, "explainer.json")
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(f"no saved explainer at {path} (missing explainer.json)")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  spec = spec_from_json(meta["spec"])
+  image_shape = (spec.image_size, spec.image_size, spec.channels)
+  if isinstance(classifier, Classifier) and classifier.image_shape != image_shape:
+    raise ValueError(f"explainer at {path} was trained on images of shape {image_shape}, "
+                     f"the classifier expects {classifier.image_shape}")
+  clf = as_classifier(classifier, image_shape)
+  if clf.num_classes != spec.num_classes:
+    raise ValueError(f"explainer at {path} explains {spec.num_classes} classes, the "
+                     f"classifier has {clf.num_classes}")
+  check_fingerprint(meta["classifier_fingerprint"], clf, f"explainer at {path}")
+  method = get_method(meta["method"])
+  gen_def, abstract = nnx.split(nnx.eval_shape(lambda: method.build(spec, nnx.Rngs(0))[0]))
+  with ocp.StandardCheckpointer() as ckpt:
+    params = ckpt.restore(os.path.join(path, "generator"), abstract)
+  return Explainer(method, spec, gen_def, params, clf, chunk_size=meta["chunk_size"],
+                   config=meta["config"])

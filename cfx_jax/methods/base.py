@@ -1,0 +1,75 @@
+"""What a generative explainer method provides to the shared GAN train step.
+
+Images reach a method grouped by the classifier's prediction: `xs` has shape
+(K, B, H, W, C) and group k holds images predicted as class k. Each step asks every
+group to move to one other class: `targets[k] = (k + shift) % K` with a random shift
+(always 1 for two classes), so group k's counterfactuals and the real images of group
+`targets[k]` are the real/fake pair each class-conditional discriminator sees.
+`sources` and `targets` are Python tuples when K == 2 (so per-class networks are
+selected statically) and int arrays otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cfx_jax.methods import losses
+
+Logits = Callable[[jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """Static facts every method needs to build its networks."""
+  image_size: int
+  channels: int
+  num_classes: int
+  gen_features: tuple[int, ...] = (16, 32, 64)
+  disc_features: tuple[int, ...] = (32, 64, 96)
+  residual: bool = True
+  shared: bool | None = None
+  dtype: Any = None
+
+
+class Method:
+  """Base class: the discriminator side is common to all generative methods."""
+
+  name: str = ""
+  default_weights: dict[str, float] = {}
+
+  def build(self, spec: ModelSpec, rngs: nnx.Rngs) -> tuple[nnx.Module, nnx.Module]:
+    raise NotImplementedError
+
+  def counterfactuals(self, gen, xs, sources, targets) -> jax.Array:
+    """Class-flipped images for grouped inputs, (K, B, H, W, C)."""
+    raise NotImplementedError
+
+  def generator_loss(self, gen, disc, f: Logits, xs, sources, targets, w) -> tuple[jax.Array, dict]:
+    raise NotImplementedError
+
+  def explain(self, gen, x, predicted, target) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-example (stable, counterfactual, map) for a flat batch."""
+    raise NotImplementedError
+
+  def discriminator_loss(self, gen, disc, xs, sources, targets, shift, key, w):
+    """Real images of class c against counterfactuals aimed at c, plus gradient penalty."""
+    fakes = jax.lax.stop_gradient(self.counterfactuals(gen, xs, sources, targets))
+    real_loss = losses.bce_logits(disc.grouped(xs, sources), real=True)
+    fake_loss = losses.bce_logits(disc.grouped(fakes, targets), real=False)
+    # Group k's fakes aim at class (k + shift) % K; rolling lines them up with the reals.
+    fakes_by_class = jnp.roll(fakes, shift, axis=0)
+    gp = losses.gradient_penalty(lambda z: disc.grouped(z, sources), xs, fakes_by_class, key)
+    loss = real_loss + fake_loss + w["gp"] * gp
+    return loss, {"d_real": real_loss, "d_fake": fake_loss, "d_gp": gp, "d_loss": loss}
+
+
+def other_class(probs: jax.Array) -> jax.Array:
+  """Default target: the most likely class other than the predicted one."""
+  pred = jnp.argmax(probs, axis=-1)
+  masked = jnp.where(jax.nn.one_hot(pred, probs.shape[-1]) > 0, -jnp.inf, probs)
+  return jnp.argmax(masked, axis=-1).astype(jnp.int32)

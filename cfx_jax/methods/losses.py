@@ -1,0 +1,48 @@
+"""Loss terms shared by the generative explainers; each returns a scalar mean."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy; for two classes it equals the paper's BCE on f's output."""
+  logits = logits.reshape((-1, logits.shape[-1]))
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels.reshape(-1)))
+
+
+def bce_logits(logits: jax.Array, real: bool) -> jax.Array:
+  """Mean binary cross-entropy of discriminator logits against all-real or all-fake."""
+  labels = jnp.full_like(logits, 1.0 if real else 0.0)
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
+
+
+def mse_mae(a: jax.Array, b: jax.Array) -> jax.Array:
+  """The papers' reconstruction distance: MSE + MAE."""
+  d = a - b
+  return jnp.mean(d * d) + jnp.mean(jnp.abs(d))
+
+
+def l1(a: jax.Array, b: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.abs(a - b))
+
+
+def gradient_penalty(critic, real: jax.Array, fake: jax.Array, key: jax.Array) -> jax.Array:
+  """Mean (||grad critic(interp)|| - 1)^2 on random interpolates of real and fake.
+
+  `critic` maps a batch to per-example logits; one interpolation weight per example
+  (the leading axes of `real` except the last three, H W C).
+  """
+  batch_shape = real.shape[:-3]
+  eps = jax.random.uniform(key, batch_shape + (1, 1, 1))
+  interp = eps * real + (1.0 - eps) * fake
+  grads = jax.grad(lambda z: jnp.sum(critic(z)))(interp)
+  norms = jnp.sqrt(jnp.sum(grads * grads, axis=(-3, -2, -1)) + 1e-12)
+  return jnp.mean((norms - 1.0) ** 2)
+
+
+def change_map(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Explanation map |a - b| summed over channels: (..., H, W, C) -> (..., H, W)."""
+  return jnp.sum(jnp.abs(a - b), axis=-1)

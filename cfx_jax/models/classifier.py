@@ -1,0 +1,36 @@
+"""Reference classifier: a small CNN with BatchNorm.
+
+BatchNorm is deliberate: deep-inversion explainers match its running statistics.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class CNNClassifier(nnx.Module):
+  """Three conv blocks (conv-BN-ReLU-pool), global average pooling, linear head."""
+
+  def __init__(self, channels: int, num_classes: int, *,
+               features: tuple[int, ...] = (32, 64, 128), rngs: nnx.Rngs):
+    self.convs = nnx.List()
+    self.norms = nnx.List()
+    prev = channels
+    for f in features:
+      self.convs.append(nnx.Conv(prev, f, (3, 3), use_bias=False, rngs=rngs))
+      self.norms.append(nnx.BatchNorm(f, momentum=0.9, rngs=rngs))
+      prev = f
+    self.head = nnx.Linear(prev, num_classes, rngs=rngs)
+
+  def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """Penultimate (pooled) features, used for realism metrics."""
+    for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+      x = jax.nn.relu(norm(conv(x), use_running_average=not train))
+      if i < len(self.convs) - 1:
+        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+    return jnp.mean(x, axis=(1, 2))
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    return self.head(self.features(x, train=train))

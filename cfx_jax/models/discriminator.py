@@ -1,0 +1,67 @@
+"""Class-conditional discriminator D(x, c) -> realism logit.
+
+Binary: one network per class (the paper's D0, D1). More classes: one network with a
+projection head, logit = w.h + <embed(c), h>.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class _Trunk(nnx.Module):
+  """Three stride-2 convs and a linear logit, as in the reference discriminator."""
+
+  def __init__(self, channels: int, image_size: int, features, num_classes: int,
+               dtype, rngs: nnx.Rngs):
+    self.convs = nnx.List()
+    prev = channels
+    for f in features:
+      self.convs.append(nnx.Conv(prev, f, (3, 3), strides=2, dtype=dtype, rngs=rngs))
+      prev = f
+    side = image_size
+    for _ in features:
+      side = -(-side // 2)
+    dim = side * side * prev
+    self.out = nnx.Linear(dim, 1, dtype=dtype, rngs=rngs)
+    self.embed = nnx.Embed(num_classes, dim, rngs=rngs) if num_classes else None
+
+  def __call__(self, x, c=None):
+    for conv in self.convs:
+      x = jax.nn.leaky_relu(conv(x), 0.2)
+    h = x.reshape((x.shape[0], -1))
+    logit = self.out(h)[:, 0]
+    if self.embed is not None:
+      logit = logit + jnp.sum(self.embed(c) * h, axis=-1)
+    return logit.astype(jnp.float32)
+
+
+class Discriminator(nnx.Module):
+
+  def __init__(self, channels: int, image_size: int, num_classes: int, *,
+               shared: bool | None = None, features: tuple[int, ...] = (32, 64, 96),
+               dtype=None, rngs: nnx.Rngs):
+    self.num_classes = num_classes
+    self.shared = (num_classes > 2) if shared is None else bool(shared)
+    if self.shared:
+      self.nets = nnx.List([_Trunk(channels, image_size, features, num_classes, dtype, rngs)])
+    else:
+      self.nets = nnx.List([_Trunk(channels, image_size, features, 0, dtype, rngs)
+                            for _ in range(num_classes)])
+
+  def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    """Per-example class c, shape (N,)."""
+    if self.shared:
+      return self.nets[0](x, c)
+    outs = jnp.stack([net(x) for net in self.nets])
+    return jnp.take_along_axis(outs, c[None, :], axis=0)[0]
+
+  def grouped(self, xs: jax.Array, classes) -> jax.Array:
+    """Logits (G, B) for images grouped by class (Python ints for per-class networks)."""
+    g, b = xs.shape[:2]
+    if not self.shared:
+      return jnp.stack([self.nets[int(c)](xs[i]) for i, c in enumerate(classes)])
+    cls = jnp.repeat(jnp.asarray(classes), b)
+    return self(xs.reshape((g * b,) + xs.shape[2:]), cls).reshape(g, b)

@@ -1,0 +1,258 @@
+"""Figures, markdown and JSON that a person reads to judge an explainer."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+_PANEL_IN = 2.0
+_TOP_PERCENTILE = 95.0
+
+
+def _to_display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+  """[-1, 1] HWC image -> [0, 1] array for imshow, plus a cmap for grayscale."""
+  img = np.clip((np.asarray(image, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+  if img.ndim == 3 and img.shape[-1] == 1:
+    return img[..., 0], 'gray'
+  if img.ndim == 2:
+    return img, 'gray'
+  return img, None
+
+
+def _class_name(k: int, class_names: Sequence[str] | None) -> str:
+  if class_names is not None and 0 <= k < len(class_names):
+    return str(class_names[k])
+  return str(k)
+
+
+def _pick_rows(predicted: np.ndarray, num_rows: int) -> list[int]:
+  """Round-robin over predicted classes so the grid shows a mix of them."""
+  by_class: dict[int, list[int]] = {}
+  for i, k in enumerate(np.asarray(predicted).tolist()):
+    by_class.setdefault(int(k), []).append(i)
+  queues = list(by_class.values())
+  rows: list[int] = []
+  depth = 0
+  while len(rows) < num_rows and any(depth < len(q) for q in queues):
+    for q in queues:
+      if depth < len(q) and len(rows) < num_rows:
+        rows.append(q[depth])
+    depth += 1
+  return rows
+
+
+def _top_region(saliency: np.ndarray) -> np.ndarray:
+  """Pixels strictly above the map's 95th percentile, as the metrics use."""
+  return saliency > np.percentile(saliency, _TOP_PERCENTILE)
+
+
+def _outline(ax, region: np.ndarray, color: str) -> None:
+  """Contour of a binary region; skipped when there is no edge to draw."""
+  if region.any() and not region.all():
+    ax.contour(region.astype(np.float32), levels=[0.5], colors=[color],
+               linewidths=1.2)
+
+
+def save_explanation_grid(path, images, explanation, masks=None, *,
+                          num_rows: int = 8,
+                          class_names: Sequence[str] | None = None) -> str:
+  """One row per example: input, stable, counterfactual, map (and mask).
+
+  The map panel is a per-image normalised heatmap with the outline of its
+  top-5% region (the region the IoU@95 metric scores) in cyan; the mask panel
+  overlays the same outline on the ground truth so overlap is visible at a
+  glance.
+  """
+  images = np.asarray(images)
+  maps = np.asarray(explanation.maps, np.float32)
+  probs = np.asarray(explanation.probs)
+  cf_probs = np.asarray(explanation.cf_probs)
+  target = np.asarray(explanation.target)
+  predicted = np.argmax(probs, axis=-1)
+  rows = _pick_rows(predicted, num_rows)
+  if not rows:
+    raise ValueError('no examples to plot')
+
+  columns = ['input', 'stable', 'counterfactual', 'map']
+  if masks is not None:
+    masks = np.asarray(masks)
+    columns.append('mask')
+  n_rows, n_cols = len(rows), len(columns)
+  fig, axes = plt.subplots(
+      n_rows, n_cols, squeeze=False,
+      figsize=(_PANEL_IN * n_cols, (_PANEL_IN + 0.3) * n_rows))
+
+  for r, i in enumerate(rows):
+    ax = axes[r]
+    p = int(predicted[i])
+    t = int(target[i])
+    img, cmap = _to_display(images[i])
+    ax[0].imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
+    ax[0].set_title(f'input: {_class_name(p, class_names)} ({probs[i, p]:.2f})')
+    ax[0].set_ylabel(f'#{i}', fontsize=9)
+
+    img, cmap = _to_display(explanation.stable[i])
+    ax[1].imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
+    ax[1].set_title('stable')
+
+    img, cmap = _to_display(explanation.counterfactual[i])
+    ax[2].imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
+    flipped = int(np.argmax(cf_probs[i])) == t
+    mark = '' if flipped else ' ✗'
+    ax[2].set_title(
+        f'cf → {_class_name(t, class_names)} ({cf_probs[i, t]:.2f}){mark}')
+
+    m = maps[i]
+    top = _top_region(m)
+    ax[3].imshow(m, cmap='inferno', vmin=float(m.min()),
+                 vmax=float(m.max()) if m.max() > m.min() else float(m.min()) + 1)
+    _outline(ax[3], top, 'cyan')
+    ax[3].set_title(f'map (max {m.max():.2g})')
+
+    if masks is not None:
+      ax[4].imshow(masks[i].astype(np.float32), cmap='gray', vmin=0.0, vmax=1.0)
+      _outline(ax[4], top, 'cyan')
+      ax[4].set_title('mask + map top 5%')
+
+    for a in ax:
+      a.set_xticks([])
+      a.set_yticks([])
+      a.title.set_fontsize(9)
+
+  fig.tight_layout()
+  _ensure_dir(path)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return str(path)
+
+
+def save_iou_curve(path, curves: Mapping[str, np.ndarray]) -> str:
+  """IoU vs. binarisation percentile, one line per method.
+
+  Each curve is (P,) or per-image (N, P), averaged over images ignoring NaN.
+  Percentiles are assumed evenly spaced over [0, 100].
+  """
+  fig, ax = plt.subplots(figsize=(5.5, 4.0))
+  for name, curve in curves.items():
+    c = np.asarray(curve, np.float64)
+    if c.ndim == 2:
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore', category=RuntimeWarning)
+        c = np.nanmean(c, axis=0)
+    x = np.linspace(0.0, 100.0, c.shape[0])
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', category=RuntimeWarning)
+      area = np.nanmean(c)
+    ax.plot(x, c, label=f'{name} (area {area:.3f})')
+  ax.set_xlabel('map percentile threshold')
+  ax.set_ylabel('IoU with ground-truth mask')
+  ax.set_xlim(0, 100)
+  ax.set_ylim(bottom=0)
+  ax.grid(alpha=0.3)
+  if curves:
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  _ensure_dir(path)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return str(path)
+
+
+def _flatten_metrics(metrics: Mapping, prefix: str = '') -> dict[str, object]:
+  flat: dict[str, object] = {}
+  for key, value in metrics.items():
+    name = f'{prefix}/{key}' if prefix else str(key)
+    if isinstance(value, Mapping):
+      flat.update(_flatten_metrics(value, name))
+    else:
+      flat[name] = value
+  return flat
+
+
+def _format_value(value) -> str:
+  value = _to_jsonable(value)
+  if value is None:
+    return 'nan'
+  if isinstance(value, bool):
+    return str(value)
+  if isinstance(value, int):
+    return str(value)
+  if isinstance(value, float):
+    return f'{value:.4g}'
+  if isinstance(value, list):
+    return ', '.join(_format_value(v) for v in value)
+  return str(value).replace('|', '\\|')
+
+
+def write_report(path, *, title: str, metrics: Mapping,
+                 sections: Mapping[str, str] | None = None,
+                 images: Sequence[str] | None = None) -> str:
+  """Markdown report: title, metrics table, free-text sections, figures.
+
+  Image links are written relative to the report's folder so the report and
+  its figures can be moved together.
+  """
+  lines = [f'# {title}', '']
+  flat = _flatten_metrics(metrics)
+  if flat:
+    lines += ['| metric | value |', '| --- | ---: |']
+    lines += [f'| {k} | {_format_value(v)} |' for k, v in flat.items()]
+    lines.append('')
+  for heading, text in (sections or {}).items():
+    lines += [f'## {heading}', '', str(text).rstrip(), '']
+  if images:
+    base = os.path.dirname(os.path.abspath(path))
+    lines += ['## Figures', '']
+    for img in images:
+      rel = os.path.relpath(os.path.abspath(img), base).replace(os.sep, '/')
+      name = os.path.splitext(os.path.basename(img))[0]
+      lines += [f'![{name}]({rel})', '']
+  _ensure_dir(path)
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write('\n'.join(lines).rstrip() + '\n')
+  return str(path)
+
+
+def _to_jsonable(obj):
+  """Numpy/JAX values to plain Python; non-finite floats become None."""
+  if isinstance(obj, Mapping):
+    return {str(k): _to_jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple, set)):
+    return [_to_jsonable(v) for v in obj]
+  if isinstance(obj, os.PathLike):
+    return os.fspath(obj)
+  if isinstance(obj, (bool, np.bool_)):
+    return bool(obj)
+  if isinstance(obj, (int, np.integer)):
+    return int(obj)
+  if isinstance(obj, (float, np.floating)):
+    f = float(obj)
+    return f if math.isfinite(f) else None
+  if hasattr(obj, '__array__'):
+    arr = np.asarray(obj)
+    return _to_jsonable(arr.item() if arr.ndim == 0 else arr.tolist())
+  return obj
+
+
+def save_json(path, obj) -> str:
+  """JSON dump that accepts numpy/JAX values and writes NaN/inf as null."""
+  _ensure_dir(path)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(_to_jsonable(obj), f, indent=2, allow_nan=False)
+    f.write('\n')
+  return str(path)
+
+
+def _ensure_dir(path) -> None:
+  folder = os.path.dirname(os.fspath(path))
+  if folder:
+    os.makedirs(folder, exist_ok=True)

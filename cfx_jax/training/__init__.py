@@ -1,0 +1,1 @@
+"""Train steps, loops, checkpoints and logging shared by every trained model."""

@@ -1,0 +1,118 @@
+"""Train the reference CNN classifier (the model the explainers explain); save and load it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from cfx_jax import data as data_lib
+from cfx_jax.classifier import Classifier, from_module
+from cfx_jax.models import CNNClassifier
+from cfx_jax.training import mesh as mesh_lib
+from cfx_jax.training.datasets import load_split
+from cfx_jax.training.logging import MetricsLog, Progress, is_main_process
+
+
+def classifier_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.features = (32, 64, 128)
+  c.steps = 800
+  c.batch_size = 64
+  c.learning_rate = 2e-3
+  c.weight_decay = 1e-4
+  c.seed = 0
+  c.log_every = 100
+  c.num_devices = 0
+  c.progress = True
+  return c
+
+
+def _build(image_shape, num_classes, features, seed=0) -> CNNClassifier:
+  return CNNClassifier(image_shape[-1], num_classes, features=tuple(features),
+                       rngs=nnx.Rngs(seed))
+
+
+def train_classifier(config: ml_collections.ConfigDict, train: dict, test: dict,
+                     workdir: str | None = None) -> tuple[Classifier, dict]:
+  """Supervised training with BatchNorm; returns the frozen classifier and test metrics."""
+  num_classes = int(max(train["label"].max(), test["label"].max())) + 1
+  image_shape = train["image"].shape[1:]
+  model = _build(image_shape, num_classes, config.features, config.seed)
+  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  schedule = optax.cosine_decay_schedule(config.learning_rate, config.steps)
+  tx = optax.adamw(schedule, weight_decay=config.weight_decay)
+  opt_state = tx.init(params)
+
+  def train_step(params, stats, opt_state, images, labels):
+    def loss_fn(p, s):
+      m = nnx.merge(graphdef, p, s, copy=True)
+      logits = m(images, train=True)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, (nnx.state(m, nnx.BatchStat), jnp.mean(jnp.argmax(logits, -1) == labels))
+    (loss, (new_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_stats, opt_state, {"loss": loss, "acc": acc}
+
+  mesh = mesh_lib.make_mesh(config.num_devices)
+  rep = mesh_lib.replicated(mesh)
+  shard = {"image": mesh_lib.batch_sharding(mesh, 4), "label": mesh_lib.batch_sharding(mesh, 1)}
+  step_fn = jax.jit(train_step, in_shardings=(rep, rep, rep, shard["image"], shard["label"]),
+                    out_shardings=(rep, rep, rep, rep), donate_argnums=(0, 1, 2))
+  dataset = data_lib.batches(data_lib.ArraySource({"image": train["image"],
+                                                   "label": train["label"]}),
+                             config.batch_size, seed=config.seed)
+  log = MetricsLog(os.path.join(workdir, "classifier_metrics.jsonl") if workdir else None)
+  progress = Progress(config.steps, desc="classifier", enabled=config.progress)
+  params, stats, opt_state = jax.device_put((params, stats, opt_state), rep)
+  with jax.set_mesh(mesh):
+    for step in range(config.steps):
+      b = dataset[step]
+      batch = data_lib.to_global({"image": b["image"], "label": b["label"]}, shard)
+      params, stats, opt_state, metrics = step_fn(params, stats, opt_state,
+                                                  batch["image"], batch["label"])
+      if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+        row = log.write(step + 1, jax.device_get(metrics))
+        progress.update(step + 1, {"loss": row["loss"], "acc": row["acc"]})
+  progress.close()
+  clf = from_module(nnx.merge(graphdef, jax.device_get(params), jax.device_get(stats)),
+                    image_shape)
+  metrics = {"test_accuracy": float(np.mean(clf.predict(test["image"]) == test["label"])),
+             "num_train": int(len(train["label"])), "num_test": int(len(test["label"]))}
+  if workdir and is_main_process():
+    save_classifier(os.path.join(workdir, "classifier"), clf, config, metrics)
+  return clf, metrics
+
+
+def save_classifier(path: str, clf: Classifier, config, metrics: dict) -> None:
+  path = os.path.abspath(path)
+  os.makedirs(path, exist_ok=True)
+  meta = {"image_shape": list(clf.image_shape), "num_classes": clf.num_classes,
+          "features": list(config.features), "metrics": metrics}
+  with open(os.path.join(path, "classifier.json"), "w") as f:
+    json.dump(meta, f, indent=2)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(os.path.join(path, "state"), clf.params, force=True)
+
+
+def load_classifier(path: str) -> Classifier:
+  """The reference CNN saved by `train_classifier`, ready to explain."""
+  path = os.path.abspath(path)
+  meta_path = os.path.join(path, "classifier.json")
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(f"no saved classifier at {path} (missing classifier.json)")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  shape = tuple(meta["image_shape"])
+  model = nnx.eval_shape(lambda: _build(shape, meta["num_classes"], meta["features"]))
+  graphdef, abstract = nnx.split(model)
+  with ocp.StandardCheckpointer() as ckpt:
+    state = ckpt.restore(os.path.join(path, "state"), abstract)
+  return from_module(nnx.merge(graphdef, state), shape)

@@ -1,0 +1,136 @@
+"""Train a generative explainer against a frozen classifier: the readable loop.
+
+Data is split by the classifier's own predictions (not ground truth); every global batch
+holds the same number of images of each predicted class. The jitted step is the one in
+`gan.py`; metrics leave the device only on logging steps.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cfx_jax import config as config_lib
+from cfx_jax import data as data_lib
+from cfx_jax.classifier import Classifier
+from cfx_jax.explainer import Explainer, check_fingerprint
+from cfx_jax.methods import ModelSpec, get_method
+from cfx_jax.training import gan
+from cfx_jax.training import mesh as mesh_lib
+from cfx_jax.training.checkpoints import Checkpoints
+from cfx_jax.training.logging import MetricsLog, Progress, is_main_process
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced NaN/inf losses; the last good checkpoint is kept."""
+
+
+def model_spec(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> ModelSpec:
+  h, w, c = image_shape
+  if h != w:
+    raise ValueError(f"explainers expect square images, got {h}x{w}")
+  m = config.model
+  return ModelSpec(image_size=h, channels=c, num_classes=num_classes,
+                   gen_features=tuple(m.gen_features), disc_features=tuple(m.disc_features),
+                   residual=bool(m.residual), shared=m.shared,
+                   dtype=None if m.dtype == "float32" else jnp.dtype(m.dtype))
+
+
+def train_explainer(classifier: Classifier, images: np.ndarray,
+                    config: ml_collections.ConfigDict, workdir: str | None = None) -> Explainer:
+  """Fit `config.method` to explain `classifier` on `images` (validated, in [-1, 1])."""
+  method = get_method(config.method)
+  k = classifier.num_classes
+  spec = model_spec(config, images.shape[1:], k)
+  steps = config.steps or config_lib.default_steps(spec.image_size)
+  batch_size = config.batch_size or config_lib.default_batch_size(k)
+  mesh = mesh_lib.make_mesh(config.num_devices)
+  devices = mesh.devices.size
+  if len(images) < devices:
+    raise ValueError(f"{len(images)} images cannot be spread over {devices} devices")
+  per_class = batch_size // k
+  if per_class < 1 or batch_size % k:
+    raise ValueError(f"batch_size {batch_size} must be a positive multiple of the "
+                     f"{k} classes")
+  if per_class % devices:
+    raise ValueError(f"images per class per batch ({per_class}) must be divisible by the "
+                     f"{devices} devices; change batch_size or num_devices")
+
+  predicted = classifier.predict(images, config.chunk_size)
+  counts = np.bincount(predicted, minlength=k)
+  if np.any(counts == 0):
+    missing = np.flatnonzero(counts == 0).tolist()
+    raise ValueError(f"the classifier predicts no image as class(es) {missing}; the "
+                     "explainer needs images the classifier assigns to every class")
+  dataset = data_lib.grouped_batches(data_lib.ArraySource({"image": images}), predicted,
+                                     k, per_class, seed=config.seed)
+
+  models, state = gan.init(method, spec, seed=config.seed, lr=config.learning_rate,
+                           b1=config.b1)
+  meta = {"method": method.name, "image_shape": list(images.shape[1:]),
+          "num_classes": k, "classifier_fingerprint": classifier.fingerprint(),
+          "config": config.to_dict()}
+
+  replicated = mesh_lib.replicated(mesh)
+  images_sharding = mesh_lib.batch_sharding(mesh, 5, axis=1)
+  state = jax.device_put(state, replicated)
+  clf_params = jax.device_put(classifier.params, replicated)
+  step_fn = jax.jit(gan.make_train_step(method, models, classifier.apply,
+                                        dict(config.weights)),
+                    in_shardings=(replicated, replicated, images_sharding),
+                    out_shardings=(replicated, replicated), donate_argnums=0)
+
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints) \
+      if workdir else None
+  start = 0
+  if ckpts is not None and ckpts.latest_step() is not None:
+    saved = ckpts.read_meta()
+    _check_resumable(saved, meta, workdir, classifier)
+    state = ckpts.restore(state)
+    start = int(state.step)
+  log = MetricsLog(os.path.join(workdir, "explainer_metrics.jsonl") if workdir else None)
+  progress = Progress(steps, start, desc=f"explainer/{method.name}", enabled=config.progress)
+
+  with jax.set_mesh(mesh):
+    for step in range(start, steps):
+      batch = data_lib.to_global({"image": dataset[step]["image"]},
+                                 {"image": images_sharding})
+      state, metrics = step_fn(state, clf_params, batch["image"])
+      done = step + 1
+      if done % config.log_every == 0 or done == steps:
+        _raise_if_nonfinite(state, ckpts)
+        row = log.write(done, jax.device_get(metrics))
+        progress.update(done, {k_: row[k_] for k_ in ("d_loss", "g_loss", "g_flip")})
+      if ckpts is not None and (done % config.checkpoint_every == 0 or done == steps):
+        _raise_if_nonfinite(state, ckpts)
+        ckpts.save(done, state, meta)
+  progress.close()
+  if ckpts is not None:
+    ckpts.close()
+  explainer = Explainer(method, spec, models.gen_def, jax.device_get(state.gen), classifier,
+                        chunk_size=config.chunk_size, config=config.to_dict())
+  explainer.history = log.history
+  if workdir and is_main_process():
+    explainer.save(os.path.join(workdir, "explainer"))
+  return explainer
+
+
+def _raise_if_nonfinite(state, ckpts) -> None:
+  bad = int(state.nonfinite_step)
+  if bad >= 0:
+    if ckpts is not None:
+      ckpts.close()
+    raise NonFiniteError(f"losses became non-finite at step {bad}; training stopped and "
+                         "the last good checkpoint was kept (try a lower learning rate)")
+
+
+def _check_resumable(saved: dict, meta: dict, workdir: str, classifier) -> None:
+  for key in ("method", "image_shape", "num_classes"):
+    if saved.get(key) != meta[key]:
+      raise ValueError(f"checkpoint in {workdir} was made for {key}={saved.get(key)}, "
+                       f"this run has {key}={meta[key]}; use another workdir")
+  check_fingerprint(saved["classifier_fingerprint"], classifier, f"checkpoint in {workdir}")

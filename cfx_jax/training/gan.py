@@ -1,0 +1,115 @@
+"""One compiled train step for every generative explainer.
+
+The step updates the discriminator(s) (real/fake BCE + gradient penalty), then the
+generator(s) against the updated discriminator, with every loss term of the method
+computed in the same XLA program. State is a pytree of NNX states and optax states,
+donated to the step; the batch is sharded over the mesh's `data` axis.
+A step whose losses are not finite leaves the state unchanged and records its index in
+`nonfinite_step`, so the last good state is never overwritten.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from cfx_jax.methods.base import Method, ModelSpec
+
+
+@flax.struct.dataclass
+class GanState:
+  step: jax.Array
+  gen: Any
+  disc: Any
+  gen_opt: Any
+  disc_opt: Any
+  key: jax.Array            # raw uint32 key data, so checkpoints stay plain arrays
+  nonfinite_step: jax.Array  # -1 while every step so far was finite
+
+
+@flax.struct.dataclass
+class GanModels:
+  """The static halves of the split networks and the optimisers (not in the state)."""
+  gen_def: Any = flax.struct.field(pytree_node=False)
+  disc_def: Any = flax.struct.field(pytree_node=False)
+  gen_tx: Any = flax.struct.field(pytree_node=False)
+  disc_tx: Any = flax.struct.field(pytree_node=False)
+
+
+def optimizer(lr: float, b1: float, b2: float = 0.999) -> optax.GradientTransformation:
+  return optax.adam(lr, b1=b1, b2=b2)
+
+
+def init(method: Method, spec: ModelSpec, *, seed: int, lr: float, b1: float):
+  """Build the networks once and split them; returns (models, state)."""
+  gen, disc = method.build(spec, nnx.Rngs(seed))
+  gen_def, gen_params = nnx.split(gen)
+  disc_def, disc_params = nnx.split(disc)
+  gen_tx, disc_tx = optimizer(lr, b1), optimizer(lr, b1)
+  state = GanState(
+      step=jnp.zeros((), jnp.int32), gen=gen_params, disc=disc_params,
+      gen_opt=gen_tx.init(gen_params), disc_opt=disc_tx.init(disc_params),
+      key=jax.random.key_data(jax.random.key(seed + 1)),
+      nonfinite_step=jnp.full((), -1, jnp.int32))
+  return GanModels(gen_def, disc_def, gen_tx, disc_tx), state
+
+
+def directions(num_classes: int, key: jax.Array):
+  """Sources, targets and shift of one step (see methods/base.py)."""
+  sources = tuple(range(num_classes))
+  if num_classes == 2:
+    return sources, (1, 0), 1
+  shift = jax.random.randint(key, (), 1, num_classes)
+  return sources, (jnp.arange(num_classes) + shift) % num_classes, shift
+
+
+def make_train_step(method: Method, models: GanModels, classifier_apply, weights: dict):
+  """Returns the pure step `(state, classifier_params, images) -> (state, metrics)`.
+
+  `images` is (K, B, H, W, C), grouped by the classifier's prediction.
+  """
+  w = {**method.default_weights, **weights}
+
+  def step(state: GanState, clf_params, images):
+    num_classes = images.shape[0]
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    k_dir, k_gp = jax.random.split(key)
+    sources, targets, shift = directions(num_classes, k_dir)
+    f = lambda x: classifier_apply(clf_params, x).astype(jnp.float32)
+    gen = nnx.merge(models.gen_def, state.gen)
+
+    def d_loss(disc_params):
+      disc = nnx.merge(models.disc_def, disc_params)
+      return method.discriminator_loss(gen, disc, images, sources, targets, shift, k_gp, w)
+
+    (_, d_metrics), d_grads = jax.value_and_grad(d_loss, has_aux=True)(state.disc)
+    d_updates, disc_opt = models.disc_tx.update(d_grads, state.disc_opt, state.disc)
+    disc_params = optax.apply_updates(state.disc, d_updates)
+
+    def g_loss(gen_params):
+      g = nnx.merge(models.gen_def, gen_params)
+      d = nnx.merge(models.disc_def, disc_params)
+      return method.generator_loss(g, d, f, images, sources, targets, w)
+
+    (_, g_metrics), g_grads = jax.value_and_grad(g_loss, has_aux=True)(state.gen)
+    g_updates, gen_opt = models.gen_tx.update(g_grads, state.gen_opt, state.gen)
+    gen_params = optax.apply_updates(state.gen, g_updates)
+
+    metrics = {**d_metrics, **g_metrics}
+    finite = jnp.isfinite(metrics["d_loss"]) & jnp.isfinite(metrics["g_loss"])
+    ok = finite & (state.nonfinite_step < 0)
+    new = state.replace(step=state.step + 1, gen=gen_params, disc=disc_params,
+                        gen_opt=gen_opt, disc_opt=disc_opt)
+    keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)
+    new = keep(new, state).replace(
+        step=state.step + 1,
+        nonfinite_step=jnp.where(ok | (state.nonfinite_step >= 0),
+                                 state.nonfinite_step, state.step))
+    return new, metrics
+
+  return step

@@ -1,0 +1,55 @@
+"""Input checks that fail fast, with messages that name the problem, before compiling."""
+
+from __future__ import annotations
+
+import numpy as np
+
+RANGE_TOLERANCE = 1e-3
+
+
+def check_images(images, image_shape=None, *, name: str = "images") -> np.ndarray:
+  """Images must be a non-empty float array (N, H, W, C), finite, in [-1, 1]."""
+  if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+    raise TypeError(f"{name} must be a numpy or JAX array of shape (N, H, W, C), "
+                    f"got {type(images).__name__}")
+  if images.ndim != 4:
+    raise ValueError(f"{name} must have rank 4 (N, H, W, C), got shape {tuple(images.shape)}")
+  if images.shape[0] == 0:
+    raise ValueError(f"{name} is empty (N = 0)")
+  if not np.issubdtype(np.dtype(images.dtype), np.floating):
+    raise TypeError(f"{name} must be floating point in [-1, 1], got dtype {images.dtype}; "
+                    "convert uint8 images with x / 127.5 - 1")
+  if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
+    h, w, c = image_shape
+    got_h, got_w, got_c = images.shape[1:]
+    what = "channel count" if (got_h, got_w) == (h, w) else "image size"
+    raise ValueError(f"{name} have shape (H, W, C) = {tuple(images.shape[1:])}, expected "
+                     f"{tuple(image_shape)} (wrong {what})")
+  arr = np.asarray(images, np.float32)
+  if not np.all(np.isfinite(arr)):
+    bad = int(np.sum(~np.all(np.isfinite(arr), axis=(1, 2, 3))))
+    raise ValueError(f"{name} contain non-finite values (NaN or inf) in {bad} image(s)")
+  lo, hi = float(arr.min()), float(arr.max())
+  if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+    raise ValueError(f"{name} must lie in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]")
+  return np.clip(arr, -1.0, 1.0)
+
+
+def check_target(target, n: int, num_classes: int, predicted: np.ndarray) -> np.ndarray:
+  """An int or (N,) ints in [0, K), each different from the classifier's decision."""
+  t = np.asarray(target)
+  if not np.issubdtype(t.dtype, np.integer):
+    raise TypeError(f"target must be integer class indices, got dtype {t.dtype}")
+  if t.ndim == 0:
+    t = np.full((n,), int(t))
+  if t.shape != (n,):
+    raise ValueError(f"target must be an int or have shape ({n},), got {t.shape}")
+  if t.min() < 0 or t.max() >= num_classes:
+    raise ValueError(f"target classes must lie in [0, {num_classes}), got values in "
+                     f"[{t.min()}, {t.max()}]")
+  same = np.flatnonzero(t == predicted)
+  if same.size:
+    raise ValueError(f"target equals the classifier's predicted class for {same.size} "
+                     f"image(s) (first indices {same[:5].tolist()}): a counterfactual must "
+                     "reach another class")
+  return t.astype(np.int32)

@@ -28,6 +28,9 @@ def explainer_config(method: str = "syce") -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.chunk_size = 256         # images per compiled explain call
+  # Map |input - cf| ("input") or |stable - cf| ("stable"); "auto": "input" for the
+  # residual generator, the method paper's choice otherwise.
+  c.map_reference = "auto"
   c.progress = True
   return c
 

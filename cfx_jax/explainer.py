@@ -18,6 +18,7 @@ from cfx_jax.batching import map_in_chunks
 from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
 from cfx_jax.methods import Method, ModelSpec, get_method, other_class
+from cfx_jax.methods.losses import change_map
 
 FINGERPRINT_TOLERANCE = 1e-3
 
@@ -25,8 +26,12 @@ FINGERPRINT_TOLERANCE = 1e-3
 class Explainer:
 
   def __init__(self, method: Method, spec: ModelSpec, gen_def, gen_params,
-               classifier: Classifier, *, chunk_size: int = 256, config: dict | None = None):
+               classifier: Classifier, *, chunk_size: int = 256, map_reference: str = "input",
+               config: dict | None = None):
+    if map_reference not in ("input", "stable"):
+      raise ValueError(f"map_reference must be 'input' or 'stable', got {map_reference!r}")
     self.method, self.spec, self.classifier = method, spec, classifier
+    self.map_reference = map_reference
     self.gen_def, self.gen_params = gen_def, gen_params
     self.chunk_size = int(chunk_size)
     self.config = dict(config or {})
@@ -46,7 +51,8 @@ class Explainer:
     probs = jax.nn.softmax(self.classifier.apply(clf_params, x), axis=-1)
     predicted = jnp.argmax(probs, axis=-1).astype(jnp.int32)
     target = jnp.where(target < 0, other_class(probs), target)
-    stable, cf, maps = self.method.explain(gen, x, predicted, target)
+    stable, cf = self.method.explain(gen, x, predicted, target)
+    maps = change_map(x if self.map_reference == "input" else stable, cf)
     cf_probs = jax.nn.softmax(self.classifier.apply(clf_params, cf), axis=-1)
     return Explanation(maps=maps, counterfactual=cf, stable=stable, target=target,
                        probs=probs, cf_probs=cf_probs)
@@ -77,6 +83,7 @@ class Explainer:
         "method": self.method.name,
         "spec": {**dataclasses.asdict(self.spec), "dtype": None},
         "chunk_size": self.chunk_size,
+        "map_reference": self.map_reference,
         "config": self.config,
         "classifier_fingerprint": self.classifier.fingerprint(),
     }
@@ -125,4 +132,4 @@ def load_explainer(path: str, classifier) -> Explainer:
   with ocp.StandardCheckpointer() as ckpt:
     params = ckpt.restore(os.path.join(path, "generator"), abstract)
   return Explainer(method, spec, gen_def, params, clf, chunk_size=meta["chunk_size"],
-                   config=meta["config"])
+                   map_reference=meta["map_reference"], config=meta["config"])

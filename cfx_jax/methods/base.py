@@ -41,6 +41,11 @@ class Method:
 
   name: str = ""
   default_weights: dict[str, float] = {}
+  # The map of the method's paper: |stable - cf| ("stable") or |input - cf| ("input").
+  paper_map_reference: str = "input"
+
+  def default_map_reference(self, residual: bool) -> str:
+    return self.paper_map_reference
 
   def build(self, spec: ModelSpec, rngs: nnx.Rngs) -> tuple[nnx.Module, nnx.Module]:
     raise NotImplementedError
@@ -52,8 +57,8 @@ class Method:
   def generator_loss(self, gen, disc, f: Logits, xs, sources, targets, w) -> tuple[jax.Array, dict]:
     raise NotImplementedError
 
-  def explain(self, gen, x, predicted, target) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per-example (stable, counterfactual, map) for a flat batch."""
+  def explain(self, gen, x, predicted, target) -> tuple[jax.Array, jax.Array]:
+    """Per-example (stable, counterfactual) images for a flat batch."""
     raise NotImplementedError
 
   def discriminator_loss(self, gen, disc, xs, sources, targets, shift, key, w):

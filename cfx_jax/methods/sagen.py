@@ -18,6 +18,7 @@ from cfx_jax.models import Discriminator, TwoHeadGenerator
 
 class StableAdversarialExplainer(Method):
   name = "sagen"
+  paper_map_reference = "stable"
   default_weights = dict(flip=0.2, keep=0.2, adv=0.25, stable_prox=10.0, l1=1.0, gp=1.0)
 
   def build(self, spec: ModelSpec, rngs: nnx.Rngs):
@@ -48,5 +49,4 @@ class StableAdversarialExplainer(Method):
     return loss, {**{f"g_{n}": v for n, v in terms.items()}, "g_loss": loss}
 
   def explain(self, gen, x, predicted, target):
-    stable, adv = gen(x, target)
-    return stable, adv, losses.change_map(stable, adv)
+    return gen(x, target)

@@ -112,11 +112,19 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
   if ckpts is not None:
     ckpts.close()
   explainer = Explainer(method, spec, models.gen_def, jax.device_get(state.gen), classifier,
-                        chunk_size=config.chunk_size, config=config.to_dict())
+                        chunk_size=config.chunk_size, map_reference=map_reference(config),
+                        config=config.to_dict())
   explainer.history = log.history
   if workdir and is_main_process():
     explainer.save(os.path.join(workdir, "explainer"))
   return explainer
+
+
+def map_reference(config) -> str:
+  """The config's choice, or the method's default for its generator form."""
+  if config.map_reference != "auto":
+    return config.map_reference
+  return get_method(config.method).default_map_reference(bool(config.model.residual))
 
 
 def _raise_if_nonfinite(state, ckpts) -> None:

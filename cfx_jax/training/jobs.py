@@ -1,0 +1,65 @@
+"""`train_and_evaluate`: what `python -m train` runs for a config.
+
+A config names a dataset, a classifier to train (skipped when the work directory already
+holds one) and optionally an explainer to fit against it and evaluate. Finished stages
+are never redone; an interrupted explainer resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import ml_collections
+
+from cfx_jax import report
+from cfx_jax.training import classifier_loop
+from cfx_jax.training.datasets import load_split
+from cfx_jax.training.evaluate import evaluate_explainer, write_outputs
+from cfx_jax.training.explainer_loop import train_explainer
+from cfx_jax.training.logging import is_main_process
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if is_main_process():
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  timings = {}
+  t0 = time.time()
+  train, test = load_split(config.dataset, "train"), load_split(config.dataset, "test")
+  timings["data_s"] = time.time() - t0
+
+  clf_dir = os.path.join(workdir, "classifier")
+  t0 = time.time()
+  if os.path.exists(os.path.join(clf_dir, "classifier.json")):
+    clf = classifier_loop.load_classifier(clf_dir)
+    with open(os.path.join(clf_dir, "classifier.json")) as f:
+      clf_metrics = json.load(f)["metrics"]
+    print(f"classifier: reusing {clf_dir}", flush=True)
+  else:
+    clf, clf_metrics = classifier_loop.train_classifier(config.classifier, train, test, workdir)
+  timings["classifier_s"] = time.time() - t0
+  print(f"classifier test accuracy: {clf_metrics['test_accuracy']:.4f}", flush=True)
+  results = {"dataset": config.dataset.name, "classifier": clf_metrics}
+
+  if config.get("explainer") is None:
+    if is_main_process():
+      report.save_json(os.path.join(workdir, "metrics.json"), {**results, "timings": timings})
+    return results
+
+  t0 = time.time()
+  explainer = train_explainer(clf, train["image"], config.explainer, workdir)
+  timings["explainer_s"] = time.time() - t0
+  t0 = time.time()
+  metrics, out = evaluate_explainer(explainer, test, num_images=config.eval.num_images)
+  timings["evaluate_s"] = time.time() - t0
+  results["timings"] = timings
+  write_outputs(workdir, explainer, test, metrics, out, extra=results,
+                grid_rows=config.eval.grid_rows)
+  results["explainer"] = metrics
+  print(json.dumps(results["explainer"], indent=2), flush=True)
+  print(f"wrote {workdir}/report.md, explanations.png, metrics.json", flush=True)
+  return results

@@ -1,0 +1,26 @@
+"""Pieces shared by the experiment configs."""
+
+import ml_collections
+
+from cfx_jax.config import explainer_config
+from cfx_jax.training.classifier_loop import classifier_config
+from cfx_jax.training.datasets import dataset_config
+
+
+def experiment(dataset: ml_collections.ConfigDict, method: str | None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.dataset = dataset
+  c.classifier = classifier_config()
+  c.explainer = explainer_config(method) if method else None
+  c.eval = ml_collections.ConfigDict(dict(num_images=512, grid_rows=8))
+  return c
+
+
+def lesions(num_train: int = 6000, num_test: int = 1000) -> ml_collections.ConfigDict:
+  d = dataset_config("lesions", image_size=32, channels=3, seed=0)
+  d.num_train, d.num_test = num_train, num_test
+  return d
+
+
+def digits(classes=(3, 8)) -> ml_collections.ConfigDict:
+  return dataset_config("digits", classes=tuple(classes), image_size=32, channels=1)

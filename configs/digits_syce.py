@@ -1,0 +1,10 @@
+"""SyCE explainer of a 3-vs-8 digit classifier, as in the paper (no ground-truth masks)."""
+
+from configs import common
+
+
+def get_config():
+  c = common.experiment(common.digits(), method="syce")
+  c.classifier.steps = 600
+  c.explainer.steps = 1500
+  return c

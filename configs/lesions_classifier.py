@@ -1,0 +1,7 @@
+"""Reference CNN on the procedural lesion set (>= 97% test accuracy)."""
+
+from configs import common
+
+
+def get_config():
+  return common.experiment(common.lesions(), method=None)

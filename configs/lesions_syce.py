@@ -1,0 +1,13 @@
+"""Quick start: classifier + SyCE explainer on the lesion set, scored against the masks.
+
+About 10 minutes on a 2-core CPU. Other methods: --config.explainer.method=cyce|sagen.
+"""
+
+from configs import common
+
+
+def get_config():
+  c = common.experiment(common.lesions(), method="syce")
+  c.classifier.steps = 800
+  c.explainer.steps = 800
+  return c

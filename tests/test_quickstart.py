@@ -1,0 +1,27 @@
+"""End to end: the train job on the lesion set localises the lesion (short run)."""
+
+import json
+import os
+
+from configs import lesions_syce
+from cfx_jax.training.jobs import train_and_evaluate
+
+
+def test_short_run_localizes_the_lesion(tmp_path):
+  c = lesions_syce.get_config()
+  c.dataset.num_train, c.dataset.num_test = 3000, 256
+  c.classifier.steps, c.classifier.num_devices, c.classifier.progress = 300, 1, False
+  c.explainer.steps, c.explainer.num_devices, c.explainer.progress = 250, 1, False
+  c.explainer.checkpoint_every = 250
+  c.eval.num_images = 256
+  train_and_evaluate(c, str(tmp_path))
+
+  for name in ("report.md", "explanations.png", "metrics.json", "config.json",
+               "explainer_metrics.jsonl", "explainer/explainer.json"):
+    assert os.path.exists(tmp_path / name), name
+  with open(tmp_path / "metrics.json") as f:
+    metrics = json.load(f)
+  assert metrics["classifier"]["test_accuracy"] > 0.9
+  assert metrics["explainer"]["counterfactual"]["flip_rate"] > 0.7
+  assert metrics["explainer"]["localization"]["pixel_auroc"] > 0.8
+  assert "pixel_auroc" in (tmp_path / "report.md").read_text()

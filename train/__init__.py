@@ -1,0 +1,1 @@
+"""Job entry points: `python -m train --config configs/<experiment>.py --workdir DIR`."""

@@ -7,6 +7,7 @@ holds the same number of images of each predicted class. The jitted step is the 
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -86,31 +87,32 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
 
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints) \
       if workdir else None
-  start = 0
-  if ckpts is not None and ckpts.latest_step() is not None:
-    saved = ckpts.read_meta()
-    _check_resumable(saved, meta, workdir, classifier)
-    state = ckpts.restore(state)
-    start = int(state.step)
   log = MetricsLog(os.path.join(workdir, "explainer_metrics.jsonl") if workdir else None)
-  progress = Progress(steps, start, desc=f"explainer/{method.name}", enabled=config.progress)
-
-  with jax.set_mesh(mesh):
-    for step in range(start, steps):
-      batch = data_lib.to_global({"image": dataset[step]["image"]},
-                                 {"image": images_sharding})
-      state, metrics = step_fn(state, clf_params, batch["image"])
-      done = step + 1
-      if done % config.log_every == 0 or done == steps:
-        _raise_if_nonfinite(state, ckpts)
-        row = log.write(done, jax.device_get(metrics))
-        progress.update(done, {k_: row[k_] for k_ in ("d_loss", "g_loss", "g_flip")})
-      if ckpts is not None and (done % config.checkpoint_every == 0 or done == steps):
-        _raise_if_nonfinite(state, ckpts)
-        ckpts.save(done, state, meta)
-  progress.close()
-  if ckpts is not None:
-    ckpts.close()
+  try:
+    start = 0
+    if ckpts is not None and ckpts.latest_step() is not None:
+      _check_resumable(ckpts.read_meta(), meta, workdir, classifier, steps,
+                       ckpts.latest_step())
+      state = ckpts.restore(state)
+      start = int(state.step)
+    progress = Progress(steps, start, desc=f"explainer/{method.name}", enabled=config.progress)
+    with jax.set_mesh(mesh):
+      for step in range(start, steps):
+        batch = data_lib.to_global({"image": dataset[step]["image"]},
+                                   {"image": images_sharding})
+        state, metrics = step_fn(state, clf_params, batch["image"])
+        done = step + 1
+        if done % config.log_every == 0 or done == steps:
+          _raise_if_nonfinite(state)
+          row = log.write(done, jax.device_get(metrics))
+          progress.update(done, {k_: row[k_] for k_ in ("d_loss", "g_loss", "g_flip")})
+        if ckpts is not None and (done % config.checkpoint_every == 0 or done == steps):
+          _raise_if_nonfinite(state)
+          ckpts.save(done, state, meta)
+    progress.close()
+  finally:
+    if ckpts is not None:
+      ckpts.close()
   explainer = Explainer(method, spec, models.gen_def, jax.device_get(state.gen), classifier,
                         chunk_size=config.chunk_size, map_reference=map_reference(config),
                         config=config.to_dict())
@@ -127,18 +129,26 @@ def map_reference(config) -> str:
   return get_method(config.method).default_map_reference(bool(config.model.residual))
 
 
-def _raise_if_nonfinite(state, ckpts) -> None:
+def _raise_if_nonfinite(state) -> None:
   bad = int(state.nonfinite_step)
   if bad >= 0:
-    if ckpts is not None:
-      ckpts.close()
     raise NonFiniteError(f"losses became non-finite at step {bad}; training stopped and "
                          "the last good checkpoint was kept (try a lower learning rate)")
 
 
-def _check_resumable(saved: dict, meta: dict, workdir: str, classifier) -> None:
+def _check_resumable(saved: dict, meta: dict, workdir: str, classifier, steps: int,
+                     latest_step: int) -> None:
+  """A work directory resumes only the same model against the same classifier."""
   for key in ("method", "image_shape", "num_classes"):
     if saved.get(key) != meta[key]:
       raise ValueError(f"checkpoint in {workdir} was made for {key}={saved.get(key)}, "
                        f"this run has {key}={meta[key]}; use another workdir")
+  old_model = saved["config"]["model"]
+  new_model = json.loads(json.dumps(meta["config"]["model"]))  # tuples read back as lists
+  if old_model != new_model:
+    raise ValueError(f"checkpoint in {workdir} was made for the model {old_model}, this "
+                     f"run asks for {new_model}; use another workdir")
   check_fingerprint(saved["classifier_fingerprint"], classifier, f"checkpoint in {workdir}")
+  if latest_step > steps:
+    raise ValueError(f"checkpoint in {workdir} is at step {latest_step}, past the {steps} "
+                     "steps asked for; ask for at least that many or use another workdir")

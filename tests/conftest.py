@@ -1,0 +1,70 @@
+"""Shared fixtures: eight host devices, a tiny linear classifier and random images."""
+
+from __future__ import annotations
+
+import os
+
+_FLAG = "--xla_force_host_platform_device_count=8"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+IMAGE_SHAPE = (16, 16, 3)
+PATCH = (slice(4, 8), slice(4, 8))
+# Confident enough that the flip term outweighs the proximity terms at the start.
+WEIGHT = 200.0
+BIAS = 0.05
+
+
+def linear_logits(images):
+  """Binary logits (0, s) with s an affine function of one 4x4 patch's mean."""
+  s = WEIGHT * jnp.mean(images[:, PATCH[0], PATCH[1], :], axis=(1, 2, 3)) + BIAS
+  return jnp.stack([jnp.zeros_like(s), s], axis=-1)
+
+
+def linear_predict(images) -> np.ndarray:
+  """NumPy decision of `linear_logits`."""
+  images = np.asarray(images, np.float32)
+  s = WEIGHT * images[:, PATCH[0], PATCH[1], :].mean(axis=(1, 2, 3)) + BIAS
+  return (s > 0).astype(np.int32)
+
+
+def random_images(n: int, seed: int = 0) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  return rng.uniform(-1.0, 1.0, (n,) + IMAGE_SHAPE).astype(np.float32)
+
+
+def model_config(**overrides) -> dict:
+  """Tiny networks on one device, no progress output; keyword overrides on top."""
+  cfg = {"num_devices": 1, "progress": False, "log_every": 1, "checkpoint_every": 2,
+         "model": {"gen_features": (8, 16), "disc_features": (8, 16)}}
+  cfg.update(overrides)
+  return cfg
+
+
+@pytest.fixture(scope="session")
+def classifier_fn():
+  return linear_logits
+
+
+@pytest.fixture(scope="session")
+def classifier():
+  import cfx_jax
+  return cfx_jax.as_classifier(linear_logits, IMAGE_SHAPE)
+
+
+@pytest.fixture(scope="session")
+def images():
+  x = random_images(32, seed=0)
+  counts = np.bincount(linear_predict(x), minlength=2)
+  assert counts.min() >= 8, f"both classes must be predicted, got {counts}"
+  return x
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+  return model_config()

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
-from cfx_jax import validation
+from cfx_jax import persistence, validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
@@ -36,6 +34,7 @@ class Explainer:
     self.chunk_size = int(chunk_size)
     self.config = dict(config or {})
     self._programs = jax.jit(self._explain_program)
+    self._all_targets = jax.jit(self._all_targets_program)
     self._probs = jax.jit(lambda p, x: jax.nn.softmax(classifier.apply(p, x), axis=-1))
 
   @property
@@ -57,6 +56,19 @@ class Explainer:
     return Explanation(maps=maps, counterfactual=cf, stable=stable, target=target,
                        probs=probs, cf_probs=cf_probs)
 
+  def _all_targets_program(self, gen_params, clf_params, x):
+    """vmap of the explain program over every target class: fields (N, K, ...)."""
+    targets = jnp.broadcast_to(jnp.arange(self.num_classes, dtype=jnp.int32)[:, None],
+                               (self.num_classes, x.shape[0]))
+    out = jax.vmap(lambda t: self._explain_program(gen_params, clf_params, x, t))(targets)
+    # Toward its own predicted class an image is its own counterfactual.
+    own = out.target == jnp.argmax(out.probs, axis=-1)
+    out = dataclasses.replace(
+        out, maps=jnp.where(own[..., None, None], 0.0, out.maps),
+        counterfactual=jnp.where(own[..., None, None, None], x[None], out.counterfactual),
+        stable=jnp.where(own[..., None, None, None], x[None], out.stable))
+    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
+
   def predict_proba(self, images) -> np.ndarray:
     x = validation.check_images(images, self.image_shape)
     return map_in_chunks(lambda xb: self._probs(self.classifier.params, xb), [x],
@@ -74,11 +86,20 @@ class Explainer:
         lambda xb, tb: self._programs(self.gen_params, self.classifier.params, xb, tb),
         [x, t], self.chunk_size)
 
+  def explain_all_targets(self, images) -> Explanation:
+    """One counterfactual toward every class: fields shaped (N, K, ...).
+
+    Entry [i, k] explains image i toward class k; toward the predicted class the
+    counterfactual is the image itself and the map is zero.
+    """
+    x = validation.check_images(images, self.image_shape)
+    return map_in_chunks(
+        lambda xb: self._all_targets(self.gen_params, self.classifier.params, xb),
+        [x], self.chunk_size)
+
   # Persistence ---------------------------------------------------------------
 
   def save(self, path: str) -> None:
-    path = os.path.abspath(path)
-    os.makedirs(path, exist_ok=True)
     meta = {
         "method": self.method.name,
         "spec": {**dataclasses.asdict(self.spec), "dtype": None},
@@ -87,10 +108,7 @@ class Explainer:
         "config": self.config,
         "classifier_fingerprint": self.classifier.fingerprint(),
     }
-    with open(os.path.join(path, "explainer.json"), "w") as f:
-      json.dump(meta, f, indent=2, default=str)
-    with ocp.StandardCheckpointer() as ckpt:
-      ckpt.save(os.path.join(path, "generator"), self.gen_params, force=True)
+    persistence.save(path, "explainer.json", meta, "generator", self.gen_params)
 
 
 def spec_from_json(d: dict[str, Any]) -> ModelSpec:
@@ -112,11 +130,7 @@ def check_fingerprint(saved, classifier: Classifier, what: str) -> None:
 def load_explainer(path: str, classifier) -> Explainer:
   """Load an explainer saved with `Explainer.save`; checks it matches `classifier`."""
   path = os.path.abspath(path)
-  meta_path = os.path.join(path, "explainer.json")
-  if not os.path.exists(meta_path):
-    raise FileNotFoundError(f"no saved explainer at {path} (missing explainer.json)")
-  with open(meta_path) as f:
-    meta = json.load(f)
+  meta = persistence.read_meta(path, "explainer.json", "explainer")
   spec = spec_from_json(meta["spec"])
   image_shape = (spec.image_size, spec.image_size, spec.channels)
   if isinstance(classifier, Classifier) and classifier.image_shape != image_shape:
@@ -129,7 +143,6 @@ def load_explainer(path: str, classifier) -> Explainer:
   check_fingerprint(meta["classifier_fingerprint"], clf, f"explainer at {path}")
   method = get_method(meta["method"])
   gen_def, abstract = nnx.split(nnx.eval_shape(lambda: method.build(spec, nnx.Rngs(0))[0]))
-  with ocp.StandardCheckpointer() as ckpt:
-    params = ckpt.restore(os.path.join(path, "generator"), abstract)
+  params = persistence.restore(path, "generator", abstract)
   return Explainer(method, spec, gen_def, params, clf, chunk_size=meta["chunk_size"],
                    map_reference=meta["map_reference"], config=meta["config"])

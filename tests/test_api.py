@@ -217,6 +217,23 @@ def test_resume_asking_for_fewer_steps_than_done(fitted, images, no_training):
     _fit(images, fitted[1], steps=2)
 
 
+def test_explain_all_targets_matches_single_target_calls(explainer, images):
+  x = images[:6]
+  every = explainer.explain_all_targets(x)
+  k = explainer.num_classes
+  assert every.maps.shape == (6, k) + x.shape[1:3]
+  assert every.counterfactual.shape == (6, k) + x.shape[1:]
+  predicted = explainer.explain(x).predicted
+  for t in range(k):
+    others = np.flatnonzero(predicted != t)
+    one = explainer.explain(x[others], target=t)
+    np.testing.assert_allclose(every.maps[others, t], one.maps, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(every.cf_probs[others, t], one.cf_probs, rtol=1e-5, atol=1e-6)
+    own = np.flatnonzero(predicted == t)
+    assert np.all(every.maps[own, t] == 0)
+    np.testing.assert_array_equal(every.counterfactual[own, t], x[own])
+
+
 # Input checks ---------------------------------------------------------------------
 
 def _nan_images(x):

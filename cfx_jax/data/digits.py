@@ -10,20 +10,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from cfx_jax.data.resize import bilinear_matrix
+
 _SPLITS = ("train", "test", "all")
-
-
-def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """Bilinear weights (n_out, n_in) with half-pixel centres and edge clamping."""
-  pos = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
-  pos = np.clip(pos, 0.0, n_in - 1.0)
-  lo = np.floor(pos).astype(np.int64)
-  hi = np.minimum(lo + 1, n_in - 1)
-  frac = pos - lo
-  mat = np.zeros((n_out, n_in), np.float64)
-  mat[np.arange(n_out), lo] += 1.0 - frac
-  mat[np.arange(n_out), hi] += frac
-  return mat
 
 
 def _resolve_classes(classes: Iterable[int] | None) -> tuple[int, ...]:
@@ -97,7 +86,7 @@ def make_digits(
   remap[list(resolved)] = np.arange(len(resolved), dtype=np.int32)
   labels = remap[targets[index]]
 
-  interp = _interp_matrix(8, int(image_size))
+  interp = bilinear_matrix(8, int(image_size))
   upsampled = np.einsum("hi,nij,wj->nhw", interp, images[index], interp)
   scaled = (upsampled / 16.0 * 2.0 - 1.0).astype(np.float32)
   scaled = np.clip(scaled, -1.0, 1.0)

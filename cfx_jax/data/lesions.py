@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cfx_jax.data.resize import bilinear_matrix
+
 # Relative sizes, as fractions of the image side.
 _LESION_RADIUS = (0.07, 0.15)
 _CORE_FRACTION = 0.5  # core radius relative to the lesion radius
@@ -37,19 +39,6 @@ _P_TINT = 9  # 3 gains, 3 offsets
 _P_SHAPES = 15  # per slot: type, cx, cy, size_a, size_b, angle, contrast, sign
 _SHAPE_FIELDS = 8
 _NUM_PARAMS = _P_SHAPES + _NUM_DISTRACTORS[1] * _SHAPE_FIELDS
-
-
-def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """Linear interpolation weights (n_out, n_in) with half-pixel centres."""
-  pos = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
-  pos = np.clip(pos, 0.0, n_in - 1.0)
-  lo = np.floor(pos).astype(np.int64)
-  hi = np.minimum(lo + 1, n_in - 1)
-  frac = pos - lo
-  mat = np.zeros((n_out, n_in), np.float64)
-  mat[np.arange(n_out), lo] += 1.0 - frac
-  mat[np.arange(n_out), hi] += frac
-  return mat
 
 
 def _lerp(u: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
@@ -86,7 +75,7 @@ def _render(params, coarse, grain_noise, labels, image_size, channels):
   xx = coords[None, None, :]
 
   # Background: per-image level plus smooth low-frequency noise.
-  interp = _interp_matrix(_COARSE, image_size)
+  interp = bilinear_matrix(_COARSE, image_size)
   smooth = np.einsum("hi,nij,wj->nhw", interp, coarse, interp)
   level = _lerp(params[:, _P_LEVEL], (-0.25, 0.25))
   lf_amp = _lerp(params[:, _P_LF_AMP], (0.06, 0.16))

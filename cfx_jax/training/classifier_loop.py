@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -10,10 +9,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from cfx_jax import data as data_lib
+from cfx_jax import persistence
 from cfx_jax.classifier import Classifier, from_module
 from cfx_jax.models import CNNClassifier
 from cfx_jax.training import mesh as mesh_lib
@@ -92,27 +91,15 @@ def train_classifier(config: ml_collections.ConfigDict, train: dict, test: dict,
 
 
 def save_classifier(path: str, clf: Classifier, config, metrics: dict) -> None:
-  path = os.path.abspath(path)
-  os.makedirs(path, exist_ok=True)
   meta = {"image_shape": list(clf.image_shape), "num_classes": clf.num_classes,
           "features": list(config.features), "metrics": metrics}
-  with open(os.path.join(path, "classifier.json"), "w") as f:
-    json.dump(meta, f, indent=2)
-  with ocp.StandardCheckpointer() as ckpt:
-    ckpt.save(os.path.join(path, "state"), clf.params, force=True)
+  persistence.save(path, "classifier.json", meta, "state", clf.params)
 
 
 def load_classifier(path: str) -> Classifier:
   """The reference CNN saved by `train_classifier`, ready to explain."""
-  path = os.path.abspath(path)
-  meta_path = os.path.join(path, "classifier.json")
-  if not os.path.exists(meta_path):
-    raise FileNotFoundError(f"no saved classifier at {path} (missing classifier.json)")
-  with open(meta_path) as f:
-    meta = json.load(f)
+  meta = persistence.read_meta(path, "classifier.json", "classifier")
   shape = tuple(meta["image_shape"])
   model = nnx.eval_shape(lambda: _build(shape, meta["num_classes"], meta["features"]))
   graphdef, abstract = nnx.split(model)
-  with ocp.StandardCheckpointer() as ckpt:
-    state = ckpt.restore(os.path.join(path, "state"), abstract)
-  return from_module(nnx.merge(graphdef, state), shape)
+  return from_module(nnx.merge(graphdef, persistence.restore(path, "state", abstract)), shape)

@@ -13,7 +13,7 @@ import time
 
 import ml_collections
 
-from cfx_jax import report
+from cfx_jax import persistence, report
 from cfx_jax.training import classifier_loop
 from cfx_jax.training.datasets import load_split
 from cfx_jax.training.evaluate import evaluate_explainer, write_outputs
@@ -36,8 +36,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t0 = time.time()
   if os.path.exists(os.path.join(clf_dir, "classifier.json")):
     clf = classifier_loop.load_classifier(clf_dir)
-    with open(os.path.join(clf_dir, "classifier.json")) as f:
-      clf_metrics = json.load(f)["metrics"]
+    clf_metrics = persistence.read_meta(clf_dir, "classifier.json", "classifier")["metrics"]
     print(f"classifier: reusing {clf_dir}", flush=True)
   else:
     clf, clf_metrics = classifier_loop.train_classifier(config.classifier, train, test, workdir)

@@ -1,0 +1,1 @@
+"""Reproducible measurements; each script writes JSON under `benchmarks/results/`."""

@@ -1,0 +1,31 @@
+"""Saved models on disk: a JSON description beside an orbax pytree of arrays."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import orbax.checkpoint as ocp
+
+
+def save(path: str, meta_file: str, meta: dict, tree_dir: str, tree) -> None:
+  path = os.path.abspath(path)
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, meta_file), "w") as f:
+    json.dump(meta, f, indent=2, default=str)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(os.path.join(path, tree_dir), tree, force=True)
+
+
+def read_meta(path: str, meta_file: str, what: str) -> dict:
+  meta_path = os.path.join(os.path.abspath(path), meta_file)
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(f"no saved {what} at {os.path.abspath(path)} (missing {meta_file})")
+  with open(meta_path) as f:
+    return json.load(f)
+
+
+def restore(path: str, tree_dir: str, abstract):
+  """Restore into the structure, shapes and dtypes of `abstract`."""
+  with ocp.StandardCheckpointer() as ckpt:
+    return ckpt.restore(os.path.join(os.path.abspath(path), tree_dir), abstract)

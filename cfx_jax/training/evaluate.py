@@ -38,7 +38,7 @@ def write_outputs(workdir: str, explainer: Explainer, test: dict, metrics: dict,
   n = len(out)
   masks = test.get("mask")
   masks = None if masks is None else masks[:n]
-  images = ["explanations.png"]
+  images = [os.path.join(workdir, "explanations.png")]
   rows = _rows(test.get("label", out.predicted)[:n], masks, grid_rows)
   sub = type(out)(**{f: np.asarray(getattr(out, f))[rows]
                      for f in ("maps", "counterfactual", "stable", "target", "probs",
@@ -50,13 +50,32 @@ def write_outputs(workdir: str, explainer: Explainer, test: dict, metrics: dict,
     has = masks.reshape(n, -1).max(axis=1) > 0
     report.save_iou_curve(os.path.join(workdir, "iou_curve.png"),
                           {explainer.method.name: np.asarray(iou_curve(out.maps[has], masks[has]))})
-    images.append("iou_curve.png")
+    images.append(os.path.join(workdir, "iou_curve.png"))
   all_metrics = {**(extra or {}), "explainer": metrics}
   report.save_json(os.path.join(workdir, "metrics.json"), all_metrics)
   report.write_report(
       os.path.join(workdir, "report.md"),
       title=f"Counterfactual explanations: {explainer.method.name}",
-      metrics=all_metrics, sections={"How to read this": _HOW_TO_READ}, images=images)
+      metrics=all_metrics,
+      sections={"Summary": summary(explainer, metrics), "How to read this": _HOW_TO_READ},
+      images=images)
+
+
+def summary(explainer: Explainer, metrics: dict) -> str:
+  """Two sentences a person reads before the table."""
+  cf = metrics["counterfactual"]
+  text = (f"`{explainer.method.name}` moved {cf['flip_rate']:.1%} of {metrics['num_images']} "
+          f"held-out images to their target class, changing {cf['proximity_l1']:.4f} per "
+          "value on average; "
+          f"{cf.get('preservation_rate', float('nan')):.1%} of its stable images keep the "
+          "classifier's decision.")
+  loc = metrics.get("localization")
+  if loc:
+    text += (f" On the {loc['n_images']} images with ground-truth evidence, the maps rank "
+             f"evidence pixels first with pixel AUROC {loc['pixel_auroc']:.3f}, their top 5% "
+             f"overlaps it with IoU {loc['iou_95']:.3f}, and the maximum lies on it in "
+             f"{loc['pointing_game']:.1%} of images.")
+  return text
 
 
 def _rows(labels, masks, k: int) -> np.ndarray:

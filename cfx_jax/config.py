@@ -23,7 +23,8 @@ def explainer_config(method: str = "syce") -> ml_collections.ConfigDict:
       gen_features=(16, 32, 64), disc_features=(32, 64, 96),
       residual=True, shared=ml_collections.FieldReference(None, field_type=bool),
       dtype="float32"))
-  c.num_devices = 0          # 0: every device
+  c.num_devices = 0          # 0: every device (a multi-process job always uses all)
+  c.fsdp = 1                 # size of the mesh's fsdp axis (parameters sharded along it)
   c.log_every = 50
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
@@ -32,6 +33,7 @@ def explainer_config(method: str = "syce") -> ml_collections.ConfigDict:
   # residual generator, the method paper's choice otherwise.
   c.map_reference = "auto"
   c.progress = True
+  c.log_example_ids = False  # write the ids of every batch to example_ids.jsonl
   return c
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import orbax.checkpoint as ocp
 
 
 def save(path: str, meta_file: str, meta: dict, tree_dir: str, tree) -> None:
+  """Every process calls this (orbax synchronises them); only process 0 writes the JSON."""
   path = os.path.abspath(path)
-  os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, meta_file), "w") as f:
-    json.dump(meta, f, indent=2, default=str)
+  if jax.process_index() == 0:
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, meta_file), "w") as f:
+      json.dump(meta, f, indent=2, default=str)
   with ocp.StandardCheckpointer() as ckpt:
     ckpt.save(os.path.join(path, tree_dir), tree, force=True)
 

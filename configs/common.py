@@ -5,6 +5,7 @@ import ml_collections
 from cfx_jax.config import explainer_config
 from cfx_jax.training.classifier_loop import classifier_config
 from cfx_jax.training.datasets import dataset_config
+from cfx_jax.training.runtime import runtime_config
 
 
 def experiment(dataset: ml_collections.ConfigDict, method: str | None) -> ml_collections.ConfigDict:
@@ -13,6 +14,7 @@ def experiment(dataset: ml_collections.ConfigDict, method: str | None) -> ml_col
   c.classifier = classifier_config()
   c.explainer = explainer_config(method) if method else None
   c.eval = ml_collections.ConfigDict(dict(num_images=512, grid_rows=8))
+  c.runtime = runtime_config()
   return c
 
 

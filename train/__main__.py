@@ -2,11 +2,18 @@
 
     python -m train --config configs/lesions_syce.py --workdir runs/lesions
     python -m train --config configs/lesions_syce.py --workdir runs/x --config.explainer.steps=2000
+
+Exit status 75 means the job was stopped by SIGTERM after writing a checkpoint: run the
+same command again to resume.
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import sys
+
+from cfx_jax.training import runtime
+from cfx_jax.training.explainer_loop import EXIT_PREEMPTED, Preempted
 from cfx_jax.training.jobs import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -19,7 +26,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # keep checkpointing chatter out of the output
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  config = _CONFIG.value
+  runtime.setup(config.runtime)
+  try:
+    train_and_evaluate(config, _WORKDIR.value)
+  except Preempted as e:
+    print(f"preempted: {e}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

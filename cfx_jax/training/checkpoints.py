@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 
+import sys
+import warnings
+
 import jax
 import orbax.checkpoint as ocp
 
@@ -35,6 +38,34 @@ class Checkpoints:
       return None
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
+  def restore_latest_good(self, state_like, check_meta=None):
+    """Newest checkpoint that restores; a broken one is reported and skipped.
+
+    A checkpoint can be truncated or corrupted by a host dying mid-write on a shared
+    file system; the previous one is then the last good state. `check_meta(meta)` may
+    raise to refuse a checkpoint that belongs to another model (that error propagates).
+    Returns (state, meta, step), or None when there is no checkpoint at all.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for step in steps:
+      try:
+        meta = self.read_meta(step)
+      except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint is skipped
+        _warn(f"checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: "
+              f"{e}); trying the previous one")
+        continue
+      if check_meta is not None:
+        check_meta(meta, step)
+      try:
+        return self.restore(state_like, step), meta, step
+      except Exception as e:  # noqa: BLE001
+        _warn(f"checkpoint {step} in {self.directory} failed to restore "
+              f"({type(e).__name__}: {str(e)[:200]}); trying the previous one")
+    if steps:
+      raise RuntimeError(f"no checkpoint in {self.directory} could be restored "
+                         f"(tried steps {steps})")
+    return None
+
   def restore(self, state_like, step: int | None = None):
     """Restore into the shapes, dtypes and shardings of `state_like` (arrays or abstract)."""
     step = self.latest_step() if step is None else step
@@ -49,3 +80,12 @@ class Checkpoints:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+class CheckpointWarning(UserWarning):
+  """A checkpoint was skipped because it could not be read."""
+
+
+def _warn(message: str) -> None:
+  warnings.warn(message, CheckpointWarning, stacklevel=3)
+  print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -17,7 +17,7 @@ from cfx_jax.classifier import Classifier, from_module
 from cfx_jax.models import CNNClassifier
 from cfx_jax.training import mesh as mesh_lib
 from cfx_jax.training.datasets import load_split
-from cfx_jax.training.logging import MetricsLog, Progress, is_main_process
+from cfx_jax.training.logging import MetricsLog, Progress
 
 
 def classifier_config() -> ml_collections.ConfigDict:
@@ -78,14 +78,14 @@ def train_classifier(config: ml_collections.ConfigDict, train: dict, test: dict,
       params, stats, opt_state, metrics = step_fn(params, stats, opt_state,
                                                   batch["image"], batch["label"])
       if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-        row = log.write(step + 1, jax.device_get(metrics))
+        row = log.write(step + 1, mesh_lib.to_host(metrics, mesh))
         progress.update(step + 1, {"loss": row["loss"], "acc": row["acc"]})
   progress.close()
-  clf = from_module(nnx.merge(graphdef, jax.device_get(params), jax.device_get(stats)),
-                    image_shape)
+  params, stats = mesh_lib.to_host((params, stats), mesh)
+  clf = from_module(nnx.merge(graphdef, params, stats), image_shape)
   metrics = {"test_accuracy": float(np.mean(clf.predict(test["image"]) == test["label"])),
              "num_train": int(len(train["label"])), "num_test": int(len(test["label"]))}
-  if workdir and is_main_process():
+  if workdir:
     save_classifier(os.path.join(workdir, "classifier"), clf, config, metrics)
   return clf, metrics
 

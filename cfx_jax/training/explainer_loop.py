@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +32,44 @@ class NonFiniteError(FloatingPointError):
   """Training produced NaN/inf losses; the last good checkpoint is kept."""
 
 
+# Exit status of a job stopped by SIGTERM after saving (EX_TEMPFAIL: run it again).
+EXIT_PREEMPTED = 75
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint of `step` was written. Rerun the job to resume."""
+
+  def __init__(self, step: int):
+    super().__init__(f"stopped by SIGTERM after saving step {step}; rerun to resume")
+    self.step = step
+
+
+class Preemption:
+  """Turns SIGTERM into a request to checkpoint and stop at the end of the current step.
+
+  One process: our own handler. Several: orbax's `reached_preemption`, which makes every
+  process agree on the same step (the JAX distributed runtime listens for SIGTERM).
+  """
+
+  def __init__(self):
+    self.signalled = False
+    self.previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.signalled = True
+
+  def requested(self, ckpts, step: int) -> bool:
+    if jax.process_count() > 1 and ckpts is not None:
+      return bool(ckpts.manager.reached_preemption(step))
+    return self.signalled
+
+  def restore(self) -> None:
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+
+
 def model_spec(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> ModelSpec:
   h, w, c = image_shape
   if h != w:
@@ -43,13 +83,17 @@ def model_spec(config: ml_collections.ConfigDict, image_shape, num_classes: int)
 
 def train_explainer(classifier: Classifier, images: np.ndarray,
                     config: ml_collections.ConfigDict, workdir: str | None = None) -> Explainer:
-  """Fit `config.method` to explain `classifier` on `images` (validated, in [-1, 1])."""
+  """Fit `config.method` to explain `classifier` on `images` (validated, in [-1, 1]).
+
+  In a multi-process job every process passes the same `images`; each reads only its
+  own slice of every global batch.
+  """
   method = get_method(config.method)
   k = classifier.num_classes
   spec = model_spec(config, images.shape[1:], k)
   steps = config.steps or config_lib.default_steps(spec.image_size)
   batch_size = config.batch_size or config_lib.default_batch_size(k)
-  mesh = mesh_lib.make_mesh(config.num_devices)
+  mesh = mesh_lib.make_mesh(config.num_devices, config.get("fsdp", 1))
   devices = mesh.devices.size
   if len(images) < devices:
     raise ValueError(f"{len(images)} images cannot be spread over {devices} devices")
@@ -67,57 +111,77 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
     missing = np.flatnonzero(counts == 0).tolist()
     raise ValueError(f"the classifier predicts no image as class(es) {missing}; the "
                      "explainer needs images the classifier assigns to every class")
+  # The batch of step i is a pure function of (seed, i): the step is the iterator state.
   dataset = data_lib.grouped_batches(data_lib.ArraySource({"image": images}), predicted,
                                      k, per_class, seed=config.seed)
 
   models, state = gan.init(method, spec, seed=config.seed, lr=config.learning_rate,
                            b1=config.b1)
+  layout = mesh_lib.describe(mesh, batch_size)
   meta = {"method": method.name, "image_shape": list(images.shape[1:]),
           "num_classes": k, "classifier_fingerprint": classifier.fingerprint(),
-          "config": config.to_dict()}
+          "config": config.to_dict(), "layout": layout}
 
+  state_sharding = mesh_lib.state_shardings(mesh, state)
   replicated = mesh_lib.replicated(mesh)
   images_sharding = mesh_lib.batch_sharding(mesh, 5, axis=1)
-  state = jax.device_put(state, replicated)
+  state = jax.device_put(state, state_sharding)
   clf_params = jax.device_put(classifier.params, replicated)
   step_fn = jax.jit(gan.make_train_step(method, models, classifier.apply,
                                         dict(config.weights)),
-                    in_shardings=(replicated, replicated, images_sharding),
-                    out_shardings=(replicated, replicated), donate_argnums=0)
+                    in_shardings=(state_sharding, replicated, images_sharding),
+                    out_shardings=(state_sharding, replicated), donate_argnums=0)
 
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints) \
       if workdir else None
   log = MetricsLog(os.path.join(workdir, "explainer_metrics.jsonl") if workdir else None)
+  ids_log = MetricsLog(os.path.join(workdir, "example_ids.jsonl")
+                       if workdir and config.get("log_example_ids") else None)
+  preemption = Preemption()
   try:
     start = 0
-    if ckpts is not None and ckpts.latest_step() is not None:
-      _check_resumable(ckpts.read_meta(), meta, workdir, classifier, steps,
-                       ckpts.latest_step())
-      state = ckpts.restore(state)
-      start = int(state.step)
+    if ckpts is not None:
+      restored = ckpts.restore_latest_good(
+          state, lambda saved, step: _check_resumable(saved, meta, workdir, classifier,
+                                                      steps, step))
+      if restored is not None:
+        state, _, start = restored
+        start = int(state.step)
+        log.truncate_after(start)
+        ids_log.truncate_after(start)
+    if is_main_process():
+      print(f"explainer/{method.name}: {layout}", flush=True)
     progress = Progress(steps, start, desc=f"explainer/{method.name}", enabled=config.progress)
     with jax.set_mesh(mesh):
       for step in range(start, steps):
-        batch = data_lib.to_global({"image": dataset[step]["image"]},
-                                   {"image": images_sharding})
+        local = dataset[step]
+        batch = data_lib.to_global({"image": local["image"]}, {"image": images_sharding})
         state, metrics = step_fn(state, clf_params, batch["image"])
         done = step + 1
+        if ids_log.path:
+          ids_log.write(done, {}, ids=np.asarray(local["id"]).tolist())
         if done % config.log_every == 0 or done == steps:
-          _raise_if_nonfinite(state)
-          row = log.write(done, jax.device_get(metrics))
+          _raise_if_nonfinite(state, mesh)
+          row = log.write(done, mesh_lib.to_host(metrics, mesh))
           progress.update(done, {k_: row[k_] for k_ in ("d_loss", "g_loss", "g_flip")})
-        if ckpts is not None and (done % config.checkpoint_every == 0 or done == steps):
-          _raise_if_nonfinite(state)
+        stop = preemption.requested(ckpts, done)
+        if ckpts is not None and (done % config.checkpoint_every == 0 or done == steps or stop):
+          _raise_if_nonfinite(state, mesh)
           ckpts.save(done, state, meta)
+        if stop:
+          if ckpts is not None:
+            ckpts.wait()
+          raise Preempted(done)
     progress.close()
   finally:
+    preemption.restore()
     if ckpts is not None:
       ckpts.close()
-  explainer = Explainer(method, spec, models.gen_def, jax.device_get(state.gen), classifier,
+  explainer = Explainer(method, spec, models.gen_def, mesh_lib.to_host(state.gen, mesh), classifier,
                         chunk_size=config.chunk_size, map_reference=map_reference(config),
                         config=config.to_dict())
   explainer.history = log.history
-  if workdir and is_main_process():
+  if workdir:
     explainer.save(os.path.join(workdir, "explainer"))
   return explainer
 
@@ -129,8 +193,8 @@ def map_reference(config) -> str:
   return get_method(config.method).default_map_reference(bool(config.model.residual))
 
 
-def _raise_if_nonfinite(state) -> None:
-  bad = int(state.nonfinite_step)
+def _raise_if_nonfinite(state, mesh) -> None:
+  bad = int(mesh_lib.to_host(state.nonfinite_step, mesh))
   if bad >= 0:
     raise NonFiniteError(f"losses became non-finite at step {bad}; training stopped and "
                          "the last good checkpoint was kept (try a lower learning rate)")

@@ -31,13 +31,24 @@ class MetricsLog:
     if self.path:
       os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
 
-  def write(self, step: int, metrics: dict) -> dict:
-    row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+  def write(self, step: int, metrics: dict, **raw) -> dict:
+    """`metrics` are scalars (NaN/inf become null); `raw` values are written as given."""
+    row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}, **raw}
     self.history.append(row)
     if self.path:
       with open(self.path, "a") as f:
         f.write(json.dumps(row) + "\n")
     return row
+
+
+  def truncate_after(self, step: int) -> None:
+    """Drop rows past `step`: a resumed run rewrites them, so none appears twice."""
+    if not self.path or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(self.path, "w") as f:
+      f.writelines(rows)
 
 
 class Progress:

@@ -1,0 +1,205 @@
+"""Scaling out: mesh layouts, several processes, preemption, broken checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import cfx_jax
+from cfx_jax.methods import METHODS, ModelSpec
+from cfx_jax.training import gan, runtime
+from cfx_jax.training import mesh as mesh_lib
+from cfx_jax.training.checkpoints import CheckpointWarning
+
+from conftest import IMAGE_SHAPE, linear_logits, linear_predict, model_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 4
+SPEC = ModelSpec(image_size=16, channels=3, num_classes=2, gen_features=(8, 16),
+                 disc_features=(8, 16))
+
+
+def fit_config(num_devices: int) -> dict:
+  return model_config(num_devices=num_devices, checkpoint_every=2)
+
+
+def _leaves(tree):
+  return [np.asarray(a) for a in jax.tree.leaves(tree)]
+
+
+def _assert_close(a, b, **tol):
+  assert len(a) == len(b) and a
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(x, y, **tol)
+
+
+# Mesh layouts ---------------------------------------------------------------------
+
+def test_fsdp_rule_shards_largest_divisible_dimension():
+  mesh = mesh_lib.make_mesh(8, fsdp=2)
+  assert mesh.shape == {"data": 4, "fsdp": 2}
+  assert mesh_lib.fsdp_sharding(mesh, (3, 3, 16, 32)).spec == P(None, None, None, "fsdp")
+  assert mesh_lib.fsdp_sharding(mesh, (3, 3, 7, 5)).spec == P(None, None, None, None)
+  assert mesh_lib.fsdp_sharding(mesh, (6, 3)).spec == P("fsdp", None)
+  assert mesh_lib.fsdp_sharding(mesh, ()).spec == P()
+  with pytest.raises(ValueError, match="fsdp=3 must divide"):
+    mesh_lib.make_mesh(8, fsdp=3)
+
+
+@pytest.mark.parametrize("num_devices,fsdp", [(8, 1), (8, 2)])
+def test_layouts_match_single_device(images, num_devices, fsdp):
+  """data=8 and data=4 x fsdp=2 give the single-device losses and parameters."""
+  clf = cfx_jax.as_classifier(linear_logits, IMAGE_SHAPE)
+  method = METHODS["syce"]
+  pred = linear_predict(images)
+  batch = np.stack([images[pred == c][:8] for c in (0, 1)])
+
+  def run(n, f):
+    models, state = gan.init(method, SPEC, seed=0, lr=1e-3, b1=0.5)
+    mesh = mesh_lib.make_mesh(n, fsdp=f)
+    shard = mesh_lib.state_shardings(mesh, state)
+    rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh, 5, axis=1)
+    step = jax.jit(gan.make_train_step(method, models, clf.apply, {}),
+                   in_shardings=(shard, rep, data), out_shardings=(shard, rep))
+    state = jax.device_put(state, shard)
+    losses = []
+    with jax.set_mesh(mesh):
+      for _ in range(3):
+        state, m = step(state, None, jax.device_put(batch, data))
+        losses.append([float(m["g_loss"]), float(m["d_loss"])])
+    return np.array(losses), _leaves(mesh_lib.to_host(state.gen, mesh))
+
+  base_losses, base_params = run(1, 1)
+  losses, params = run(num_devices, fsdp)
+  np.testing.assert_allclose(losses, base_losses, rtol=1e-4, atol=1e-5)
+  _assert_close(params, base_params, rtol=1e-4, atol=1e-5)
+
+
+# Several processes -----------------------------------------------------------------
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_agree_and_restore_on_one_device(images, tmp_path):
+  workdir = tmp_path / "two"
+  workdir.mkdir()
+  port = _free_port()
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  env.pop("XLA_FLAGS", None)
+  worker = os.path.join(ROOT, "tests", "two_process_worker.py")
+  procs = [subprocess.Popen([sys.executable, worker, str(port), str(i), str(workdir)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=240)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  both = [np.load(workdir / f"params_{i}.npz") for i in range(2)]
+  p0, p1 = ([f[k] for k in sorted(f.files, key=lambda s: int(s.split("_")[1]))] for f in both)
+  _assert_close(p0, p1, rtol=0, atol=0)
+
+  # One process over the same four-device layout sees the same global batches.
+  single = cfx_jax.fit_explainer(linear_logits, images, steps=STEPS, batch_size=8,
+                                 config=fit_config(4))
+  _assert_close(p0, _leaves(single.gen_params), rtol=1e-4, atol=1e-5)
+
+  # The checkpoint of the 2-process, 4-device run resumes on one device.
+  resumed = cfx_jax.fit_explainer(linear_logits, images, steps=STEPS + 2, batch_size=8,
+                                  workdir=str(workdir), config=fit_config(1))
+  assert [row["step"] for row in resumed.history] == [STEPS + 1, STEPS + 2]
+
+
+def test_unreachable_coordinator_fails_fast_with_a_clear_error():
+  c = runtime.runtime_config()
+  c.distributed, c.initialization_timeout = True, 2
+  c.coordinator_address, c.num_processes, c.process_id = f"127.0.0.1:{_free_port()}", 2, 1
+  start = time.monotonic()
+  with pytest.raises(ConnectionError, match="did not answer within 2 s"):
+    runtime.setup(c)
+  assert time.monotonic() - start < 10
+
+
+# Preemption and broken checkpoints ---------------------------------------------------
+
+def _train_job(workdir, *extra):
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  env.pop("XLA_FLAGS", None)
+  return subprocess.Popen(
+      [sys.executable, "-m", "train", "--config", "tests/tiny_job_config.py",
+       "--workdir", str(workdir), *extra],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _steps_logged(path) -> int:
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return rows[-1]["step"] if rows else 0
+
+
+def _ids(workdir):
+  with open(workdir / "example_ids.jsonl") as f:
+    return [(row["step"], row["ids"]) for row in map(json.loads, f)]
+
+
+def _generator(workdir):
+  with ocp.StandardCheckpointer() as ckpt:
+    return _leaves(ckpt.restore(os.path.abspath(workdir / "explainer" / "generator")))
+
+
+def test_sigterm_then_restart_equals_uninterrupted(tmp_path):
+  whole, cut = tmp_path / "whole", tmp_path / "cut"
+  p = _train_job(whole)
+  out = p.communicate(timeout=300)[0]
+  assert p.returncode == 0, out[-3000:]
+
+  p = _train_job(cut)
+  metrics = cut / "explainer_metrics.jsonl"
+  deadline = time.monotonic() + 240
+  while _steps_logged(metrics) < 5 and p.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.02)
+  p.send_signal(signal.SIGTERM)
+  out = p.communicate(timeout=120)[0]
+  assert p.returncode == 75, out[-3000:]
+  stopped = _steps_logged(metrics)
+  assert 5 <= stopped < 200, "the job must stop early, after a saved step"
+  assert ocp.CheckpointManager(os.path.abspath(cut / "checkpoints")).latest_step() == stopped
+
+  p = _train_job(cut)
+  out = p.communicate(timeout=300)[0]
+  assert p.returncode == 0, out[-3000:]
+
+  ids = _ids(cut)
+  assert [step for step, _ in ids] == list(range(1, 201)), "no batch repeated or skipped"
+  assert ids == _ids(whole)
+  _assert_close(_generator(cut), _generator(whole), rtol=1e-6, atol=1e-7)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(images, tmp_path):
+  cfg = fit_config(1)
+  cfx_jax.fit_explainer(linear_logits, images, steps=STEPS, batch_size=8,
+                        workdir=str(tmp_path), config=cfg)
+  newest = tmp_path / "checkpoints" / str(STEPS) / "state"
+  assert newest.exists()
+  for root, _, files in os.walk(newest):
+    for name in files:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(max(os.path.getsize(f.name) // 3, 1))
+  with pytest.warns(CheckpointWarning, match=f"checkpoint {STEPS} .* previous"):
+    resumed = cfx_jax.fit_explainer(linear_logits, images, steps=STEPS + 2, batch_size=8,
+                                    workdir=str(tmp_path), config=cfg)
+  assert [row["step"] for row in resumed.history] == [STEPS - 1, STEPS, STEPS + 1, STEPS + 2]

@@ -203,3 +203,16 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(images, tmp_path):
     resumed = cfx_jax.fit_explainer(linear_logits, images, steps=STEPS + 2, batch_size=8,
                                     workdir=str(tmp_path), config=cfg)
   assert [row["step"] for row in resumed.history] == [STEPS - 1, STEPS, STEPS + 1, STEPS + 2]
+
+
+def test_compilation_cache_is_written(tmp_path):
+  code = ("import jax, jax.numpy as jnp\n"
+          "from cfx_jax.training import runtime\n"
+          "c = runtime.runtime_config()\n"
+          f"c.compilation_cache_dir = {str(tmp_path / 'cache')!r}\n"
+          "runtime.setup(c)\n"
+          "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n")
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  env.pop("XLA_FLAGS", None)
+  subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+  assert os.listdir(tmp_path / "cache"), "the compiled program was not cached"

@@ -33,7 +33,7 @@ def setup(c: ml_collections.ConfigDict) -> None:
   if c.compilation_cache_dir:
     # Restarts after preemption then load compiled programs instead of recompiling.
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(c.compilation_cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   if c.distributed or os.environ.get(ENV_FLAG) == "1":
     initialize_distributed(c)
 

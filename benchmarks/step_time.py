@@ -1,0 +1,150 @@
+"""Step time of the core explainer's full train step (SyCE: 2 generators, 2 discriminators
+with gradient penalty, frozen BatchNorm CNN classifier, every loss term).
+
+    python -m benchmarks.step_time                       # the default grid of sizes
+    python -m benchmarks.step_time --sizes 32x3 --batches 64 --dtypes float32 bfloat16
+    python -m benchmarks.step_time --smoke               # tiny, 2 steps (used by the tests)
+
+For each configuration: compile time, median and 10th/90th percentile ms/step after
+warm-up, images/s, FLOPs per step from XLA's cost analysis, achieved FLOP/s and its
+fraction of the device's measured peak (a large matmul on the same device), and peak
+device memory where the backend reports it. Writes benchmarks/results/step_time_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from cfx_jax.classifier import from_module
+from cfx_jax.methods import METHODS, ModelSpec
+from cfx_jax.models import CNNClassifier
+from cfx_jax.training import gan
+
+
+def build(image_size: int, channels: int, dtype: str):
+  spec = ModelSpec(image_size, channels, 2, dtype=None if dtype == "float32" else jnp.dtype(dtype))
+  method = METHODS["syce"]
+  models, state = gan.init(method, spec, seed=0, lr=1e-4, b1=0.5)
+  clf = from_module(CNNClassifier(channels, 2, rngs=nnx.Rngs(0)), (image_size, image_size, channels))
+  return method, models, state, clf
+
+
+def multi_step(step, steps_per_dispatch: int):
+  """Several train steps in one compiled call (lax.scan over a stack of batches)."""
+  if steps_per_dispatch == 1:
+    return step
+
+  def run(state, clf_params, images):
+    def body(s, batch):
+      s, m = step(s, clf_params, batch)
+      return s, m
+    state, metrics = jax.lax.scan(body, state, images)
+    return state, jax.tree.map(lambda a: a[-1], metrics)
+  return run
+
+
+def peak_flops(dtype: str) -> float:
+  """Achieved FLOP/s of a large square matmul: the reference for 'fraction of peak'."""
+  n = 2048 if jax.devices()[0].platform == "cpu" else 8192
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(5):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return 2 * n ** 3 / min(times)
+
+
+def measure(image_size, channels, batch, dtype, steps_per_dispatch, steps, warmup):
+  method, models, state, clf = build(image_size, channels, dtype)
+  step = multi_step(gan.make_train_step(method, models, clf.apply, {}), steps_per_dispatch)
+  fn = jax.jit(step, donate_argnums=0)
+  rng = np.random.default_rng(0)
+  shape = (2, batch // 2, image_size, image_size, channels)
+  if steps_per_dispatch > 1:
+    shape = (steps_per_dispatch,) + shape
+  images = jnp.asarray(rng.uniform(-1, 1, shape).astype(np.float32))
+  t0 = time.perf_counter()
+  compiled = fn.lower(state, clf.params, images).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  for _ in range(warmup):
+    state, m = compiled(state, clf.params, images)
+  jax.block_until_ready(m)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, m = compiled(state, clf.params, images)
+    jax.block_until_ready(m)
+    times.append((time.perf_counter() - t0) / steps_per_dispatch)
+  stats = jax.devices()[0].memory_stats() or {}
+  ms = 1000 * float(np.median(times))
+  return {
+      "image_size": image_size, "channels": channels, "batch": batch, "dtype": dtype,
+      "steps_per_dispatch": steps_per_dispatch, "compile_s": compile_s,
+      "ms_per_step_median": ms,
+      "ms_per_step_p10_p90": [1000 * float(np.percentile(times, q)) for q in (10, 90)],
+      "images_per_s": batch / (ms / 1000),
+      "flops_per_step": flops / steps_per_dispatch,
+      "achieved_flops_per_s": flops / steps_per_dispatch / (ms / 1000),
+      "peak_memory_bytes": stats.get("peak_bytes_in_use"),
+      "g_loss": float(m["g_loss"]),
+  }
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sizes", nargs="*", default=["32x1", "32x3", "64x1", "64x3", "128x3"],
+                      help="SIDExCHANNELS")
+  parser.add_argument("--batches", type=int, nargs="*", default=[64, 256])
+  parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
+  parser.add_argument("--steps-per-dispatch", type=int, nargs="*", default=[1])
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--smoke", action="store_true", help="tiny sizes, 2 steps")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  if args.smoke:
+    args.sizes, args.batches, args.dtypes = ["16x3"], [8], ["float32"]
+    args.steps_per_dispatch, args.steps, args.warmup = [1, 2], 2, 1
+  device = jax.devices()[0]
+  peak = {d: peak_flops(d) for d in args.dtypes}
+  rows = []
+  for size in args.sizes:
+    side, channels = (int(v) for v in size.split("x"))
+    for batch in args.batches:
+      for dtype in args.dtypes:
+        for spd in args.steps_per_dispatch:
+          row = measure(side, channels, batch, dtype, spd, args.steps, args.warmup)
+          row["fraction_of_peak"] = row["achieved_flops_per_s"] / peak[dtype]
+          rows.append(row)
+          print(f"{side}x{side}x{channels} batch {batch} {dtype} x{spd}: "
+                f"{row['ms_per_step_median']:.1f} ms/step, {row['images_per_s']:.0f} img/s, "
+                f"compile {row['compile_s']:.1f} s, {row['fraction_of_peak']:.1%} of peak",
+                flush=True)
+  result = {"device": device.device_kind, "platform": device.platform,
+            "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "jax": jax.__version__, "peak_matmul_flops_per_s": peak, "results": rows}
+  out = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                 f"step_time_{device.device_kind.replace(' ', '_').lower()}.json")
+  with open(out, "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"wrote {out}")
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,16 @@
+"""The benchmark scripts run (smoke mode) so they cannot rot; no timing is asserted."""
+
+import json
+
+from benchmarks import step_time
+
+
+def test_step_time_smoke(tmp_path):
+  out = tmp_path / "step_time.json"
+  result = step_time.main(["--smoke", "--out", str(out)])
+  assert json.loads(out.read_text())["results"] == json.loads(json.dumps(result["results"]))
+  rows = result["results"]
+  assert [r["steps_per_dispatch"] for r in rows] == [1, 2]
+  for r in rows:
+    assert r["ms_per_step_median"] > 0 and r["flops_per_step"] > 0
+    assert r["images_per_s"] > 0 and 0 < r["fraction_of_peak"]

@@ -68,7 +68,6 @@ def _draw(start: int, stop: int, seed: int, image_size: int, channels: int):
 
 def _render(params, coarse, grain_noise, labels, image_size, channels):
   """Renders one chunk of images from their draws (fully vectorised)."""
-  n = params.shape[0]
   s = float(image_size)
   coords = np.arange(image_size, dtype=np.float64) + 0.5
   yy = coords[None, :, None]

@@ -73,6 +73,22 @@ class Method:
     return loss, {"d_real": real_loss, "d_fake": fake_loss, "d_gp": gp, "d_loss": loss}
 
 
+def flatten_groups(xs: jax.Array) -> jax.Array:
+  """(K, B, ...) grouped images -> (K * B, ...) for the classifier."""
+  return xs.reshape((-1,) + xs.shape[2:])
+
+
+def group_labels(classes, per_group: int) -> jax.Array:
+  """Per-example labels (K * B,) from one class per group."""
+  return jnp.repeat(jnp.asarray(classes, jnp.int32), per_group)
+
+
+def weighted_total(terms: dict, w: dict) -> tuple[jax.Array, dict]:
+  """The generator loss and its metrics (`g_<term>` unweighted, `g_loss` weighted)."""
+  loss = sum(w[name] * value for name, value in terms.items())
+  return loss, {**{f"g_{n}": v for n, v in terms.items()}, "g_loss": loss}
+
+
 def other_class(probs: jax.Array) -> jax.Array:
   """Default target: the most likely class other than the predicted one."""
   pred = jnp.argmax(probs, axis=-1)

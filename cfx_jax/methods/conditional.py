@@ -6,11 +6,11 @@ that makes the residual generator's maps sparse; set it to 0 for the paper's exa
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 from flax import nnx
 
 from cfx_jax.methods import losses
-from cfx_jax.methods.base import Method, ModelSpec
+from cfx_jax.methods.base import (Method, ModelSpec, flatten_groups, group_labels,
+                                  weighted_total)
 from cfx_jax.models import Discriminator, Generator
 
 
@@ -48,24 +48,22 @@ class CycleExplainer(Method):
     return gen.grouped(xs, sources, targets)
 
   def generator_loss(self, gen, disc, f, xs, sources, targets, w):
-    k, b = xs.shape[:2]
-    src = _labels(sources, k, b)
-    tgt = _labels(targets, k, b)
+    b = xs.shape[1]
+    src, tgt = group_labels(sources, b), group_labels(targets, b)
     xa = gen.grouped(xs, sources, targets)
     cycled = gen.grouped(xa, targets, sources)
     terms = {
-        "flip": losses.cross_entropy(f(_flat(xa)), tgt),
+        "flip": losses.cross_entropy(f(flatten_groups(xa)), tgt),
         "adv": losses.bce_logits(disc.grouped(xa, targets), real=True),
         "cycle": losses.mse_mae(xs, cycled),
-        "cycle_cls": losses.cross_entropy(f(_flat(cycled)), src),
+        "cycle_cls": losses.cross_entropy(f(flatten_groups(cycled)), src),
         "l1": losses.l1(xa, xs),
     }
     if self.symmetric:
       twice = gen.grouped(xa, sources, targets)
       terms["sym"] = losses.mse_mae(xs, twice)
-      terms["sym_cls"] = losses.cross_entropy(f(_flat(twice)), src)
-    loss = sum(w[name] * value for name, value in terms.items())
-    return loss, {**{f"g_{n}": v for n, v in terms.items()}, "g_loss": loss}
+      terms["sym_cls"] = losses.cross_entropy(f(flatten_groups(twice)), src)
+    return weighted_total(terms, w)
 
   def explain(self, gen, x, predicted, target):
     xa = gen(x, predicted, target)
@@ -73,10 +71,3 @@ class CycleExplainer(Method):
       return gen(xa, predicted, target), xa   # x_st = G_y(G_y(x))
     return gen(xa, target, predicted), xa      # the cycle reconstruction
 
-
-def _flat(xs):
-  return xs.reshape((-1,) + xs.shape[2:])
-
-
-def _labels(classes, k, b):
-  return jnp.repeat(jnp.asarray(classes, jnp.int32), b)

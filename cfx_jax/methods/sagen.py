@@ -8,11 +8,11 @@ their difference isolates what the classifier needs to change its mind.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 from flax import nnx
 
 from cfx_jax.methods import losses
-from cfx_jax.methods.base import Method, ModelSpec
+from cfx_jax.methods.base import (Method, ModelSpec, flatten_groups, group_labels,
+                                  weighted_total)
 from cfx_jax.models import Discriminator, TwoHeadGenerator
 
 
@@ -33,20 +33,17 @@ class StableAdversarialExplainer(Method):
     return gen.grouped(xs, targets)[1]
 
   def generator_loss(self, gen, disc, f, xs, sources, targets, w):
-    k, b = xs.shape[:2]
-    src = jnp.repeat(jnp.asarray(sources, jnp.int32), b)
-    tgt = jnp.repeat(jnp.asarray(targets, jnp.int32), b)
+    b = xs.shape[1]
+    src, tgt = group_labels(sources, b), group_labels(targets, b)
     stable, adv = gen.grouped(xs, targets)
-    flat = lambda z: z.reshape((-1,) + z.shape[2:])
     terms = {
-        "flip": losses.cross_entropy(f(flat(adv)), tgt),
-        "keep": losses.cross_entropy(f(flat(stable)), src),
+        "flip": losses.cross_entropy(f(flatten_groups(adv)), tgt),
+        "keep": losses.cross_entropy(f(flatten_groups(stable)), src),
         "adv": losses.bce_logits(disc.grouped(adv, targets), real=True),
         "stable_prox": losses.mse_mae(stable, xs),
         "l1": losses.l1(adv, xs),
     }
-    loss = sum(w[name] * value for name, value in terms.items())
-    return loss, {**{f"g_{n}": v for n, v in terms.items()}, "g_loss": loss}
+    return weighted_total(terms, w)
 
   def explain(self, gen, x, predicted, target):
     return gen(x, target)

@@ -16,7 +16,6 @@ from cfx_jax import persistence
 from cfx_jax.classifier import Classifier, from_module
 from cfx_jax.models import CNNClassifier
 from cfx_jax.training import mesh as mesh_lib
-from cfx_jax.training.datasets import load_split
 from cfx_jax.training.logging import MetricsLog, Progress
 
 

@@ -1,0 +1,59 @@
+"""Markdown tables of the committed results, for the README.
+
+    python -m benchmarks.tables
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+
+
+def _load(pattern):
+  for path in sorted(glob.glob(os.path.join(RESULTS, pattern))):
+    with open(path) as f:
+      yield os.path.basename(path), json.load(f)
+
+
+def step_time() -> str:
+  lines = []
+  for name, r in _load("step_time_*.json"):
+    lines += [f"`{name}` ({r['device']}, jax {r['jax']})", "",
+              "| image | batch | compute | steps/dispatch | ms/step (p10–p90) | images/s | compile s | % of matmul peak |",
+              "|---|---|---|---|---|---|---|---|"]
+    for x in r["results"]:
+      lo, hi = x["ms_per_step_p10_p90"]
+      lines.append(f"| {x['image_size']}x{x['image_size']}x{x['channels']} | {x['batch']} "
+                   f"| {x['dtype']} | {x['steps_per_dispatch']} | {x['ms_per_step_median']:.1f} "
+                   f"({lo:.1f}–{hi:.1f}) | {x['images_per_s']:.0f} | {x['compile_s']:.1f} "
+                   f"| {100 * x['fraction_of_peak']:.1f} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def scaling() -> str:
+  lines = []
+  for name, r in _load("scaling_*.json"):
+    lines += [f"`{name}` (fsdp={r['fsdp']})", "",
+              "| devices | mesh | global batch | per-device batch | ms/step |", "|---|---|---|---|---|"]
+    for x in r["results"]:
+      lines.append(f"| {x['devices']} | {x['mesh']} | {x['global_batch']} "
+                   f"| {x['per_device_batch']} | {x['ms_per_step_median']:.0f} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def methods() -> str:
+  from benchmarks.compare_methods import table
+  return "\n\n".join(f"`{name}` ({r['device']}, {r['steps']} steps)\n\n{table(r['results'])}"
+                     for name, r in _load("methods_*.json"))
+
+
+if __name__ == "__main__":
+  for title, text in (("Step time", step_time()), ("Scaling", scaling()),
+                      ("Methods", methods())):
+    if text:
+      print(f"### {title}\n\n{text}\n")

@@ -80,7 +80,8 @@ def main():
     print(f"{n} devices: global batch {row['global_batch']}, per device "
           f"{row['per_device_batch']}, {row['ms_per_step_median']:.0f} ms/step", flush=True)
   kind = rows[0]["device_kind"].replace(" ", "_").lower()
-  path = os.path.join(os.path.dirname(__file__), "results", f"scaling_{kind}.json")
+  suffix = f"_fsdp{args.fsdp}" if args.fsdp > 1 else ""
+  path = os.path.join(os.path.dirname(__file__), "results", f"scaling_{kind}{suffix}.json")
   with open(path, "w") as f:
     json.dump({"steps": args.steps, "fsdp": args.fsdp, "results": rows}, f, indent=2)
   print(f"wrote {path}")

@@ -33,6 +33,7 @@ class Explainer:
     self.gen_def, self.gen_params = gen_def, gen_params
     self.chunk_size = int(chunk_size)
     self.config = dict(config or {})
+    self.history: list[dict] = []  # training metrics, filled by the train loop
     self._programs = jax.jit(self._explain_program)
     self._all_targets = jax.jit(self._all_targets_program)
     self._probs = jax.jit(lambda p, x: jax.nn.softmax(classifier.apply(p, x), axis=-1))

@@ -36,7 +36,6 @@ class Explainer:
     self.history: list[dict] = []  # training metrics, filled by the train loop
     self._programs = jax.jit(self._explain_program)
     self._all_targets = jax.jit(self._all_targets_program)
-    self._probs = jax.jit(lambda p, x: jax.nn.softmax(classifier.apply(p, x), axis=-1))
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -72,8 +71,7 @@ class Explainer:
 
   def predict_proba(self, images) -> np.ndarray:
     x = validation.check_images(images, self.image_shape)
-    return map_in_chunks(lambda xb: self._probs(self.classifier.params, xb), [x],
-                         self.chunk_size)
+    return np.asarray(jax.nn.softmax(self.classifier.logits(x, self.chunk_size), axis=-1))
 
   def explain(self, images, target=None) -> Explanation:
     """Counterfactuals and maps; default target is the most likely other class."""

@@ -145,7 +145,7 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
           state, lambda saved, step: _check_resumable(saved, meta, workdir, classifier,
                                                       steps, step))
       if restored is not None:
-        state, _, start = restored
+        state = restored[0]
         start = int(state.step)
         log.truncate_after(start)
         ids_log.truncate_after(start)

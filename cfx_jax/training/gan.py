@@ -103,10 +103,9 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
     metrics = {**d_metrics, **g_metrics}
     finite = jnp.isfinite(metrics["d_loss"]) & jnp.isfinite(metrics["g_loss"])
     ok = finite & (state.nonfinite_step < 0)
-    new = state.replace(step=state.step + 1, gen=gen_params, disc=disc_params,
-                        gen_opt=gen_opt, disc_opt=disc_opt)
-    keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)
-    new = keep(new, state).replace(
+    updated = state.replace(gen=gen_params, disc=disc_params, gen_opt=gen_opt,
+                            disc_opt=disc_opt)
+    new = jax.tree.map(lambda x, y: jnp.where(ok, x, y), updated, state).replace(
         step=state.step + 1,
         nonfinite_step=jnp.where(ok | (state.nonfinite_step >= 0),
                                  state.nonfinite_step, state.step))

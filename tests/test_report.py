@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -56,8 +57,7 @@ def test_explanation_grid(tmp_path, channels, with_masks):
 
 def test_grid_handles_constant_map_and_few_examples(tmp_path):
   images, e, masks = _explanation(n=2)
-  e = Explanation(np.zeros_like(e.maps), e.counterfactual, e.stable, e.target,
-                  e.probs, e.cf_probs)
+  e = dataclasses.replace(e, maps=np.zeros_like(e.maps))
   path = tmp_path / 'grid.png'
   report.save_explanation_grid(path, images, e, masks, num_rows=8)
   _, height = _png_size(path)

@@ -30,6 +30,22 @@ from cfx_jax.models import CNNClassifier
 from cfx_jax.training import gan
 
 
+def environment() -> dict:
+  """Where a result was measured: device, host and library versions."""
+  import flax
+  import optax
+  device = jax.devices()[0]
+  return {"device": device.device_kind, "platform": device.platform,
+          "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+          "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
+
+
+def result_path(name: str) -> str:
+  """benchmarks/results/<name>_<device>.json"""
+  device = jax.devices()[0].device_kind.replace(" ", "_").lower()
+  return os.path.join(os.path.dirname(__file__), "results", f"{name}_{device}.json")
+
+
 def build(image_size: int, channels: int, dtype: str):
   spec = ModelSpec(image_size, channels, 2, dtype=None if dtype == "float32" else jnp.dtype(dtype))
   method = METHODS["syce"]
@@ -66,7 +82,8 @@ def peak_flops(dtype: str) -> float:
   return 2 * n ** 3 / min(times)
 
 
-def measure(image_size, channels, batch, dtype, steps_per_dispatch, steps, warmup):
+def prepare(image_size, channels, batch, dtype, steps_per_dispatch=1):
+  """Compiled step and its inputs: `run()` does one dispatch and waits for it."""
   method, models, state, clf = build(image_size, channels, dtype)
   step = multi_step(gan.make_train_step(method, models, clf.apply, {}), steps_per_dispatch)
   fn = jax.jit(step, donate_argnums=0)
@@ -81,20 +98,33 @@ def measure(image_size, channels, batch, dtype, steps_per_dispatch, steps, warmu
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  box = {"state": state}
+
+  def run():
+    box["state"], m = compiled(box["state"], clf.params, images)
+    jax.block_until_ready(m)
+    return m
+
+  params = {name: sum(x.size for x in jax.tree.leaves(p))
+            for name, p in (("generators", state.gen), ("discriminators", state.disc))}
+  return run, {"compile_s": compile_s, "flops": flops, "params": params}
+
+
+def measure(image_size, channels, batch, dtype, steps_per_dispatch, steps, warmup):
+  run, info = prepare(image_size, channels, batch, dtype, steps_per_dispatch)
   for _ in range(warmup):
-    state, m = compiled(state, clf.params, images)
-  jax.block_until_ready(m)
+    m = run()
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()
-    state, m = compiled(state, clf.params, images)
-    jax.block_until_ready(m)
+    m = run()
     times.append((time.perf_counter() - t0) / steps_per_dispatch)
   stats = jax.devices()[0].memory_stats() or {}
   ms = 1000 * float(np.median(times))
+  flops = info["flops"]
   return {
       "image_size": image_size, "channels": channels, "batch": batch, "dtype": dtype,
-      "steps_per_dispatch": steps_per_dispatch, "compile_s": compile_s,
+      "steps_per_dispatch": steps_per_dispatch, "compile_s": info["compile_s"],
       "ms_per_step_median": ms,
       "ms_per_step_p10_p90": [1000 * float(np.percentile(times, q)) for q in (10, 90)],
       "images_per_s": batch / (ms / 1000),
@@ -120,7 +150,6 @@ def main(argv=None):
   if args.smoke:
     args.sizes, args.batches, args.dtypes = ["16x3"], [8], ["float32"]
     args.steps_per_dispatch, args.steps, args.warmup = [1, 2], 2, 1
-  device = jax.devices()[0]
   peak = {d: peak_flops(d) for d in args.dtypes}
   rows = []
   for size in args.sizes:
@@ -135,11 +164,8 @@ def main(argv=None):
                 f"{row['ms_per_step_median']:.1f} ms/step, {row['images_per_s']:.0f} img/s, "
                 f"compile {row['compile_s']:.1f} s, {row['fraction_of_peak']:.1%} of peak",
                 flush=True)
-  result = {"device": device.device_kind, "platform": device.platform,
-            "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "jax": jax.__version__, "peak_matmul_flops_per_s": peak, "results": rows}
-  out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                 f"step_time_{device.device_kind.replace(' ', '_').lower()}.json")
+  result = {**environment(), "peak_matmul_flops_per_s": peak, "results": rows}
+  out = args.out or result_path("step_time")
   with open(out, "w") as f:
     json.dump(result, f, indent=2)
   print(f"wrote {out}")

@@ -14,3 +14,12 @@ def test_step_time_smoke(tmp_path):
   for r in rows:
     assert r["ms_per_step_median"] > 0 and r["flops_per_step"] > 0
     assert r["images_per_s"] > 0 and 0 < r["fraction_of_peak"]
+
+
+def test_explain_throughput_smoke(tmp_path):
+  from benchmarks import explain_throughput
+  out = tmp_path / "throughput.json"
+  result = explain_throughput.main(["--smoke", "--out", str(out)])
+  rows = json.loads(out.read_text())["results"]
+  assert {r["method"] for r in rows} == set(explain_throughput.MAKERS)
+  assert all(r["maps_per_s"] > 0 for r in result["results"])

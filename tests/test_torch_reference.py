@@ -37,3 +37,16 @@ def test_same_padding_is_lax_padding():
   assert tr._same_pads(16, 3, 2) == (0, 1)
   assert tr._same_pads(7, 3, 2) == (1, 1)
   assert tr._same_pads(16, 3, 1) == (1, 1)
+
+
+def test_compare_driver_smoke(tmp_path):
+  """Alternating JAX/torch rounds: one ratio per pair, parameter counts checked."""
+  import json
+
+  from benchmarks import compare_torch
+  out = tmp_path / "compare.json"
+  compare_torch.main(["--smoke", "--out", str(out)])
+  (row,) = json.loads(out.read_text())["results"]
+  assert set(row["ratios"]) == {"jax-float32 / torch-eager"}
+  assert all(len(v) == 2 for v in row["ms_per_step_rounds"].values())
+  assert row["ratios"]["jax-float32 / torch-eager"]["median"] > 0

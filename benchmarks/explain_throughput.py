@@ -1,0 +1,96 @@
+"""Explanation maps per second for every method, through the public `explain` call.
+
+    python -m benchmarks.explain_throughput                 # 32x32x3 and 64x64x3, 1024 images
+    python -m benchmarks.explain_throughput --sizes 64x3 --images 4096 --methods syce sagen
+    python -m benchmarks.explain_throughput --smoke         # tiny, used by the tests
+
+Networks are randomly initialised: the cost of a forward pass does not depend on the
+weights. The classifier is the reference BatchNorm CNN. The time covers the whole
+public call (host -> device, compiled chunks, device -> host) after one warm-up call
+of the same size, as a user sees it. Writes benchmarks/results/explain_throughput_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+from flax import nnx
+
+from benchmarks import step_time
+from cfx_jax.classifier import from_module
+from cfx_jax.methods import METHODS, ModelSpec
+from cfx_jax.models import CNNClassifier
+
+
+def generative(name):
+  def make(clf, image_size, channels, chunk_size):
+    from cfx_jax.explainer import Explainer
+    method = METHODS[name]
+    spec = ModelSpec(image_size, channels, 2)
+    gen_def, gen_params = nnx.split(method.build(spec, nnx.Rngs(0))[0])
+    explainer = Explainer(method, spec, gen_def, gen_params, clf, chunk_size=chunk_size,
+                          map_reference=method.default_map_reference(spec.residual))
+    return explainer.explain
+  return make
+
+
+MAKERS = {name: generative(name) for name in METHODS}
+
+
+def measure(name, image_size, channels, n, chunk_size, repeats):
+  clf = from_module(CNNClassifier(channels, 2, rngs=nnx.Rngs(0)),
+                    (image_size, image_size, channels))
+  explain = MAKERS[name](clf, image_size, channels, chunk_size)
+  images = np.random.default_rng(0).uniform(
+      -1, 1, (n, image_size, image_size, channels)).astype(np.float32)
+  t0 = time.perf_counter()
+  out = explain(images)
+  first_s = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = explain(images)
+    times.append(time.perf_counter() - t0)
+  assert out.maps.shape == (n, image_size, image_size)
+  s = float(np.median(times))
+  return {"method": name, "image_size": image_size, "channels": channels, "images": n,
+          "chunk_size": chunk_size, "first_call_s": first_s, "seconds_median": s,
+          "maps_per_s": n / s}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sizes", nargs="*", default=["32x3", "64x3"], help="SIDExCHANNELS")
+  parser.add_argument("--images", type=int, default=1024)
+  parser.add_argument("--chunk-size", type=int, default=256)
+  parser.add_argument("--methods", nargs="*", default=sorted(MAKERS))
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--smoke", action="store_true")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  if args.smoke:
+    args.sizes, args.images, args.chunk_size, args.repeats = ["16x3"], 8, 8, 1
+  unknown = sorted(set(args.methods) - set(MAKERS))
+  if unknown:
+    parser.error(f"unknown methods {unknown}; available: {sorted(MAKERS)}")
+  rows = []
+  for size in args.sizes:
+    side, channels = (int(v) for v in size.split("x"))
+    for name in args.methods:
+      row = measure(name, side, channels, args.images, args.chunk_size, args.repeats)
+      rows.append(row)
+      print(f"{name:>10} {side}x{side}x{channels}: {row['maps_per_s']:.0f} maps/s "
+            f"(first call {row['first_call_s']:.1f} s)", flush=True)
+  result = {**step_time.environment(), "results": rows}
+  out = args.out or step_time.result_path("explain_throughput")
+  with open(out, "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"wrote {out}")
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cfx_jax.models.layers import strided_conv
+
 
 class _Trunk(nnx.Module):
   """Three stride-2 convs and a linear logit, as in the reference discriminator."""
@@ -19,7 +21,8 @@ class _Trunk(nnx.Module):
     self.convs = nnx.List()
     prev = channels
     for f in features:
-      self.convs.append(nnx.Conv(prev, f, (3, 3), strides=2, dtype=dtype, rngs=rngs))
+      self.convs.append(nnx.Conv(prev, f, (3, 3), strides=2, dtype=dtype,
+                                conv_general_dilated=strided_conv, rngs=rngs))
       prev = f
     side = image_size
     for _ in features:

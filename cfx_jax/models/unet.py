@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cfx_jax.models.layers import strided_conv
+
 
 def _upsample(x: jax.Array) -> jax.Array:
   n, h, w, c = x.shape
@@ -22,7 +24,8 @@ class ConvBlock(nnx.Module):
 
   def __init__(self, cin: int, cout: int, *, stride: int = 1, dtype=None,
                rngs: nnx.Rngs):
-    self.a = nnx.Conv(cin, cout, (3, 3), strides=stride, dtype=dtype, rngs=rngs)
+    self.a = nnx.Conv(cin, cout, (3, 3), strides=stride, dtype=dtype,
+                      conv_general_dilated=strided_conv, rngs=rngs)
     self.b = nnx.Conv(cout, cout, (3, 3), dtype=dtype, rngs=rngs)
 
   def __call__(self, x):

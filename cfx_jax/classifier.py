@@ -4,6 +4,10 @@ Users may pass any JAX-traceable callable `images -> logits`; logits of shape (N
 K >= 2, or a single binary logit (N,) / (N, 1), which becomes the two-class logits
 (0, z) so that softmax equals the sigmoid. Parameters travel as an explicit argument so
 the compiled train step does not bake them in as constants.
+
+A classifier may also be cut at its last convolutional block (`feature_maps`, `head`),
+which Grad-CAM needs; `from_module` provides the cut for modules that define
+`feature_maps(x)` and `feature_head(maps)`, such as the reference CNN.
 """
 
 from __future__ import annotations
@@ -23,10 +27,14 @@ PROBE_SIZE = 8
 
 @dataclasses.dataclass(frozen=True)
 class Classifier:
+  """`head(params, feature_maps(params, x))` equals `apply(params, x)` when both are set."""
+
   apply: Callable[[Any, jax.Array], jax.Array]
   params: Any
   num_classes: int
   image_shape: tuple[int, int, int]
+  feature_maps: Callable[[Any, jax.Array], jax.Array] | None = None
+  head: Callable[[Any, jax.Array], jax.Array] | None = None
 
   def __call__(self, images: jax.Array) -> jax.Array:
     return self.apply(self.params, images)
@@ -61,7 +69,17 @@ def from_module(module: nnx.Module, image_shape) -> Classifier:
   def apply(params, images):
     return _two_class(nnx.merge(graphdef, params)(images))
 
-  return _checked(apply, state, image_shape)
+  if not (callable(getattr(module, "feature_maps", None))
+          and callable(getattr(module, "feature_head", None))):
+    return _checked(apply, state, image_shape)
+
+  def feature_maps(params, images):
+    return nnx.merge(graphdef, params).feature_maps(images)
+
+  def head(params, maps):
+    return _two_class(nnx.merge(graphdef, params).feature_head(maps))
+
+  return _checked(apply, state, image_shape, feature_maps=feature_maps, head=head)
 
 
 def as_classifier(classifier, image_shape) -> Classifier:
@@ -80,7 +98,7 @@ def as_classifier(classifier, image_shape) -> Classifier:
   return _checked(lambda params, images: _two_class(fn(images)), None, image_shape)
 
 
-def _checked(apply, params, image_shape) -> Classifier:
+def _checked(apply, params, image_shape, **cut) -> Classifier:
   """Shape check without compiling (eval_shape), then a finite check on a tiny probe."""
   n = 2
   try:
@@ -95,7 +113,7 @@ def _checked(apply, params, image_shape) -> Classifier:
                      f"single binary logit (N,) / (N, 1); got {shape} for N={n}")
   if not jnp.issubdtype(out.dtype, jnp.floating):
     raise ValueError(f"classifier must return floating-point logits, got {out.dtype}")
-  clf = Classifier(apply, params, int(out.shape[1]), tuple(image_shape))
+  clf = Classifier(apply, params, int(out.shape[1]), tuple(image_shape), **cut)
   if not np.all(np.isfinite(clf.fingerprint())):
     raise ValueError("classifier returned non-finite logits on random images in [-1, 1]")
   return clf

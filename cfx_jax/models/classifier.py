@@ -24,13 +24,21 @@ class CNNClassifier(nnx.Module):
       prev = f
     self.head = nnx.Linear(prev, num_classes, rngs=rngs)
 
-  def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    """Penultimate (pooled) features, used for realism metrics."""
+  def feature_maps(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """Last conv block's activations (N, h, w, C) before global pooling, for Grad-CAM."""
     for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
       x = jax.nn.relu(norm(conv(x), use_running_average=not train))
       if i < len(self.convs) - 1:
         x = nnx.max_pool(x, (2, 2), strides=(2, 2))
-    return jnp.mean(x, axis=(1, 2))
+    return x
+
+  def feature_head(self, maps: jax.Array) -> jax.Array:
+    """Logits from `feature_maps`, so the network can be cut at the last conv block."""
+    return self.head(jnp.mean(maps, axis=(1, 2)))
+
+  def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """Penultimate (pooled) features, used for realism metrics."""
+    return jnp.mean(self.feature_maps(x, train=train), axis=(1, 2))
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     return self.head(self.features(x, train=train))

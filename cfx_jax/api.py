@@ -27,13 +27,25 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
                   config=None) -> Explainer:
   """Train a counterfactual explainer of `classifier` on `images` in [-1, 1].
 
+  `method`: one of `trainable_methods()`. Optimisation methods ("fido") train nothing
+  here: `config` holds their settings and `explain` runs the optimisation.
+
   `classifier`: any JAX-traceable callable images -> logits (N, K) or a binary logit
   (N,) / (N, 1), or an NNX module. `config`: a ConfigDict from `cfx_jax.explainer_config`
   or a dict of overrides; the keyword arguments take precedence. With `workdir`,
   checkpoints are written there and an interrupted run resumes from them.
   """
+  from cfx_jax.methods import OPTIMISERS
   from cfx_jax.training.explainer_loop import train_explainer
 
+  if method not in trainable_methods():
+    raise ValueError(f"unknown method {method!r}; available: {trainable_methods()}")
+  if method in OPTIMISERS:
+    x = validation.check_images(_as_images(images))
+    if isinstance(config, ml_collections.ConfigDict):
+      config = config.to_dict()
+    return OPTIMISERS[method].fit(as_classifier(classifier, x.shape[1:]), x, seed=seed,
+                                  config=config)
   if config is None:
     cfg = config_lib.explainer_config(method)
   elif isinstance(config, ml_collections.ConfigDict):
@@ -56,6 +68,12 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
   return train_explainer(clf, x, cfg, workdir)
 
 
+def trainable_methods() -> list[str]:
+  """Every method `fit_explainer` accepts."""
+  from cfx_jax.methods import METHODS, OPTIMISERS
+  return sorted(METHODS) + sorted(OPTIMISERS)
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
   out = {}
   for k, v in d.items():
@@ -69,4 +87,4 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
-__all__ = ["fit_explainer", "load_explainer"]
+__all__ = ["fit_explainer", "load_explainer", "trainable_methods"]

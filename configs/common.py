@@ -26,3 +26,21 @@ def lesions(num_train: int = 6000, num_test: int = 1000) -> ml_collections.Confi
 
 def digits(classes=(3, 8)) -> ml_collections.ConfigDict:
   return dataset_config("digits", classes=tuple(classes), image_size=32, channels=1)
+
+
+def leaderboard(dataset: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Every registered method on one dataset; `methods=None` means all of them."""
+  c = ml_collections.ConfigDict()
+  c.dataset = dataset
+  c.classifier = classifier_config()
+  c.trained = ml_collections.ConfigDict(dict(
+      methods=None, seeds=(0, 1, 2), steps=600,
+      # Optimisation methods run per image at explain time: lighter settings, fewer images.
+      optimiser_settings={"fido": {"steps": 100, "samples": 4, "warn_failures": False}},
+      optimiser_images=64))
+  c.baselines = ml_collections.ConfigDict(dict(methods=None, seed=0))
+  c.eval = ml_collections.ConfigDict(dict(
+      num_images=512, sanity_images=32, faithfulness_steps=16, autoencoder_steps=600,
+      grid_rows=6))
+  c.runtime = runtime_config()
+  return c

@@ -277,3 +277,18 @@ def test_throughput_benchmark_smoke(tmp_path):
     assert saved["batched"][k] > 0 and saved["loop"][k] > 0
   assert saved["loop"]["images_timed"] <= saved["images"]
   assert saved["max_abs_theta_diff"] < 1e-3
+
+
+def test_fit_explainer_binds_fido_and_save_load_round_trip(tmp_path, classifier, images):
+  import cfx_jax
+  assert "fido" in cfx_jax.trainable_methods()
+  explainer = cfx_jax.fit_explainer(classifier, images[:8], method="fido", seed=3,
+                                    config={"steps": 3, "samples": 2,
+                                            "warn_failures": False})
+  assert explainer.config.seed == 3 and explainer.config.steps == 3
+  first = explainer.explain(images[:4])
+  explainer.save(str(tmp_path / "fido"))
+  loaded = cfx_jax.load_explainer(str(tmp_path / "fido"), classifier)
+  np.testing.assert_allclose(loaded.explain(images[:4]).maps, first.maps, atol=1e-6)
+  with pytest.raises(ValueError, match="available"):
+    cfx_jax.fit_explainer(classifier, images[:8], method="nope")

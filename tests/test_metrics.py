@@ -173,7 +173,9 @@ def test_localization_report():
   masks[0] = 0.0
   rep = metrics.localization_report(maps, masks)
   assert set(rep) == {'pixel_auroc', 'iou_95', 'iou_curve_area',
-                      'pointing_game', 'ncc', 'n_images'}
+                      'pointing_game', 'ncc', 'n_images', 'average_precision',
+                      'relevance_mass_accuracy', 'relevance_rank_accuracy',
+                      'top_k_intersection'}
   assert rep['n_images'] == 4
   want = np.mean([roc_auc_score(s.ravel(), a.ravel())
                   for a, s in zip(maps[1:], masks[1:])])

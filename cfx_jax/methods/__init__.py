@@ -2,6 +2,7 @@
 
 from cfx_jax.methods.base import Method, ModelSpec, other_class
 from cfx_jax.methods.conditional import CycleExplainer
+from cfx_jax.methods.fido import FidoExplainer
 from cfx_jax.methods.sagen import StableAdversarialExplainer
 
 METHODS: dict[str, Method] = {
@@ -11,10 +12,17 @@ METHODS: dict[str, Method] = {
 }
 
 
+# Explainers whose work happens in `explain` (an optimisation per image, no training):
+# each class has `fit(classifier, images, *, seed, config)` and `from_meta(meta, classifier)`.
+OPTIMISERS = {
+    "fido": FidoExplainer,
+}
+
+
 def get_method(name: str) -> Method:
   if name not in METHODS:
     raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}")
   return METHODS[name]
 
 
-__all__ = ["METHODS", "Method", "ModelSpec", "get_method", "other_class"]
+__all__ = ["METHODS", "OPTIMISERS", "Method", "ModelSpec", "get_method", "other_class"]

@@ -18,6 +18,8 @@ to 0..N-1), so its result does not depend on the batch or chunk it is optimised 
 
 from __future__ import annotations
 
+import json
+import os
 import warnings
 
 import jax
@@ -30,7 +32,7 @@ from cfx_jax import validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
-from cfx_jax.methods.infillers import Infiller, get_infiller
+from cfx_jax.methods.infillers import INFILLERS, Infiller, get_infiller
 
 OBJECTIVES = ("ssr", "sdr")
 # The paper's lambda = 1e-3 multiplies a *sum* over a 56 x 56 grid (224-pixel images, grid
@@ -235,6 +237,30 @@ class FidoExplainer:
     self.config = config
     self.infiller = get_infiller(config.infiller if infiller is None else infiller)
     self._programs = jax.jit(self._program, static_argnames="targeted")
+
+  @classmethod
+  def fit(cls, classifier, images, *, seed: int = 0, config=None) -> FidoExplainer:
+    """Nothing to train: binds the classifier and the in-filler; `explain` optimises."""
+    cfg = config if isinstance(config, ml_collections.ConfigDict) else fido_config(
+        **dict(config or {}))
+    cfg = cfg.copy_and_resolve_references()
+    cfg.seed = int(seed)
+    return cls(classifier, cfg, image_shape=np.asarray(images).shape[1:])
+
+  def save(self, path: str) -> None:
+    """The config and the classifier's fingerprint (there are no weights)."""
+    if self.config.infiller not in INFILLERS:
+      raise ValueError("an explainer with a custom in-filler cannot be saved by name; "
+                       "save the in-filler itself and pass it again when loading")
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "explainer.json"), "w") as f:
+      json.dump({"method": "fido", "config": self.config.to_dict(),
+                 "image_shape": list(self.image_shape),
+                 "classifier_fingerprint": self.classifier.fingerprint()}, f, indent=2)
+
+  @classmethod
+  def from_meta(cls, meta: dict, classifier: Classifier) -> FidoExplainer:
+    return cls(classifier, fido_config(**meta["config"]))
 
   @property
   def image_shape(self) -> tuple[int, int, int]:

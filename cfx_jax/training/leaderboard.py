@@ -1,0 +1,308 @@
+"""`run_leaderboard`: every registered method scored on one dataset, in one table.
+
+Trained explainers (everything `fit_explainer` accepts) are fitted once per seed, and a
+finished one is loaded from the work directory instead of refitted; map-only baselines
+run directly. A method registered in either place appears without editing this file.
+
+Each score is a mean with a 95% confidence interval: over seeds for trained explainers
+(each seed's mean over images is one sample, Student t), over images for the rest.
+Realism (Fréchet and kernel distances between real images of the target class and the
+counterfactuals) is computed in two embeddings: the classifier's penultimate features
+and the code of a small autoencoder trained on the training images.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from scipy import stats
+
+from cfx_jax import metrics as M
+from cfx_jax import report
+from cfx_jax.api import fit_explainer, trainable_methods
+from cfx_jax.baselines import BASELINES, explain_baseline
+from cfx_jax.config import explainer_config
+from cfx_jax.explainer import load_explainer
+from cfx_jax.methods import OPTIMISERS
+from cfx_jax.training import classifier_loop
+from cfx_jax.training.datasets import load_split
+from cfx_jax.training.logging import is_main_process
+
+# Scores where a lower value is better; every other score is better higher.
+LOWER_IS_BETTER = {"deletion_auc", "proximity_l1", "proximity_l2", "sparsity",
+                   "fid_classifier", "kid_classifier", "fid_autoencoder", "kid_autoencoder",
+                   "randomisation_correlation"}
+
+
+def _classifier(config, train, test, workdir):
+  clf_dir = os.path.join(workdir, "classifier")
+  if os.path.exists(os.path.join(clf_dir, "classifier.json")):
+    return classifier_loop.load_classifier(clf_dir)
+  clf, _ = classifier_loop.train_classifier(config.classifier, train, test, workdir)
+  return clf
+
+
+def trained_explainers(config, clf, train_images, workdir) -> dict[str, list]:
+  """{method: [explainer per seed]}, fitting only what the work directory lacks."""
+  names = config.trained.methods or trainable_methods()
+  out = {}
+  for name in names:
+    out[name] = []
+    for seed in config.trained.seeds:
+      path = os.path.join(workdir, "explainers", f"{name}_seed{seed}")
+      if os.path.exists(os.path.join(path, "explainer", "explainer.json")):
+        out[name].append(load_explainer(os.path.join(path, "explainer"), clf))
+        continue
+      if name in OPTIMISERS:
+        cfg = dict(config.trained.optimiser_settings.get(name, {}))
+      else:
+        cfg = explainer_config(name)
+        cfg.steps = config.trained.steps
+        cfg.update(config.trained.get("explainer") or {})  # nested settings, merged
+      out[name].append(fit_explainer(clf, train_images, method=name, seed=seed,
+                                     workdir=path, config=cfg))
+  return out
+
+
+# Scores of one set of explanations --------------------------------------------------
+
+
+def _per_image_scores(score_fn, x, out, masks, faithfulness_steps) -> dict[str, np.ndarray]:
+  """{score: (N,) with NaN where it does not apply}: what the CIs are taken over."""
+  n = len(x)
+  scores = {}
+  if masks is not None:
+    has = masks.reshape(n, -1).max(axis=1) > 0
+    loc = {
+        "pixel_auroc": M.pixel_auroc, "average_precision": M.average_precision,
+        "iou_curve_area": M.iou_curve_area, "iou_95": lambda a, s: M.iou_at_percentile(a, s, 95),
+        "ncc": M.normalized_cross_correlation, "pointing_game": M.pointing_game,
+        "relevance_mass": M.relevance_mass_accuracy, "relevance_rank": M.relevance_rank_accuracy,
+    }
+    for name, fn in loc.items():
+      v = np.full((n,), np.nan, np.float32)
+      if has.any():
+        v[has] = np.asarray(fn(out.maps[has], masks[has]), np.float32)
+      scores[name] = v
+  # Each image becomes 2 * (steps + 1) classifier inputs: chunks bound the memory.
+  faith = [M.insertion_deletion(score_fn, x[i:i + 32], out.maps[i:i + 32], out.predicted[i:i + 32],
+                                steps=faithfulness_steps) for i in range(0, n, 32)]
+  for name in ("deletion_auc", "insertion_auc"):
+    scores[name] = np.concatenate([np.asarray(getattr(f, name)) for f in faith])
+  if out.has_counterfactual:
+    scores["flip_rate"] = out.flipped.astype(np.float32)
+    scores["proximity_l1"] = np.asarray(M.proximity_l1(x, out.counterfactual))
+    scores["proximity_l2"] = np.asarray(M.proximity_l2(x, out.counterfactual))
+    scores["sparsity"] = np.asarray(M.sparsity(x, out.counterfactual))
+  return scores
+
+
+def _realism(embed, x_real, labels_real, out) -> dict[str, float]:
+  """Distances between real images of each target class and counterfactuals toward it."""
+  fids, kids, weights = [], [], []
+  for k in np.unique(out.target):
+    fake = np.asarray(out.counterfactual)[out.target == k]
+    real = x_real[labels_real == k]
+    if len(fake) < 8 or len(real) < 8:
+      continue
+    fr, ff = embed(real), embed(fake)
+    fids.append(M.frechet_distance(fr, ff))
+    kids.append(M.kernel_inception_distance(fr, ff)[0])
+    weights.append(len(fake))
+  if not weights:
+    return {}
+  w = np.asarray(weights, np.float64) / np.sum(weights)
+  return {"fid": float(np.dot(w, fids)), "kid": float(np.dot(w, kids))}
+
+
+def _mean_ci(values: np.ndarray) -> dict:
+  v = np.asarray(values, np.float64)
+  v = v[np.isfinite(v)]
+  if len(v) == 0:
+    return {"mean": float("nan"), "ci95": float("nan"), "n": 0}
+  half = 0.0
+  if len(v) > 1:
+    half = float(stats.t.ppf(0.975, len(v) - 1) * np.std(v, ddof=1) / math.sqrt(len(v)))
+  return {"mean": float(np.mean(v)), "ci95": half, "n": int(len(v))}
+
+
+# The leaderboard ---------------------------------------------------------------------
+
+
+def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  t_start = time.time()
+  train, test = load_split(config.dataset, "train"), load_split(config.dataset, "test")
+  clf = _classifier(config, train, test, workdir)
+  n = min(config.eval.num_images, len(test["image"]))
+  x, masks = test["image"][:n], test.get("mask")
+  masks = None if masks is None else masks[:n]
+  trained = trained_explainers(config, clf, train["image"], workdir)
+  predicted_train = clf.predict(train["image"])
+  embeddings = {"classifier": _penultimate(clf),
+                "autoencoder": M.train_autoencoder(train["image"],
+                                                   steps=config.eval.autoencoder_steps,
+                                                   seed=0)}
+  # One function object for every call, so the faithfulness program compiles once.
+  score_fn = jax.jit(lambda images: clf.apply(clf.params, images))
+  rows, examples, curves = {}, {}, {}
+  for name, explainers in trained.items():
+    # Optimisation methods cost a full optimisation per image: they may use fewer.
+    m = min(n, config.trained.optimiser_images) if name in OPTIMISERS else n
+    xm, mm = x[:m], None if masks is None else masks[:m]
+    per_seed = []
+    for explainer in explainers:
+      out = explainer.explain(xm)
+      s = {k: float(np.nanmean(v)) for k, v in
+           _per_image_scores(score_fn, xm, out, mm, config.eval.faithfulness_steps).items()}
+      if out.stable is not None:
+        stable_probs = explainer.predict_proba(out.stable)
+        s["preservation_rate"] = float(M.preservation_rate(stable_probs, out.predicted))
+      for embed_name, embed in embeddings.items():
+        for k, v in _realism(embed, train["image"], predicted_train, out).items():
+          s[f"{k}_{embed_name}"] = v
+      per_seed.append(s)
+      if name not in examples:
+        examples[name] = out.maps
+    rows[name] = {"kind": "optimised" if name in OPTIMISERS else "trained",
+                  "samples": "seeds", "num_images": int(m),
+                  "scores": {k: _mean_ci([s[k] for s in per_seed]) for k in per_seed[0]}}
+    if mm is not None:
+      curves[name] = _iou_curves(examples[name], mm)
+
+  for name in config.baselines.methods or sorted(BASELINES):
+    out = explain_baseline(name, clf, x, key=config.baselines.seed)
+    scores = _per_image_scores(score_fn, x, out, masks, config.eval.faithfulness_steps)
+    rows[name] = {"kind": "baseline", "samples": "images", "num_images": int(n),
+                  "scores": {k: _mean_ci(v) for k, v in scores.items()}}
+    sanity = _sanity(name, clf, x[:config.eval.sanity_images], config.baselines.seed)
+    rows[name]["scores"]["randomisation_correlation"] = _mean_ci(sanity)
+    examples[name] = out.maps
+    if masks is not None:
+      curves[name] = _iou_curves(out.maps, masks)
+
+  result = {"dataset": config.dataset.name, "num_images": int(n),
+            "seeds": list(config.trained.seeds), "trained_steps": config.trained.steps,
+            "classifier_test_accuracy": float(np.mean(clf.predict(test["image"])
+                                                      == test["label"])),
+            "methods": rows, "seconds": time.time() - t_start}
+  if is_main_process():
+    write_leaderboard(workdir, result, x, masks, examples, curves, config.eval.grid_rows)
+  return result
+
+
+def _penultimate(clf):
+  if clf.feature_maps is None:
+    raise ValueError("realism in the classifier's features needs a classifier with "
+                     "`feature_maps` (e.g. the reference CNN)")
+  fn = jax.jit(lambda p, x: jnp.mean(clf.feature_maps(p, x), axis=(1, 2)))
+  return lambda images: np.asarray(fn(clf.params, jnp.asarray(images)))
+
+
+def _sanity(name, clf, x, seed) -> np.ndarray:
+  """Rank correlation of the maps after randomising every classifier layer (top-down)."""
+  import dataclasses
+
+  def map_fn(params, images, labels):
+    c = dataclasses.replace(clf, params=params)
+    return explain_baseline(name, c, images, labels, key=seed).maps
+
+  labels = clf.predict(x)
+  # The baselines compile themselves; parameters are arguments, so no recompiles.
+  per_layer = M.parameter_randomisation(map_fn, clf.params, x, labels,
+                                        key=jax.random.key(seed), jit=False)
+  return np.asarray(list(per_layer.values())[-1])
+
+
+def _iou_curves(maps, masks):
+  has = masks.reshape(len(masks), -1).max(axis=1) > 0
+  return np.asarray(M.iou_curve(maps[has], masks[has]))
+
+
+# Outputs -----------------------------------------------------------------------------
+
+COLUMNS = {
+    "localization": ["pixel_auroc", "average_precision", "iou_curve_area", "iou_95", "ncc",
+                     "pointing_game", "relevance_mass", "relevance_rank"],
+    "faithfulness and sanity": ["deletion_auc", "insertion_auc", "randomisation_correlation"],
+    "counterfactual": ["flip_rate", "preservation_rate", "proximity_l1", "sparsity"],
+    "realism": ["fid_classifier", "kid_classifier", "fid_autoencoder", "kid_autoencoder"],
+}
+
+
+def table(result: dict, columns: list[str]) -> str:
+  rows = result["methods"]
+  columns = [c for c in columns if any(c in r["scores"] for r in rows.values())]
+  if not columns:
+    return ""
+  arrows = [f"{c} {'↓' if c in LOWER_IS_BETTER else '↑'}" for c in columns]
+  lines = ["| method | kind | images | " + " | ".join(arrows) + " |",
+           "|---|---|---|" + "---|" * len(columns)]
+  order = sorted(rows, key=lambda m: -rows[m]["scores"].get(columns[0], {}).get("mean", -1e9)
+                 if np.isfinite(rows[m]["scores"].get(columns[0], {}).get("mean", np.nan))
+                 else 1e9)
+  for name in order:
+    cells = []
+    for c in columns:
+      s = rows[name]["scores"].get(c)
+      cells.append("—" if s is None or not np.isfinite(s["mean"])
+                   else f"{s['mean']:.3f} ± {s['ci95']:.3f}")
+    lines.append(f"| {name} | {rows[name]['kind']} | {rows[name]['num_images']} | "
+                 + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def write_leaderboard(workdir, result, x, masks, examples, curves, grid_rows) -> None:
+  report.save_json(os.path.join(workdir, "leaderboard.json"), result)
+  shown = min(len(v) for v in examples.values())
+  x, masks = x[:shown], None if masks is None else masks[:shown]
+  figures = [report.save_method_grid(os.path.join(workdir, "leaderboard_maps.png"), x,
+                                     examples, masks, num_rows=grid_rows)]
+  if curves:
+    figures.append(report.save_iou_curve(os.path.join(workdir, "leaderboard_iou.png"), curves))
+  seeds = len(result["seeds"])
+  parts = [f"# Leaderboard: {result['dataset']}", "",
+           (f"{result['num_images']} test images; classifier test accuracy "
+            f"{result['classifier_test_accuracy']:.3f}. Mean ± 95% confidence half-width: "
+            f"over {seeds} seeds for trained and optimised explainers (trained ones "
+            f"{result['trained_steps']} steps each), over images for baselines. "
+            "↑ higher is better, ↓ lower is better."),
+           ""]
+  for title, columns in COLUMNS.items():
+    text = table(result, columns)
+    if text:
+      parts += [f"## {title.capitalize()}", "", text, ""]
+  parts += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in figures]
+  parts += ["", _HOW_TO_READ]
+  with open(os.path.join(workdir, "leaderboard.md"), "w") as f:
+    f.write("\n".join(parts))
+
+
+_HOW_TO_READ = """\
+## How to read this
+
+- Localization (positive images with a mask): `pixel_auroc` and `average_precision` rank
+  mask pixels above the rest; `iou_curve_area` is the mean IoU of the map binarised at
+  every percentile; `iou_95` at the 95th; `ncc` normalised cross-correlation;
+  `pointing_game` whether the maximum is on the mask; `relevance_mass` the share of the
+  map's mass on the mask; `relevance_rank` the share of the top-|mask| pixels on it.
+- Faithfulness: the probability of the explained class as the most relevant pixels are
+  deleted (lower area is better) or inserted into a blurred image (higher is better).
+- Sanity: rank correlation between a baseline's maps before and after every classifier
+  layer is re-drawn at random; a map that does not change (correlation near 1) does not
+  depend on what the classifier learned. Trained explainers would need retraining
+  against each randomised classifier and are not scored here.
+- Counterfactual: `flip_rate` of counterfactuals classified as their target,
+  `preservation_rate` of stable images keeping the decision, `proximity_l1` mean change
+  per value, `sparsity` share of values changed.
+- Realism: Fréchet (FID) and kernel (KID) distances between real images of the target
+  class and the counterfactuals, in the classifier's penultimate features and in a small
+  autoencoder's code.
+"""

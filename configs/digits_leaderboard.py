@@ -1,0 +1,13 @@
+"""Every method on scikit-learn's digits, 3 against 8 (no masks: no localization scores).
+
+    python -m train.evaluate --config configs/digits_leaderboard.py --workdir runs/leaderboard_digits
+"""
+
+from configs import common
+
+
+def get_config():
+  c = common.leaderboard(common.digits())
+  c.classifier.steps = 600
+  c.trained.steps = 600
+  return c

@@ -1,0 +1,82 @@
+"""The leaderboard job end to end on a tiny problem, and its statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import ml_collections
+import numpy as np
+import pytest
+from scipy import stats
+
+from cfx_jax.training import leaderboard
+from configs import common
+
+
+def tiny_config():
+  d = common.lesions(num_train=400, num_test=48)
+  d.kwargs.image_size = 16
+  c = common.leaderboard(d)
+  c.classifier.steps, c.classifier.num_devices, c.classifier.progress = 30, 1, False
+  c.classifier.features = (8, 16)
+  c.trained.methods, c.trained.seeds, c.trained.steps = ("cyce", "fido"), (0, 1), 2
+  c.trained.explainer = ml_collections.ConfigDict({
+      "batch_size": 8, "num_devices": 1, "progress": False, "checkpoint_every": 2,
+      "model": {"gen_features": (8, 16), "disc_features": (8, 16)}})
+  c.trained.optimiser_settings = {"fido": {"steps": 2, "samples": 2, "warn_failures": False}}
+  c.trained.optimiser_images = 16
+  c.baselines.methods = ("gradient", "random")
+  c.eval.num_images, c.eval.sanity_images, c.eval.faithfulness_steps = 32, 8, 4
+  c.eval.autoencoder_steps, c.eval.grid_rows = 5, 2
+  return c
+
+
+def test_leaderboard_job_writes_every_method(tmp_path):
+  result = leaderboard.run_leaderboard(tiny_config(), str(tmp_path))
+  assert set(result["methods"]) == {"cyce", "fido", "gradient", "random"}
+  cyce = result["methods"]["cyce"]["scores"]
+  assert cyce["pixel_auroc"]["n"] == 2              # one sample per seed
+  assert result["methods"]["fido"]["num_images"] == 16
+  assert "fid_classifier" in cyce and "preservation_rate" in cyce
+  grad = result["methods"]["gradient"]["scores"]
+  assert grad["pixel_auroc"]["n"] > 2               # one sample per image with a mask
+  assert "flip_rate" not in grad and "randomisation_correlation" in grad
+  text = (tmp_path / "leaderboard.md").read_text()
+  for name in ("cyce", "fido", "gradient", "random", "pixel_auroc ↑", "deletion_auc ↓"):
+    assert name in text
+  assert json.loads((tmp_path / "leaderboard.json").read_text())["dataset"] == "lesions"
+  assert (tmp_path / "leaderboard_maps.png").stat().st_size > 5000
+  assert (tmp_path / "leaderboard_iou.png").exists()
+  # A second run reuses the classifier and the trained explainers.
+  mtime = (tmp_path / "explainers" / "cyce_seed0" / "explainer" / "explainer.json").stat()
+  again = leaderboard.run_leaderboard(tiny_config(), str(tmp_path))
+  assert (tmp_path / "explainers" / "cyce_seed0" / "explainer" / "explainer.json").stat() \
+      .st_mtime == mtime.st_mtime
+  assert again["methods"]["cyce"]["scores"]["pixel_auroc"]["mean"] == pytest.approx(
+      cyce["pixel_auroc"]["mean"], abs=1e-6)
+
+
+def test_mean_ci_is_the_student_t_interval():
+  v = np.array([0.2, 0.5, 0.6, np.nan])
+  got = leaderboard._mean_ci(v)
+  finite = v[:3]
+  half = stats.t.ppf(0.975, 2) * finite.std(ddof=1) / math.sqrt(3)
+  assert got == {"mean": pytest.approx(finite.mean()), "ci95": pytest.approx(half), "n": 3}
+  assert leaderboard._mean_ci(np.array([0.4]))["ci95"] == 0.0
+  assert math.isnan(leaderboard._mean_ci(np.array([np.nan]))["mean"])
+
+
+def test_table_orders_by_first_column_and_marks_direction():
+  result = {"methods": {
+      "a": {"kind": "baseline", "num_images": 4,
+            "scores": {"pixel_auroc": {"mean": 0.6, "ci95": 0.1}}},
+      "b": {"kind": "trained", "num_images": 4,
+            "scores": {"pixel_auroc": {"mean": 0.9, "ci95": 0.0},
+                       "deletion_auc": {"mean": 0.2, "ci95": 0.0}}}}}
+  text = leaderboard.table(result, ["pixel_auroc", "deletion_auc", "absent"])
+  lines = text.splitlines()
+  assert "pixel_auroc ↑" in lines[0] and "deletion_auc ↓" in lines[0]
+  assert "absent" not in lines[0]
+  assert lines[2].startswith("| b |") and lines[3].startswith("| a |")
+  assert "0.900 ± 0.000" in lines[2] and "—" in lines[3]

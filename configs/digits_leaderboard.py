@@ -9,5 +9,5 @@ from configs import common
 def get_config():
   c = common.leaderboard(common.digits())
   c.classifier.steps = 600
-  c.trained.steps = 600
+  c.trained.steps = 400
   return c

@@ -5,7 +5,8 @@
     python -m benchmarks.explain_throughput --smoke         # tiny, used by the tests
 
 Networks are randomly initialised: the cost of a forward pass does not depend on the
-weights. The classifier is the reference BatchNorm CNN. The time covers the whole
+weights. Optimisation methods (FIDO: 300 steps x 8 mask samples per image by default) are
+timed on `--optimiser-images` images with their default settings. The classifier is the reference BatchNorm CNN. The time covers the whole
 public call (host -> device, compiled chunks, device -> host) after one warm-up call
 of the same size, as a user sees it. Writes benchmarks/results/explain_throughput_<device>.json.
 """
@@ -20,8 +21,9 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import step_time
+from cfx_jax.baselines import BASELINES, explain_baseline
 from cfx_jax.classifier import from_module
-from cfx_jax.methods import METHODS, ModelSpec
+from cfx_jax.methods import METHODS, OPTIMISERS, ModelSpec
 from cfx_jax.models import CNNClassifier
 
 
@@ -37,10 +39,28 @@ def generative(name):
   return make
 
 
-MAKERS = {name: generative(name) for name in METHODS}
+def optimiser(name):
+  def make(clf, image_size, channels, chunk_size):
+    images = np.zeros((1, image_size, image_size, channels), np.float32)
+    explainer = OPTIMISERS[name].fit(clf, images, seed=0, config={"warn_failures": False})
+    return explainer.explain
+  return make
+
+
+def baseline(name):
+  def make(clf, image_size, channels, chunk_size):
+    return lambda images: explain_baseline(name, clf, images, key=0)
+  return make
+
+
+MAKERS = {**{name: generative(name) for name in METHODS},
+          **{name: optimiser(name) for name in OPTIMISERS},
+          **{name: baseline(name) for name in BASELINES}}
 
 
 def measure(name, image_size, channels, n, chunk_size, repeats):
+  if name in OPTIMISERS:
+    repeats = 1  # each call is a full optimisation per image
   clf = from_module(CNNClassifier(channels, 2, rngs=nnx.Rngs(0)),
                     (image_size, image_size, channels))
   explain = MAKERS[name](clf, image_size, channels, chunk_size)
@@ -65,6 +85,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", nargs="*", default=["32x3", "64x3"], help="SIDExCHANNELS")
   parser.add_argument("--images", type=int, default=1024)
+  parser.add_argument("--optimiser-images", type=int, default=4,
+                      help="images for optimisation methods (FIDO, ...), default settings")
   parser.add_argument("--chunk-size", type=int, default=256)
   parser.add_argument("--methods", nargs="*", default=sorted(MAKERS))
   parser.add_argument("--repeats", type=int, default=3)
@@ -73,6 +95,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.smoke:
     args.sizes, args.images, args.chunk_size, args.repeats = ["16x3"], 8, 8, 1
+    args.optimiser_images = 0
   unknown = sorted(set(args.methods) - set(MAKERS))
   if unknown:
     parser.error(f"unknown methods {unknown}; available: {sorted(MAKERS)}")
@@ -80,7 +103,10 @@ def main(argv=None):
   for size in args.sizes:
     side, channels = (int(v) for v in size.split("x"))
     for name in args.methods:
-      row = measure(name, side, channels, args.images, args.chunk_size, args.repeats)
+      n = args.optimiser_images if name in OPTIMISERS else args.images
+      if n < 1:
+        continue
+      row = measure(name, side, channels, n, args.chunk_size, args.repeats)
       rows.append(row)
       print(f"{name:>10} {side}x{side}x{channels}: {row['maps_per_s']:.0f} maps/s "
             f"(first call {row['first_call_s']:.1f} s)", flush=True)

@@ -46,6 +46,52 @@ def scaling() -> str:
   return "\n".join(lines)
 
 
+def compare_torch() -> str:
+  lines = []
+  for name, r in _load("compare_torch_*.json"):
+    lines += [f"`{name}` ({r['device']}, jax {r['jax']}, torch {r['torch']}, "
+              f"{r['rounds']} alternating rounds of {r['steps_per_round']} steps)", "",
+              "| image | batch | ms/step (median of rounds) | JAX / torch (median, min–max over rounds) |",
+              "|---|---|---|---|"]
+    for x in r["results"]:
+      ms = ", ".join(f"{k} {v:.0f}" for k, v in x["ms_per_step_median"].items())
+      ratios = "; ".join(f"{k}: {v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f})"
+                         for k, v in x["ratios"].items())
+      lines.append(f"| {x['image_size']}x{x['image_size']}x{x['channels']} | {x['batch']} "
+                   f"| {ms} | {ratios} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def explain_throughput() -> str:
+  lines = []
+  for name, r in _load("explain_throughput_*.json"):
+    lines += [f"`{name}` ({r['device']}, jax {r['jax']})", "",
+              "| method | image | images | maps/s |", "|---|---|---|---|"]
+    for x in r["results"]:
+      lines.append(f"| {x['method']} | {x['image_size']}x{x['image_size']}x{x['channels']} "
+                   f"| {x['images']} | {x['maps_per_s']:.0f} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def fido_throughput() -> str:
+  lines = []
+  for name, r in _load("fido_throughput_*.json"):
+    c = r["config"]
+    lines += [f"`{name}` ({r['device']}, {r['images']} images "
+              f"{'x'.join(str(v) for v in r['image_shape'])}, {c['steps']} steps, "
+              f"{c['samples']} samples)", "",
+              "| pattern | images/s | speed-up |", "|---|---|---|"]
+    loop = r["loop"]
+    note = f" (timed on {loop['images_timed']} images)" if loop["extrapolated"] else ""
+    lines += [f"| one image at a time{note} | {loop['images_per_s']:.2f} | 1 |",
+              f"| whole batch, one program | {r['batched']['images_per_s']:.2f} "
+              f"| {r['speedup']:.1f}x |"]
+    lines.append("")
+  return "\n".join(lines)
+
+
 def methods() -> str:
   from benchmarks.compare_methods import table
   return "\n\n".join(f"`{name}` ({r['device']}, {r['steps']} steps)\n\n{table(r['results'])}"
@@ -53,7 +99,9 @@ def methods() -> str:
 
 
 if __name__ == "__main__":
-  for title, text in (("Step time", step_time()), ("Scaling", scaling()),
-                      ("Methods", methods())):
+  for title, text in (("Step time", step_time()), ("JAX against PyTorch", compare_torch()),
+                      ("Explanation throughput", explain_throughput()),
+                      ("FIDO: batched against one at a time", fido_throughput()),
+                      ("Scaling", scaling()), ("Methods", methods())):
     if text:
       print(f"### {title}\n\n{text}\n")

@@ -7,7 +7,9 @@ the compiled train step does not bake them in as constants.
 
 A classifier may also be cut at its last convolutional block (`feature_maps`, `head`),
 which Grad-CAM needs; `from_module` provides the cut for modules that define
-`feature_maps(x)` and `feature_head(maps)`, such as the reference CNN.
+`feature_maps(x)` and `feature_head(maps)`, such as the reference CNN. Likewise
+`bn_features` exposes the inputs and running statistics of a module's BatchNorm layers
+(modules that define `bn_features(x)`), which deep-inversion explainers match.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ PROBE_SIZE = 8
 
 @dataclasses.dataclass(frozen=True)
 class Classifier:
-  """`head(params, feature_maps(params, x))` equals `apply(params, x)` when both are set."""
+  """`head(params, feature_maps(params, x))` equals `apply(params, x)` when both are set.
+
+  bn_features(params, x), when set, returns (logits, layers) from one forward pass, with
+  per BatchNorm layer a triple (the layer's input (N, h, w, C), its running mean (C,), its
+  running variance (C,)); its logits equal `apply(params, x)`.
+  """
 
   apply: Callable[[Any, jax.Array], jax.Array]
   params: Any
@@ -35,6 +42,7 @@ class Classifier:
   image_shape: tuple[int, int, int]
   feature_maps: Callable[[Any, jax.Array], jax.Array] | None = None
   head: Callable[[Any, jax.Array], jax.Array] | None = None
+  bn_features: Callable[[Any, jax.Array], tuple] | None = None
 
   def __call__(self, images: jax.Array) -> jax.Array:
     return self.apply(self.params, images)
@@ -69,17 +77,25 @@ def from_module(module: nnx.Module, image_shape) -> Classifier:
   def apply(params, images):
     return _two_class(nnx.merge(graphdef, params)(images))
 
-  if not (callable(getattr(module, "feature_maps", None))
-          and callable(getattr(module, "feature_head", None))):
-    return _checked(apply, state, image_shape)
+  cut = {}
+  if (callable(getattr(module, "feature_maps", None))
+      and callable(getattr(module, "feature_head", None))):
 
-  def feature_maps(params, images):
-    return nnx.merge(graphdef, params).feature_maps(images)
+    def feature_maps(params, images):
+      return nnx.merge(graphdef, params).feature_maps(images)
 
-  def head(params, maps):
-    return _two_class(nnx.merge(graphdef, params).feature_head(maps))
+    def head(params, maps):
+      return _two_class(nnx.merge(graphdef, params).feature_head(maps))
 
-  return _checked(apply, state, image_shape, feature_maps=feature_maps, head=head)
+    cut.update(feature_maps=feature_maps, head=head)
+  if callable(getattr(module, "bn_features", None)):
+
+    def bn_features(params, images):
+      logits, layers = nnx.merge(graphdef, params).bn_features(images)
+      return _two_class(logits), layers
+
+    cut["bn_features"] = bn_features
+  return _checked(apply, state, image_shape, **cut)
 
 
 def as_classifier(classifier, image_shape) -> Classifier:

@@ -135,7 +135,7 @@ def load_explainer(path: str, classifier) -> Explainer:
   if meta.get("method") in OPTIMISERS:
     clf = as_classifier(classifier, meta["image_shape"])
     check_fingerprint(meta["classifier_fingerprint"], clf, f"explainer at {path}")
-    return OPTIMISERS[meta["method"]].from_meta(meta, clf)
+    return OPTIMISERS[meta["method"]].from_meta(meta, clf, path)
   spec = spec_from_json(meta["spec"])
   image_shape = (spec.image_size, spec.image_size, spec.channels)
   if isinstance(classifier, Classifier) and classifier.image_shape != image_shape:

@@ -2,6 +2,7 @@
 
 from cfx_jax.methods.base import Method, ModelSpec, other_class
 from cfx_jax.methods.conditional import CycleExplainer
+from cfx_jax.methods.disc import DiscExplainer
 from cfx_jax.methods.fido import FidoExplainer
 from cfx_jax.methods.sagen import StableAdversarialExplainer
 
@@ -12,9 +13,11 @@ METHODS: dict[str, Method] = {
 }
 
 
-# Explainers whose work happens in `explain` (an optimisation per image, no training):
-# each class has `fit(classifier, images, *, seed, config)` and `from_meta(meta, classifier)`.
+# Explainers whose work happens in `explain` (an optimisation per image; `fit` trains at
+# most a small helper model): each class has `fit(classifier, images, *, seed, config)`,
+# `save(path)` and `from_meta(meta, classifier, path)`.
 OPTIMISERS = {
+    "disc": DiscExplainer,
     "fido": FidoExplainer,
 }
 

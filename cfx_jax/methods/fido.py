@@ -259,7 +259,7 @@ class FidoExplainer:
                  "classifier_fingerprint": self.classifier.fingerprint()}, f, indent=2)
 
   @classmethod
-  def from_meta(cls, meta: dict, classifier: Classifier) -> FidoExplainer:
+  def from_meta(cls, meta: dict, classifier: Classifier, path: str) -> FidoExplainer:
     return cls(classifier, fido_config(**meta["config"]))
 
   @property

@@ -32,6 +32,22 @@ class CNNClassifier(nnx.Module):
         x = nnx.max_pool(x, (2, 2), strides=(2, 2))
     return x
 
+  def bn_features(self, x: jax.Array) -> tuple[jax.Array, tuple]:
+    """Logits and, per BatchNorm layer, (its input (N, h, w, C), running mean, running var).
+
+    One inference-mode forward pass; deep-inversion explainers match statistics of the
+    BatchNorm inputs to the running ones learned in training, next to a loss on the
+    logits, and a shared pass lets one backward pass serve both.
+    """
+    layers = []
+    for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+      pre = conv(x)
+      layers.append((pre, norm.mean[...], norm.var[...]))
+      x = jax.nn.relu(norm(pre, use_running_average=True))
+      if i < len(self.convs) - 1:
+        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+    return self.feature_head(x), tuple(layers)
+
   def feature_head(self, maps: jax.Array) -> jax.Array:
     """Logits from `feature_maps`, so the network can be cut at the last conv block."""
     return self.head(jnp.mean(maps, axis=(1, 2)))

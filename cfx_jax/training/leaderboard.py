@@ -65,8 +65,11 @@ def trained_explainers(config, clf, train_images, workdir) -> dict[str, list]:
         cfg = explainer_config(name)
         cfg.steps = config.trained.steps
         cfg.update(config.trained.get("explainer") or {})  # nested settings, merged
-      out[name].append(fit_explainer(clf, train_images, method=name, seed=seed,
-                                     workdir=path, config=cfg))
+      explainer = fit_explainer(clf, train_images, method=name, seed=seed, workdir=path,
+                                config=cfg)
+      if name in OPTIMISERS:  # trained explainers saved themselves into `path`
+        explainer.save(os.path.join(path, "explainer"))
+      out[name].append(explainer)
   return out
 
 

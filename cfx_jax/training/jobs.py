@@ -2,7 +2,9 @@
 
 A config names a dataset, a classifier to train (skipped when the work directory already
 holds one) and optionally an explainer to fit against it and evaluate. Finished stages
-are never redone; an interrupted explainer resumes from its last checkpoint.
+are never redone; an interrupted explainer resumes from its last checkpoint. A config
+with an `inpainter` section first trains (or reuses) a generative in-filler for FIDO and
+scores it against the blur and mean fills; with `classifier = None` that is all it does.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from cfx_jax.training import classifier_loop
 from cfx_jax.training.datasets import load_split
 from cfx_jax.training.evaluate import evaluate_explainer, write_outputs
 from cfx_jax.training.explainer_loop import train_explainer
+from cfx_jax.training.inpainter_loop import run_inpainter_stage
 from cfx_jax.training.logging import is_main_process
 
 
@@ -32,6 +35,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train, test = load_split(config.dataset, "train"), load_split(config.dataset, "test")
   timings["data_s"] = time.time() - t0
 
+  inpainter_metrics = None
+  if config.get("inpainter") is not None:
+    t0 = time.time()
+    inpainter_metrics = run_inpainter_stage(config.inpainter, train, test, workdir)
+    timings["inpainter_s"] = time.time() - t0
+    if config.get("classifier") is None:
+      results = {"dataset": config.dataset.name, "inpainter": inpainter_metrics,
+                 "timings": timings}
+      if is_main_process():
+        report.save_json(os.path.join(workdir, "metrics.json"), results)
+      print(f"wrote {workdir}/inpainter_metrics.json, inpainter.png", flush=True)
+      return results
+
   clf_dir = os.path.join(workdir, "classifier")
   t0 = time.time()
   if os.path.exists(os.path.join(clf_dir, "classifier.json")):
@@ -43,6 +59,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   timings["classifier_s"] = time.time() - t0
   print(f"classifier test accuracy: {clf_metrics['test_accuracy']:.4f}", flush=True)
   results = {"dataset": config.dataset.name, "classifier": clf_metrics}
+  if inpainter_metrics is not None:
+    results["inpainter"] = inpainter_metrics
 
   if config.get("explainer") is None:
     if is_main_process():

@@ -1,0 +1,528 @@
+"""Train a mask-conditioned in-painter for FIDO with the project's GAN machinery.
+
+Each step draws random keep masks for a batch of real images: FIDO's own masks (a
+relaxed-Bernoulli grid upsampled bilinearly, so the in-filler sees exactly the soft
+masks it will meet) mixed with random rectangles (large contiguous holes). The
+discriminator learns to tell real (image, mask) pairs from in-filled ones; the generator
+minimises the L1 error on the dropped pixels plus a small adversarial term that keeps
+its fills sharp instead of the blurry mean the L1 alone converges to. Both updates are
+one compiled, sharded program; the state is `gan.GanState`, checkpointed and resumed
+like the explainers'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from cfx_jax import data as data_lib
+from cfx_jax import persistence
+from cfx_jax.batching import map_in_chunks
+from cfx_jax.methods import infillers as infillers_lib
+from cfx_jax.methods import losses
+from cfx_jax.methods.fido import upsample
+from cfx_jax.models import inpainter as inpainter_lib
+from cfx_jax.models.inpainter import Inpainter, composite, disc_logits
+from cfx_jax.training import gan
+from cfx_jax.training import mesh as mesh_lib
+from cfx_jax.training.checkpoints import Checkpoints
+from cfx_jax.training.explainer_loop import NonFiniteError, Preempted, Preemption
+from cfx_jax.training.logging import MetricsLog, Progress, is_main_process
+
+META_FILE = "inpainter.json"
+TREE_DIR = "network"
+# Fillers the in-painter is compared with. FIDO's registered ones ignore the mask, so
+# they read the very pixels they replace; the "kept_" ones see only the kept pixels,
+# like the in-painter, and are the fair reference for reconstruction error.
+BASELINE_FILLERS = ("blur", "mean", "local_mean", "kept_mean", "kept_blur")
+# Sigma of `kept_blur` as a fraction of the image side: wide enough to bridge FIDO's holes.
+KEPT_BLUR_FRACTION = 0.1
+
+
+def inpainter_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.steps = 3000
+  c.batch_size = 64
+  c.learning_rate = 2e-4
+  c.b1 = 0.5
+  c.seed = 0
+  # recon: L1 on the dropped pixels; adv: non-saturating GAN term of the generator;
+  # gp: gradient penalty of the discriminator.
+  c.weights = ml_collections.ConfigDict(dict(recon=1.0, adv=0.01, gp=1.0))
+  c.model = ml_collections.ConfigDict(dict(
+      features=(32, 64, 128), disc_features=(32, 64, 96), residual=True, dtype="float32"))
+  c.masks = ml_collections.ConfigDict(dict(
+      grid_fractions=(0.25, 0.125),  # grid side / image side; FIDO's default is 1/4
+      drop=(0.1, 0.9),               # range of the per-mask drop probability
+      temperature=0.1,               # of the relaxed Bernoulli cells, as in FIDO
+      rect_fraction=0.3,             # share of masks made of rectangles
+      max_rects=3,
+      rect_size=(0.15, 0.5)))        # rectangle sides, as fractions of the image side
+  c.num_devices = 0                  # 0: every device
+  c.fsdp = 1
+  c.log_every = 50
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.chunk_size = 256
+  c.progress = True
+  c.eval = ml_collections.ConfigDict(dict(num_images=512, seed=1, figure_rows=6))
+  return c
+
+
+# Masks --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskSpec:
+  """Hashable mask settings for one image size (closed over by the compiled step)."""
+
+  grid_sides: tuple[int, ...]
+  drop: tuple[float, float]
+  temperature: float
+  rect_fraction: float
+  max_rects: int
+  rect_size: tuple[float, float]
+
+  @property
+  def kinds(self) -> tuple[str, ...]:
+    """Names of the mask kinds, indexed by the `kind` that `sample_masks` returns."""
+    return tuple(f"grid{g}" for g in self.grid_sides) + ("rect",)
+
+
+def mask_spec(masks, image_size: int) -> MaskSpec:
+  sides = tuple(dict.fromkeys(max(1, round(image_size * f)) for f in masks["grid_fractions"]))
+  lo, hi = (float(v) for v in masks["drop"])
+  if not 0 < lo <= hi < 1:
+    raise ValueError(f"masks.drop must satisfy 0 < low <= high < 1, got {(lo, hi)}")
+  rect_lo, rect_hi = (float(v) for v in masks["rect_size"])
+  if not 0 < rect_lo <= rect_hi <= 1:
+    raise ValueError(f"masks.rect_size must satisfy 0 < low <= high <= 1, got "
+                     f"{(rect_lo, rect_hi)}")
+  if not sides and masks["rect_fraction"] < 1:
+    raise ValueError("masks.grid_fractions is empty: set masks.rect_fraction to 1")
+  return MaskSpec(sides, (lo, hi), float(masks["temperature"]),
+                  float(masks["rect_fraction"]), max(1, int(masks["max_rects"])),
+                  (rect_lo, rect_hi))
+
+
+def grid_masks(key, n: int, height: int, width: int, side: int, drop, temperature):
+  """FIDO's masks: keep = 1 - upsample(sigmoid((theta + logistic noise) / T)).
+
+  theta is the logit of a drop probability drawn per mask from `drop`.
+  """
+  k_p, k_noise = jax.random.split(key)
+  p = jax.random.uniform(k_p, (n, 1, 1), minval=drop[0], maxval=drop[1])
+  noise = jax.random.logistic(k_noise, (n, side, side))
+  cells = jax.nn.sigmoid((jnp.log(p) - jnp.log1p(-p) + noise) / temperature)
+  return (1.0 - upsample(cells, height, width))[..., None]
+
+
+def rect_masks(key, n: int, height: int, width: int, max_rects: int, size):
+  """1 to `max_rects` axis-aligned rectangles dropped per mask (binary keep masks)."""
+  k_count, k_size, k_pos = jax.random.split(key, 3)
+  count = jax.random.randint(k_count, (n, 1), 1, max_rects + 1)
+  sides = jax.random.uniform(k_size, (n, max_rects, 2), minval=size[0], maxval=size[1])
+  sides = sides * jnp.asarray([height, width], jnp.float32)
+  lo = jax.random.uniform(k_pos, (n, max_rects, 2)) * (
+      jnp.asarray([height, width], jnp.float32) - sides)
+  ys = jnp.arange(height, dtype=jnp.float32) + 0.5
+  xs = jnp.arange(width, dtype=jnp.float32) + 0.5
+  in_y = (ys >= lo[..., 0:1]) & (ys < lo[..., 0:1] + sides[..., 0:1])  # (n, R, H)
+  in_x = (xs >= lo[..., 1:2]) & (xs < lo[..., 1:2] + sides[..., 1:2])  # (n, R, W)
+  active = jnp.arange(max_rects)[None, :] < count                      # (n, R)
+  dropped = jnp.any(active[..., None, None] & in_y[..., :, None] & in_x[..., None, :],
+                    axis=1)
+  return (1.0 - dropped.astype(jnp.float32))[..., None]
+
+
+def sample_masks(key, n: int, image_shape, spec: MaskSpec):
+  """Keep masks (n, H, W, 1) in [0, 1] and each mask's kind (index into `spec.kinds`)."""
+  height, width = image_shape[:2]
+  k_kind, k_rect, *k_sides = jax.random.split(key, 2 + len(spec.grid_sides))
+  k_which, k_rectness = jax.random.split(k_kind)
+  kind = jnp.full((n,), len(spec.grid_sides), jnp.int32)
+  keep = rect_masks(k_rect, n, height, width, spec.max_rects, spec.rect_size)
+  if spec.grid_sides:
+    which = jax.random.randint(k_which, (n,), 0, len(spec.grid_sides))
+    is_rect = jax.random.uniform(k_rectness, (n,)) < spec.rect_fraction
+    kind = jnp.where(is_rect, kind, which)
+    for i, (side, k) in enumerate(zip(spec.grid_sides, k_sides)):
+      grid = grid_masks(k, n, height, width, side, spec.drop, spec.temperature)
+      keep = jnp.where((kind == i)[:, None, None, None], grid, keep)
+  return keep, kind
+
+
+# Losses -------------------------------------------------------------------------------
+
+
+def dropped_l1(fills, images, keep) -> jax.Array:
+  """Mean absolute error of the fills on the dropped pixels, weighted by (1 - keep).
+
+  Pooled over the batch: sum((1 - keep) |fills - images|) / (C * sum(1 - keep)).
+  """
+  drop = 1.0 - keep
+  err = jnp.sum(drop * jnp.abs(fills - images))
+  return err / jnp.maximum(images.shape[-1] * jnp.sum(drop), 1e-6)
+
+
+def discriminator_loss(disc_fn, images, fakes, keep, key, w):
+  """BCE real/fake on (image, mask) pairs plus the gradient penalty on the images."""
+  real = losses.bce_logits(disc_fn(images, keep), True)
+  fake = losses.bce_logits(disc_fn(fakes, keep), False)
+  gp = losses.gradient_penalty(lambda z: disc_fn(z, keep), images, fakes, key)
+  loss = real + fake + w["gp"] * gp
+  return loss, {"d_real": real, "d_fake": fake, "d_gp": gp, "d_loss": loss}
+
+
+def generator_loss(disc_fn, fills, images, keep, w):
+  """L1 on the dropped pixels plus the non-saturating adversarial term of the composite."""
+  recon = dropped_l1(fills, images, keep)
+  adv = losses.bce_logits(disc_fn(composite(images, keep, fills), keep), True)
+  loss = w["recon"] * recon + w["adv"] * adv
+  return loss, {"g_recon": recon, "g_adv": adv, "g_loss": loss}
+
+
+# Train step ---------------------------------------------------------------------------
+
+
+def init(image_shape, config):
+  """Build the networks once and split them; returns (gan.GanModels, gan.GanState)."""
+  net, disc = inpainter_lib.build_networks(image_shape, config.model, nnx.Rngs(config.seed))
+  gen_def, gen_params = nnx.split(net)
+  disc_def, disc_params = nnx.split(disc)
+  tx = gan.optimizer(config.learning_rate, config.b1)
+  state = gan.GanState(
+      step=jnp.zeros((), jnp.int32), gen=gen_params, disc=disc_params,
+      gen_opt=tx.init(gen_params), disc_opt=tx.init(disc_params),
+      key=jax.random.key_data(jax.random.key(config.seed + 1)),
+      nonfinite_step=jnp.full((), -1, jnp.int32))
+  return gan.GanModels(gen_def, disc_def, tx, tx), state
+
+
+def make_train_step(models: gan.GanModels, weights: dict, spec: MaskSpec):
+  """The pure step `(state, images (B, H, W, C)) -> (state, metrics)`: D, then G."""
+  w = dict(weights)
+
+  def step(state: gan.GanState, images):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    k_mask, k_gp = jax.random.split(key)
+    keep, _ = sample_masks(k_mask, images.shape[0], images.shape[1:], spec)
+    keep = keep.astype(images.dtype)
+    gen = nnx.merge(models.gen_def, state.gen)
+    fakes = jax.lax.stop_gradient(composite(images, keep, gen(images, keep)))
+
+    def d_loss(disc_params):
+      disc = nnx.merge(models.disc_def, disc_params)
+      return discriminator_loss(lambda x, k: disc_logits(disc, x, k), images, fakes, keep,
+                                k_gp, w)
+
+    (_, d_metrics), d_grads = jax.value_and_grad(d_loss, has_aux=True)(state.disc)
+    d_updates, disc_opt = models.disc_tx.update(d_grads, state.disc_opt, state.disc)
+    disc_params = optax.apply_updates(state.disc, d_updates)
+
+    def g_loss(gen_params):
+      g = nnx.merge(models.gen_def, gen_params)
+      d = nnx.merge(models.disc_def, disc_params)
+      return generator_loss(lambda x, k: disc_logits(d, x, k), g(images, keep), images,
+                            keep, w)
+
+    (_, g_metrics), g_grads = jax.value_and_grad(g_loss, has_aux=True)(state.gen)
+    g_updates, gen_opt = models.gen_tx.update(g_grads, state.gen_opt, state.gen)
+    gen_params = optax.apply_updates(state.gen, g_updates)
+
+    metrics = {**d_metrics, **g_metrics, "drop_fraction": 1.0 - jnp.mean(keep)}
+    # A non-finite step keeps the old state and records its index (as in gan.py).
+    ok = (jnp.isfinite(metrics["d_loss"]) & jnp.isfinite(metrics["g_loss"])
+          & (state.nonfinite_step < 0))
+    updated = state.replace(gen=gen_params, disc=disc_params, gen_opt=gen_opt,
+                            disc_opt=disc_opt)
+    new = jax.tree.map(lambda x, y: jnp.where(ok, x, y), updated, state).replace(
+        step=state.step + 1,
+        nonfinite_step=jnp.where(ok | (state.nonfinite_step >= 0),
+                                 state.nonfinite_step, state.step))
+    return new, metrics
+
+  return step
+
+
+# Loop ---------------------------------------------------------------------------------
+
+# Jitted steps by everything they close over, so that training the same networks again
+# in one process (a resumed run, an experiment sweep) reuses the compiled program.
+_STEPS: dict = {}
+
+
+def compiled_train_step(models: gan.GanModels, config, spec: MaskSpec, mesh,
+                        state_sharding, images_sharding):
+  """The jitted, sharded, state-donating step for these networks, settings and mesh."""
+  weights = tuple(sorted((k, float(v)) for k, v in dict(config.weights).items()))
+  key = (models.gen_def, models.disc_def, float(config.learning_rate), float(config.b1),
+         weights, spec, mesh)
+  if key not in _STEPS:
+    if len(_STEPS) >= 8:
+      _STEPS.clear()
+    _STEPS[key] = jax.jit(make_train_step(models, dict(weights), spec),
+                          in_shardings=(state_sharding, images_sharding),
+                          out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
+                          donate_argnums=0)
+  return _STEPS[key]
+
+
+
+def train_inpainter(images: np.ndarray, config: ml_collections.ConfigDict,
+                    workdir: str | None = None) -> Inpainter:
+  """Fit the in-painter to `images` (N, H, W, C) in [-1, 1]; resumes from `workdir`.
+
+  Writes `<workdir>/inpainter_checkpoints`, `<workdir>/inpainter_train.jsonl` and the
+  final model to `<workdir>/inpainter`. Every process passes the same `images`.
+  """
+  images = np.asarray(images, np.float32)
+  if images.ndim != 4:
+    raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
+  image_shape = tuple(int(d) for d in images.shape[1:])
+  spec = mask_spec(config.masks, image_shape[0])
+  steps, batch_size = int(config.steps), int(config.batch_size)
+  mesh = mesh_lib.make_mesh(config.num_devices, config.get("fsdp", 1))
+  devices = mesh.devices.size
+  if batch_size % devices:
+    raise ValueError(f"batch_size {batch_size} must be divisible by the {devices} devices")
+  dataset = data_lib.batches(data_lib.ArraySource({"image": images}), batch_size,
+                             seed=config.seed)
+
+  models, state = init(image_shape, config)
+  layout = mesh_lib.describe(mesh, batch_size)
+  meta = {"image_shape": list(image_shape), "config": config.to_dict(), "layout": layout}
+  state_sharding = mesh_lib.state_shardings(mesh, state)
+  images_sharding = mesh_lib.batch_sharding(mesh, 4, axis=0)
+  state = jax.device_put(state, state_sharding)
+  step_fn = compiled_train_step(models, config, spec, mesh, state_sharding, images_sharding)
+
+  ckpts = Checkpoints(os.path.join(workdir, "inpainter_checkpoints"),
+                      keep=config.keep_checkpoints) if workdir else None
+  log = MetricsLog(os.path.join(workdir, "inpainter_train.jsonl") if workdir else None)
+  preemption = Preemption()
+  try:
+    start = 0
+    if ckpts is not None:
+      restored = ckpts.restore_latest_good(
+          state, lambda saved, step: _check_resumable(saved, meta, workdir, steps, step))
+      if restored is not None:
+        state = restored[0]
+        start = int(state.step)
+        log.truncate_after(start)
+    if is_main_process():
+      print(f"inpainter: {layout}", flush=True)
+    progress = Progress(steps, start, desc="inpainter", enabled=config.progress)
+    with jax.set_mesh(mesh):
+      for step in range(start, steps):
+        batch = data_lib.to_global({"image": dataset[step]["image"]},
+                                   {"image": images_sharding})
+        state, metrics = step_fn(state, batch["image"])
+        done = step + 1
+        if done % config.log_every == 0 or done == steps:
+          _raise_if_nonfinite(state, mesh)
+          row = log.write(done, mesh_lib.to_host(metrics, mesh))
+          progress.update(done, {k: row[k] for k in ("d_loss", "g_recon", "g_adv")})
+        stop = preemption.requested(ckpts, done)
+        if ckpts is not None and (done % config.checkpoint_every == 0 or done == steps or stop):
+          _raise_if_nonfinite(state, mesh)
+          ckpts.save(done, state, meta)
+        if stop:
+          if ckpts is not None:
+            ckpts.wait()
+          raise Preempted(done)
+    progress.close()
+  finally:
+    preemption.restore()
+    if ckpts is not None:
+      ckpts.close()
+  inpainter = Inpainter(models.gen_def, mesh_lib.to_host(state.gen, mesh), image_shape,
+                        config.to_dict(), log.history)
+  if workdir:
+    save_inpainter(os.path.join(workdir, "inpainter"), inpainter)
+  return inpainter
+
+
+def _raise_if_nonfinite(state, mesh) -> None:
+  bad = int(mesh_lib.to_host(state.nonfinite_step, mesh))
+  if bad >= 0:
+    raise NonFiniteError(f"in-painter losses became non-finite at step {bad}; the last "
+                         "good checkpoint was kept (try a lower learning rate)")
+
+
+def _check_resumable(saved: dict, meta: dict, workdir: str, steps: int, latest: int) -> None:
+  """Resume only the same networks on images of the same shape."""
+  if saved.get("image_shape") != meta["image_shape"]:
+    raise ValueError(f"in-painter checkpoint in {workdir} is for images of shape "
+                     f"{saved.get('image_shape')}, this run has {meta['image_shape']}")
+  old = saved["config"]["model"]
+  new = json.loads(json.dumps(meta["config"]["model"]))  # tuples read back as lists
+  if old != new:
+    raise ValueError(f"in-painter checkpoint in {workdir} was made for the model {old}, "
+                     f"this run asks for {new}; use another workdir")
+  if latest > steps:
+    raise ValueError(f"in-painter checkpoint in {workdir} is at step {latest}, past the "
+                     f"{steps} steps asked for")
+
+
+# Persistence --------------------------------------------------------------------------
+
+
+def save_inpainter(path: str, inpainter: Inpainter) -> None:
+  meta = {"image_shape": list(inpainter.image_shape), "config": inpainter.config}
+  persistence.save(path, META_FILE, meta, TREE_DIR, inpainter.params)
+
+
+def load_inpainter(path: str) -> Inpainter:
+  """Load an in-painter saved by `save_inpainter` (or by `train_inpainter`'s workdir)."""
+  meta = persistence.read_meta(path, META_FILE, "in-painter")
+  shape = tuple(meta["image_shape"])
+  model = meta["config"]["model"]
+  graphdef, abstract = nnx.split(nnx.eval_shape(
+      lambda: inpainter_lib.build_net(shape, model, nnx.Rngs(0))))
+  params = persistence.restore(path, TREE_DIR, abstract)
+  return Inpainter(graphdef, params, shape, meta["config"])
+
+
+# Evaluation ---------------------------------------------------------------------------
+
+
+def held_out_masks(inpainter: Inpainter, n: int, seed: int):
+  """The training mask distribution, drawn with a fixed seed: (keep, kind) as NumPy."""
+  spec = mask_spec(inpainter.config["masks"], inpainter.image_shape[0])
+  keep, kind = jax.jit(sample_masks, static_argnums=(1, 2, 3))(
+      jax.random.key(seed), n, inpainter.image_shape, spec)
+  return np.asarray(keep), np.asarray(kind), spec
+
+
+def kept_mean_fill(images, keep, key=None):
+  """Per-image, per-channel mean of the kept pixels only."""
+  del key
+  total = jnp.sum(images * keep, axis=(1, 2), keepdims=True)
+  count = jnp.sum(keep, axis=(1, 2), keepdims=True)
+  mean = jnp.where(count > 1e-6, total / jnp.maximum(count, 1e-6), 0.0)
+  return jnp.broadcast_to(mean, images.shape)
+
+
+def kept_blur_fill(images, keep, key=None):
+  """Normalised convolution: blur(x * keep) / blur(keep), the kept mean where nothing is near."""
+  sigma = KEPT_BLUR_FRACTION * min(images.shape[1], images.shape[2])
+  num = infillers_lib.gaussian_blur(images * keep, sigma)
+  den = infillers_lib.gaussian_blur(jnp.broadcast_to(keep, images.shape[:3] + (1,)), sigma)
+  return jnp.where(den > 1e-3, num / jnp.maximum(den, 1e-3), kept_mean_fill(images, keep))
+
+
+_EVAL_FILLERS = {"kept_mean": kept_mean_fill, "kept_blur": kept_blur_fill}
+
+
+def baseline_fills(images: np.ndarray, keep: np.ndarray, name: str,
+                   chunk_size: int = 256) -> np.ndarray:
+  """Fills of a registered in-filler or of a `kept_` reference, in compiled chunks."""
+  fill = _EVAL_FILLERS.get(name) or infillers_lib.get_infiller(name)
+  # Run op by op: jitted, XLA spends seconds constant-folding `local_mean`'s window counts.
+  fn = lambda x, k: fill(jnp.asarray(x), jnp.asarray(k), jax.random.key(0))  # noqa: E731
+  return map_in_chunks(fn, [images, keep], chunk_size)
+
+
+def evaluate_inpainter(inpainter: Inpainter, images: np.ndarray, *, seed: int = 1,
+                       chunk_size: int = 256, baselines=BASELINE_FILLERS):
+  """Dropped-pixel L1 of the in-painter and of mask-free in-fillers on the same masks.
+
+  Returns (metrics, samples): metrics per filler overall and per mask kind; samples
+  holds the images, masks and fills for a figure.
+  """
+  images = np.asarray(images, np.float32)
+  keep, kind, spec = held_out_masks(inpainter, len(images), seed)
+  fills = {"inpainter": inpainter.fills(images, keep, chunk_size)}
+  for name in baselines:
+    fills[name] = baseline_fills(images, keep, name, chunk_size)
+
+  def l1(f, rows):
+    return float(dropped_l1(jnp.asarray(f[rows]), jnp.asarray(images[rows]),
+                            jnp.asarray(keep[rows])))
+
+  everything = np.arange(len(images))
+  metrics = {
+      "num_images": len(images),
+      "mask_seed": seed,
+      "drop_fraction": float(1.0 - keep.mean()),
+      "l1_dropped": {name: l1(f, everything) for name, f in fills.items()},
+      "l1_dropped_by_mask": {},
+  }
+  for i, kind_name in enumerate(spec.kinds):
+    rows = np.flatnonzero(kind == i)
+    if rows.size:
+      metrics["l1_dropped_by_mask"][kind_name] = {
+          "count": int(rows.size), **{name: l1(f, rows) for name, f in fills.items()}}
+  samples = {"images": images, "keep": keep, "kind": kind, "fills": fills}
+  return metrics, samples
+
+
+def _display(image: np.ndarray):
+  img = np.clip((np.asarray(image, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+  return (img[..., 0], "gray") if img.shape[-1] == 1 else (img, None)
+
+
+def save_inpainting_figure(path: str, samples: dict, rows: int = 6,
+                           columns=("blur", "inpainter")) -> str:
+  """Rows of: masked input | each named fill composited | original."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  images, keep = samples["images"], samples["keep"]
+  rows = min(rows, len(images))
+  titles = ["masked input"] + [f"{c} fill" for c in columns] + ["original"]
+  fig, axes = plt.subplots(rows, len(titles), figsize=(1.8 * len(titles), 1.8 * rows),
+                           squeeze=False)
+  for r in range(rows):
+    panels = [images[r] * keep[r]]
+    panels += [keep[r] * images[r] + (1.0 - keep[r]) * samples["fills"][c][r] for c in columns]
+    panels.append(images[r])
+    for ax, panel, title in zip(axes[r], panels, titles):
+      img, cmap = _display(panel)
+      ax.imshow(img, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if r == 0:
+        ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def run_inpainter_stage(config: ml_collections.ConfigDict, train: dict, test: dict,
+                        workdir: str) -> dict:
+  """Train (or reuse `<workdir>/inpainter`), evaluate on held-out images, write outputs.
+
+  Writes `<workdir>/inpainter_metrics.json` and `<workdir>/inpainter.png`.
+  """
+  from cfx_jax import report
+
+  path = os.path.join(workdir, "inpainter")
+  if os.path.exists(os.path.join(path, META_FILE)):
+    inpainter = load_inpainter(path)
+    print(f"inpainter: reusing {path}", flush=True)
+  else:
+    inpainter = train_inpainter(train["image"], config, workdir)
+  held_out = np.asarray(test["image"][:int(config.eval.num_images)], np.float32)
+  metrics, samples = evaluate_inpainter(inpainter, held_out, seed=int(config.eval.seed),
+                                        chunk_size=int(config.chunk_size))
+  if is_main_process():
+    report.save_json(os.path.join(workdir, "inpainter_metrics.json"), metrics)
+    save_inpainting_figure(os.path.join(workdir, "inpainter.png"), samples,
+                           rows=int(config.eval.figure_rows))
+  print("inpainter dropped-pixel L1: " + ", ".join(
+      f"{k}={v:.4f}" for k, v in metrics["l1_dropped"].items()), flush=True)
+  return metrics

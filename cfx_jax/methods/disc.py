@@ -55,9 +55,7 @@ set so that both terms act against a cross-entropy of a few nats.
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +67,7 @@ from cfx_jax import validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
+from cfx_jax.methods import optimised
 from cfx_jax.methods.fido import image_keys, other_class_on
 
 PARAMETERISATIONS = ("inr", "dip")
@@ -104,12 +103,7 @@ def disc_config(**overrides) -> ml_collections.ConfigDict:
   c.chunk_size = 64             # images per compiled call
   c.seed = 0
   c.warn_failures = True        # warn, listing indices, when a counterfactual misses its target
-  unknown = sorted(set(overrides) - set(c.keys()))
-  if unknown:
-    raise ValueError(f"unknown DISC setting(s) {unknown}; available: {sorted(c.keys())}")
-  c.update(overrides)
-  check_config(c)
-  return c
+  return optimised.settings("DISC", c, overrides, check_config)
 
 
 def check_config(cfg) -> None:
@@ -400,9 +394,7 @@ class DiscExplainer:
     classifier's decisions (what the classifier treats as each class); `explain` optimises."""
     from cfx_jax.methods.auxiliary import auxiliary_config, train_auxiliary
 
-    cfg = config if isinstance(config, ml_collections.ConfigDict) else disc_config(
-        **dict(config or {}))
-    cfg = cfg.copy_and_resolve_references()
+    cfg = optimised.as_settings(config, disc_config)
     cfg.seed = int(seed)
     images = np.asarray(images)
     clf = as_classifier(classifier, images.shape[1:])
@@ -416,13 +408,9 @@ class DiscExplainer:
     """The config, the classifier's fingerprint and the auxiliary model."""
     from cfx_jax.methods.auxiliary import save_auxiliary
 
-    os.makedirs(path, exist_ok=True)
     if self.auxiliary is not None:
       save_auxiliary(os.path.join(path, "auxiliary"), self.auxiliary)
-    with open(os.path.join(path, "explainer.json"), "w") as f:
-      json.dump({"method": "disc", "config": self.config.to_dict(),
-                 "image_shape": list(self.image_shape),
-                 "classifier_fingerprint": self.classifier.fingerprint()}, f, indent=2)
+    optimised.save_settings(path, "disc", self)
 
   @classmethod
   def from_meta(cls, meta: dict, classifier: Classifier, path: str) -> DiscExplainer:
@@ -465,11 +453,7 @@ class DiscExplainer:
     """
     x = validation.check_images(images, self.image_shape)
     n = len(x)
-    if ids is None:
-      ids = np.arange(n)
-    ids = np.asarray(ids)
-    if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
-      raise ValueError(f"ids must be {n} non-negative integers, got {ids.dtype} {ids.shape}")
+    ids = optimised.image_ids(ids, n)
     if target is None:
       t = np.full((n,), -1, np.int32)
     else:
@@ -479,17 +463,12 @@ class DiscExplainer:
     aux_params = self.auxiliary.params if self.auxiliary is not None else None
     out = map_in_chunks(
         lambda xb, tb, ib: self._program(self.classifier.params, aux_params, key, xb, tb, ib),
-        [x, t, ids.astype(np.uint32)], int(self.config.chunk_size))
+        [x, t, ids], int(self.config.chunk_size))
     if self.config.warn_failures:
       self.report_failures(out, stacklevel=3)
     return out
 
   def report_failures(self, explanation: Explanation, *, stacklevel: int = 2) -> np.ndarray:
     """Indices whose counterfactual is not classified as its target, with a warning."""
-    failed = np.flatnonzero(~explanation.flipped)
-    if failed.size:
-      shown = failed[:20].tolist()
-      more = f" and {failed.size - 20} more" if failed.size > 20 else ""
-      warnings.warn(f"DISC: {failed.size} of {len(explanation)} counterfactual(s) did not "
-                    f"reach the target class: indices {shown}{more}", stacklevel=stacklevel)
-    return failed
+    return optimised.report_failures("DISC", explanation, "did not reach the target class",
+                                     stacklevel)

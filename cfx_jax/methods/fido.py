@@ -18,9 +18,6 @@ to 0..N-1), so its result does not depend on the batch or chunk it is optimised 
 
 from __future__ import annotations
 
-import json
-import os
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +29,7 @@ from cfx_jax import validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
+from cfx_jax.methods import optimised
 from cfx_jax.methods.infillers import INFILLERS, Infiller, get_infiller
 
 OBJECTIVES = ("ssr", "sdr")
@@ -63,12 +61,7 @@ def fido_config(**overrides) -> ml_collections.ConfigDict:
   c.chunk_size = 64            # images per compiled call; each carries `samples` copies
   c.seed = 0
   c.warn_failures = True       # warn, listing indices, when a counterfactual misses its target
-  unknown = sorted(set(overrides) - set(c.keys()))
-  if unknown:
-    raise ValueError(f"unknown FIDO setting(s) {unknown}; available: {sorted(c.keys())}")
-  c.update(overrides)
-  check_config(c)
-  return c
+  return optimised.settings("FIDO", c, overrides, check_config)
 
 
 def check_config(cfg) -> None:
@@ -241,9 +234,7 @@ class FidoExplainer:
   @classmethod
   def fit(cls, classifier, images, *, seed: int = 0, config=None) -> FidoExplainer:
     """Nothing to train: binds the classifier and the in-filler; `explain` optimises."""
-    cfg = config if isinstance(config, ml_collections.ConfigDict) else fido_config(
-        **dict(config or {}))
-    cfg = cfg.copy_and_resolve_references()
+    cfg = optimised.as_settings(config, fido_config)
     cfg.seed = int(seed)
     return cls(classifier, cfg, image_shape=np.asarray(images).shape[1:])
 
@@ -252,11 +243,7 @@ class FidoExplainer:
     if self.config.infiller not in INFILLERS:
       raise ValueError("an explainer with a custom in-filler cannot be saved by name; "
                        "save the in-filler itself and pass it again when loading")
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "explainer.json"), "w") as f:
-      json.dump({"method": "fido", "config": self.config.to_dict(),
-                 "image_shape": list(self.image_shape),
-                 "classifier_fingerprint": self.classifier.fingerprint()}, f, indent=2)
+    optimised.save_settings(path, "fido", self)
 
   @classmethod
   def from_meta(cls, meta: dict, classifier: Classifier, path: str) -> FidoExplainer:
@@ -309,11 +296,7 @@ class FidoExplainer:
     """
     x = validation.check_images(images, self.image_shape)
     n = len(x)
-    if ids is None:
-      ids = np.arange(n)
-    ids = np.asarray(ids)
-    if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
-      raise ValueError(f"ids must be {n} non-negative integers, got {ids.dtype} {ids.shape}")
+    ids = optimised.image_ids(ids, n)
     if target is None:
       c = np.full((n,), -1, np.int32)
     elif self.config.objective == "sdr":
@@ -326,20 +309,14 @@ class FidoExplainer:
     out = map_in_chunks(
         lambda xb, cb, ib: self._programs(self.classifier.params, key, xb, cb, ib,
                                           targeted=target is not None),
-        [x, c, ids.astype(np.uint32)], int(self.config.chunk_size))
+        [x, c, ids], int(self.config.chunk_size))
     if self.config.warn_failures:
       self.report_failures(out, stacklevel=3)
     return out
 
   def report_failures(self, explanation: Explanation, *, stacklevel: int = 2) -> np.ndarray:
     """Indices whose counterfactual is not classified as its target, with a warning."""
-    failed = np.flatnonzero(~explanation.flipped)
-    if failed.size:
-      what = ("did not keep the explained class" if self.config.objective == "ssr"
-              else "did not reach the target class")
-      shown = failed[:20].tolist()
-      more = f" and {failed.size - 20} more" if failed.size > 20 else ""
-      warnings.warn(f"FIDO {self.config.objective.upper()}: {failed.size} of "
-                    f"{len(explanation)} counterfactual(s) {what}: indices {shown}{more}",
-                    stacklevel=stacklevel)
-    return failed
+    what = ("did not keep the explained class" if self.config.objective == "ssr"
+            else "did not reach the target class")
+    return optimised.report_failures(f"FIDO {self.config.objective.upper()}", explanation,
+                                     what, stacklevel)

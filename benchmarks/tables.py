@@ -15,7 +15,7 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 def _load(pattern):
   for path in sorted(glob.glob(os.path.join(RESULTS, pattern))):
     with open(path) as f:
-      yield os.path.basename(path), json.load(f)
+      yield os.path.relpath(path, RESULTS), json.load(f)
 
 
 def step_time() -> str:
@@ -92,6 +92,18 @@ def fido_throughput() -> str:
   return "\n".join(lines)
 
 
+def leaderboards() -> str:
+  """Headline columns of each committed leaderboard (the full tables are beside them)."""
+  columns = ["pixel_auroc", "iou_curve_area", "deletion_auc", "flip_rate", "proximity_l1",
+             "fid_classifier"]
+  lines = []
+  for name, r in _load("leaderboard_*/leaderboard.json"):
+    from cfx_jax.training.leaderboard import table
+    lines += [f"`{name}` ({r['dataset']}, {r['num_images']} test images)", "",
+              table(r, columns), ""]
+  return "\n".join(lines)
+
+
 def methods() -> str:
   from benchmarks.compare_methods import table
   return "\n\n".join(f"`{name}` ({r['device']}, {r['steps']} steps)\n\n{table(r['results'])}"
@@ -102,6 +114,7 @@ if __name__ == "__main__":
   for title, text in (("Step time", step_time()), ("JAX against PyTorch", compare_torch()),
                       ("Explanation throughput", explain_throughput()),
                       ("FIDO: batched against one at a time", fido_throughput()),
-                      ("Scaling", scaling()), ("Methods", methods())):
+                      ("Leaderboards", leaderboards()), ("Scaling", scaling()),
+                      ("Methods", methods())):
     if text:
       print(f"### {title}\n\n{text}\n")

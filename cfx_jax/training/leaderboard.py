@@ -248,7 +248,8 @@ def table(result: dict, columns: list[str]) -> str:
   arrows = [f"{c} {'↓' if c in LOWER_IS_BETTER else '↑'}" for c in columns]
   lines = ["| method | kind | images | " + " | ".join(arrows) + " |",
            "|---|---|---|" + "---|" * len(columns)]
-  order = sorted(rows, key=lambda m: -rows[m]["scores"].get(columns[0], {}).get("mean", -1e9)
+  present = [m for m in rows if any(c in rows[m]["scores"] for c in columns)]
+  order = sorted(present, key=lambda m: -rows[m]["scores"].get(columns[0], {}).get("mean", -1e9)
                  if np.isfinite(rows[m]["scores"].get(columns[0], {}).get("mean", np.nan))
                  else 1e9)
   for name in order:
@@ -270,6 +271,12 @@ def write_leaderboard(workdir, result, x, masks, examples, curves, grid_rows) ->
                                      examples, masks, num_rows=grid_rows)]
   if curves:
     figures.append(report.save_iou_curve(os.path.join(workdir, "leaderboard_iou.png"), curves))
+  with open(os.path.join(workdir, "leaderboard.md"), "w") as f:
+    f.write(markdown(result, [os.path.basename(p) for p in figures]))
+
+
+def markdown(result: dict, figures: list[str]) -> str:
+  """leaderboard.md: one table per family of scores, the figures, how to read them."""
   seeds = len(result["seeds"])
   parts = [f"# Leaderboard: {result['dataset']}", "",
            (f"{result['num_images']} test images; classifier test accuracy "
@@ -282,10 +289,9 @@ def write_leaderboard(workdir, result, x, masks, examples, curves, grid_rows) ->
     text = table(result, columns)
     if text:
       parts += [f"## {title.capitalize()}", "", text, ""]
-  parts += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in figures]
+  parts += [f"![{name}]({name})" for name in figures]
   parts += ["", _HOW_TO_READ]
-  with open(os.path.join(workdir, "leaderboard.md"), "w") as f:
-    f.write("\n".join(parts))
+  return "\n".join(parts)
 
 
 _HOW_TO_READ = """\

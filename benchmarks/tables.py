@@ -18,6 +18,10 @@ def _load(pattern):
       yield os.path.relpath(path, RESULTS), json.load(f)
 
 
+def _rate(v: float) -> str:
+  return f"{v:,.0f}" if v >= 10 else f"{v:.2g}"
+
+
 def step_time() -> str:
   lines = []
   for name, r in _load("step_time_*.json"):
@@ -70,7 +74,7 @@ def explain_throughput() -> str:
               "| method | image | images | maps/s |", "|---|---|---|---|"]
     for x in r["results"]:
       lines.append(f"| {x['method']} | {x['image_size']}x{x['image_size']}x{x['channels']} "
-                   f"| {x['images']} | {x['maps_per_s']:.0f} |")
+                   f"| {x['images']} | {_rate(x['maps_per_s'])} |")
     lines.append("")
   return "\n".join(lines)
 

@@ -14,7 +14,6 @@ extra (torch). Writes benchmarks/results/compare_torch_<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -119,11 +118,7 @@ def main(argv=None):
   result = {**step_time.environment(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "rounds": args.rounds,
             "steps_per_round": args.steps, "results": rows}
-  out = args.out or step_time.result_path("compare_torch")
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"wrote {out}")
-  return result
+  return step_time.write_result(result, "compare_torch", args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ of the same size, as a user sees it. Writes benchmarks/results/explain_throughpu
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -111,11 +110,7 @@ def main(argv=None):
       print(f"{name:>10} {side}x{side}x{channels}: {row['maps_per_s']:.0f} maps/s "
             f"(first call {row['first_call_s']:.1f} s)", flush=True)
   result = {**step_time.environment(), "results": rows}
-  out = args.out or step_time.result_path("explain_throughput")
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"wrote {out}")
-  return result
+  return step_time.write_result(result, "explain_throughput", args.out)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,15 @@ def result_path(name: str) -> str:
   return os.path.join(os.path.dirname(__file__), "results", f"{name}_{device}.json")
 
 
+def write_result(result: dict, name: str, out: str | None = None) -> dict:
+  """Write `result` to `out` (default: `result_path(name)`) and say where."""
+  out = out or result_path(name)
+  with open(out, "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"wrote {out}")
+  return result
+
+
 def build(image_size: int, channels: int, dtype: str):
   spec = ModelSpec(image_size, channels, 2, dtype=None if dtype == "float32" else jnp.dtype(dtype))
   method = METHODS["syce"]
@@ -165,11 +174,7 @@ def main(argv=None):
                 f"compile {row['compile_s']:.1f} s, {row['fraction_of_peak']:.1%} of peak",
                 flush=True)
   result = {**environment(), "peak_matmul_flops_per_s": peak, "results": rows}
-  out = args.out or result_path("step_time")
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"wrote {out}")
-  return result
+  return write_result(result, "step_time", args.out)
 
 
 if __name__ == "__main__":

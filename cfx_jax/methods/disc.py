@@ -358,16 +358,9 @@ class DiscExplainer:
   """
 
   def __init__(self, classifier, config=None, *, auxiliary=None, image_shape=None):
-    if config is None:
-      config = disc_config()
-    elif not isinstance(config, ml_collections.ConfigDict):
-      config = disc_config(**dict(config))
+    config = optimised.as_settings(config, disc_config)
     check_config(config)
-    if image_shape is None:
-      if not isinstance(classifier, Classifier):
-        raise ValueError("image_shape is required unless the classifier is a Classifier")
-      image_shape = classifier.image_shape
-    self.classifier = as_classifier(classifier, image_shape)
+    self.classifier = optimised.bind_classifier(classifier, image_shape)
     self.config = config
     if config.bn > 0 and self.classifier.bn_features is None:
       raise ValueError(

@@ -27,7 +27,7 @@ import optax
 
 from cfx_jax import validation
 from cfx_jax.batching import map_in_chunks
-from cfx_jax.classifier import Classifier, as_classifier
+from cfx_jax.classifier import Classifier
 from cfx_jax.explanation import Explanation
 from cfx_jax.methods import optimised
 from cfx_jax.methods.infillers import INFILLERS, Infiller, get_infiller
@@ -217,16 +217,9 @@ class FidoExplainer:
   """
 
   def __init__(self, classifier, config=None, *, image_shape=None, infiller=None):
-    if config is None:
-      config = fido_config()
-    elif not isinstance(config, ml_collections.ConfigDict):
-      config = fido_config(**dict(config))
+    config = optimised.as_settings(config, fido_config)
     check_config(config)
-    if image_shape is None:
-      if not isinstance(classifier, Classifier):
-        raise ValueError("image_shape is required unless the classifier is a Classifier")
-      image_shape = classifier.image_shape
-    self.classifier = as_classifier(classifier, image_shape)
+    self.classifier = optimised.bind_classifier(classifier, image_shape)
     self.config = config
     self.infiller = get_infiller(config.infiller if infiller is None else infiller)
     self._programs = jax.jit(self._program, static_argnames="targeted")

@@ -36,6 +36,17 @@ def as_settings(config, make) -> ml_collections.ConfigDict:
   return make(**dict(config or {}))
 
 
+def bind_classifier(classifier, image_shape):
+  """The classifier as a `Classifier`; `image_shape` may be left out only for one."""
+  from cfx_jax.classifier import Classifier, as_classifier
+
+  if image_shape is None:
+    if not isinstance(classifier, Classifier):
+      raise ValueError("image_shape is required unless the classifier is a Classifier")
+    image_shape = classifier.image_shape
+  return as_classifier(classifier, image_shape)
+
+
 def image_ids(ids, n: int) -> np.ndarray:
   """The ids that seed each image (default 0..n-1), as uint32."""
   ids = np.arange(n) if ids is None else np.asarray(ids)

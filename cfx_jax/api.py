@@ -24,28 +24,32 @@ def _as_images(images) -> np.ndarray:
 
 def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None = None,
                   batch_size: int | None = None, seed: int = 0, workdir: str | None = None,
-                  config=None) -> Explainer:
+                  config=None, attributes=None) -> Explainer:
   """Train a counterfactual explainer of `classifier` on `images` in [-1, 1].
 
-  `method`: one of `trainable_methods()`. Optimisation methods ("fido") train nothing
-  here: `config` holds their settings and `explain` runs the optimisation.
+  `method`: one of `trainable_methods()`. Optimisation methods ("fido", "disc") train at
+  most a helper model here: `config` holds their settings and `explain` optimises.
 
   `classifier`: any JAX-traceable callable images -> logits (N, K) or a binary logit
   (N,) / (N, 1), or an NNX module. `config`: a ConfigDict from `cfx_jax.explainer_config`
   or a dict of overrides; the keyword arguments take precedence. With `workdir`,
   checkpoints are written there and an interrupted run resumes from them.
+  `attributes`: (N, K) binary labels of the images, for methods that use them ("latent").
   """
-  from cfx_jax.methods import OPTIMISERS
+  from cfx_jax.methods import STANDALONE
   from cfx_jax.training.explainer_loop import train_explainer
 
   if method not in trainable_methods():
     raise ValueError(f"unknown method {method!r}; available: {trainable_methods()}")
-  if method in OPTIMISERS:
+  if attributes is not None and method != "latent":
+    raise ValueError(f"attributes are used only by method='latent', not {method!r}")
+  if method in STANDALONE:
     x = validation.check_images(_as_images(images))
     if isinstance(config, ml_collections.ConfigDict):
       config = config.to_dict()
-    return OPTIMISERS[method].fit(as_classifier(classifier, x.shape[1:]), x, seed=seed,
-                                  config=config)
+    extra = {} if attributes is None else {"attributes": attributes}
+    return STANDALONE[method].fit(as_classifier(classifier, x.shape[1:]), x, seed=seed,
+                                  config=config, workdir=workdir, **extra)
   if config is None:
     cfg = config_lib.explainer_config(method)
   elif isinstance(config, ml_collections.ConfigDict):
@@ -70,8 +74,8 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
 
 def trainable_methods() -> list[str]:
   """Every method `fit_explainer` accepts."""
-  from cfx_jax.methods import METHODS, OPTIMISERS
-  return sorted(METHODS) + sorted(OPTIMISERS)
+  from cfx_jax.methods import METHODS, STANDALONE
+  return sorted(METHODS) + sorted(STANDALONE)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

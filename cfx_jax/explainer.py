@@ -128,14 +128,14 @@ def check_fingerprint(saved, classifier: Classifier, what: str) -> None:
 
 def load_explainer(path: str, classifier) -> Explainer:
   """Load an explainer saved with `Explainer.save`; checks it matches `classifier`."""
-  from cfx_jax.methods import OPTIMISERS
+  from cfx_jax.methods import STANDALONE
 
   path = os.path.abspath(path)
   meta = persistence.read_meta(path, "explainer.json", "explainer")
-  if meta.get("method") in OPTIMISERS:
+  if meta.get("method") in STANDALONE:
     clf = as_classifier(classifier, meta["image_shape"])
     check_fingerprint(meta["classifier_fingerprint"], clf, f"explainer at {path}")
-    return OPTIMISERS[meta["method"]].from_meta(meta, clf, path)
+    return STANDALONE[meta["method"]].from_meta(meta, clf, path)
   spec = spec_from_json(meta["spec"])
   image_shape = (spec.image_size, spec.image_size, spec.channels)
   if isinstance(classifier, Classifier) and classifier.image_shape != image_shape:

@@ -24,7 +24,7 @@ def tiny_config():
   c.trained.explainer = ml_collections.ConfigDict({
       "batch_size": 8, "num_devices": 1, "progress": False, "checkpoint_every": 2,
       "model": {"gen_features": (8, 16), "disc_features": (8, 16)}})
-  c.trained.optimiser_settings = {"fido": {"steps": 2, "samples": 2, "warn_failures": False}}
+  c.trained.standalone_settings = {"fido": {"steps": 2, "samples": 2, "warn_failures": False}}
   c.trained.optimiser_images = 16
   c.baselines.methods = ("gradient", "random")
   c.eval.num_images, c.eval.sanity_images, c.eval.faithfulness_steps = 32, 8, 4

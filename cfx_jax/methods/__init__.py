@@ -14,11 +14,17 @@ METHODS: dict[str, Method] = {
 
 
 # Explainers whose work happens in `explain` (an optimisation per image; `fit` trains at
-# most a small helper model): each class has `fit(classifier, images, *, seed, config)`,
-# `save(path)` and `from_meta(meta, classifier, path)`.
+# most a small helper model).
 OPTIMISERS = {
     "disc": DiscExplainer,
     "fido": FidoExplainer,
+}
+
+# Every method with its own explainer class rather than a `Method` for the shared
+# generator loop. Each class has `fit(classifier, images, *, seed, config, workdir)`,
+# `save(path)`, `from_meta(meta, classifier, path)` and `explain(images, target=None)`.
+STANDALONE = {
+    **OPTIMISERS,
 }
 
 
@@ -28,4 +34,4 @@ def get_method(name: str) -> Method:
   return METHODS[name]
 
 
-__all__ = ["METHODS", "OPTIMISERS", "Method", "ModelSpec", "get_method", "other_class"]
+__all__ = ["METHODS", "OPTIMISERS", "STANDALONE", "Method", "ModelSpec", "get_method", "other_class"]

@@ -382,7 +382,7 @@ class DiscExplainer:
     self._program = jax.jit(self._explain_chunk)
 
   @classmethod
-  def fit(cls, classifier, images, *, seed: int = 0, config=None) -> DiscExplainer:
+  def fit(cls, classifier, images, *, seed: int = 0, config=None, workdir=None) -> DiscExplainer:
     """Trains only the auxiliary uncertainty model, on `images` labelled by the
     classifier's decisions (what the classifier treats as each class); `explain` optimises."""
     from cfx_jax.methods.auxiliary import auxiliary_config, train_auxiliary

@@ -225,7 +225,7 @@ class FidoExplainer:
     self._programs = jax.jit(self._program, static_argnames="targeted")
 
   @classmethod
-  def fit(cls, classifier, images, *, seed: int = 0, config=None) -> FidoExplainer:
+  def fit(cls, classifier, images, *, seed: int = 0, config=None, workdir=None) -> FidoExplainer:
     """Nothing to train: binds the classifier and the in-filler; `explain` optimises."""
     cfg = optimised.as_settings(config, fido_config)
     cfg.seed = int(seed)

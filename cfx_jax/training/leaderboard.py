@@ -29,7 +29,7 @@ from cfx_jax.api import fit_explainer, trainable_methods
 from cfx_jax.baselines import BASELINES, explain_baseline
 from cfx_jax.config import explainer_config
 from cfx_jax.explainer import load_explainer
-from cfx_jax.methods import OPTIMISERS
+from cfx_jax.methods import OPTIMISERS, STANDALONE
 from cfx_jax.training import classifier_loop
 from cfx_jax.training.datasets import load_split
 from cfx_jax.training.logging import is_main_process
@@ -59,15 +59,15 @@ def trained_explainers(config, clf, train_images, workdir) -> dict[str, list]:
       if os.path.exists(os.path.join(path, "explainer", "explainer.json")):
         out[name].append(load_explainer(os.path.join(path, "explainer"), clf))
         continue
-      if name in OPTIMISERS:
-        cfg = dict(config.trained.optimiser_settings.get(name, {}))
+      if name in STANDALONE:
+        cfg = dict(config.trained.standalone_settings.get(name, {}))
       else:
         cfg = explainer_config(name)
         cfg.steps = config.trained.steps
         cfg.update(config.trained.get("explainer") or {})  # nested settings, merged
       explainer = fit_explainer(clf, train_images, method=name, seed=seed, workdir=path,
                                 config=cfg)
-      if name in OPTIMISERS:  # trained explainers saved themselves into `path`
+      if name in STANDALONE:  # generator explainers saved themselves into `path`
         explainer.save(os.path.join(path, "explainer"))
       out[name].append(explainer)
   return out

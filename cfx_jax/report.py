@@ -65,7 +65,8 @@ def _outline(ax, region: np.ndarray, color: str) -> None:
 def save_explanation_grid(path, images, explanation, masks=None, *,
                           num_rows: int = 8,
                           class_names: Sequence[str] | None = None) -> str:
-  """One row per example: input, stable, counterfactual, map (and mask).
+  """One row per example: input, stable (when the method has one), counterfactual,
+  map (and mask).
 
   The map panel is a per-image normalised heatmap with the outline of its
   top-5% region (the region the IoU@95 metric scores) in cyan; the mask panel
@@ -82,7 +83,8 @@ def save_explanation_grid(path, images, explanation, masks=None, *,
   if not rows:
     raise ValueError('no examples to plot')
 
-  columns = ['input', 'stable', 'counterfactual', 'map']
+  has_stable = explanation.stable is not None
+  columns = ['input'] + (['stable'] if has_stable else []) + ['counterfactual', 'map']
   if masks is not None:
     masks = np.asarray(masks)
     columns.append('mask')
@@ -100,28 +102,31 @@ def save_explanation_grid(path, images, explanation, masks=None, *,
     ax[0].set_title(f'input: {_class_name(p, class_names)} ({probs[i, p]:.2f})')
     ax[0].set_ylabel(f'#{i}', fontsize=9)
 
-    img, cmap = _to_display(explanation.stable[i])
-    ax[1].imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
-    ax[1].set_title('stable')
+    c = 1
+    if has_stable:
+      img, cmap = _to_display(explanation.stable[i])
+      ax[c].imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
+      ax[c].set_title('stable')
+      c += 1
 
     img, cmap = _to_display(explanation.counterfactual[i])
-    ax[2].imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
+    ax[c].imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
     flipped = int(np.argmax(cf_probs[i])) == t
     mark = '' if flipped else ' ✗'
-    ax[2].set_title(
+    ax[c].set_title(
         f'cf → {_class_name(t, class_names)} ({cf_probs[i, t]:.2f}){mark}')
 
     m = maps[i]
     top = _top_region(m)
-    ax[3].imshow(m, cmap='inferno', vmin=float(m.min()),
-                 vmax=float(m.max()) if m.max() > m.min() else float(m.min()) + 1)
-    _outline(ax[3], top, 'cyan')
-    ax[3].set_title(f'map (max {m.max():.2g})')
+    ax[c + 1].imshow(m, cmap='inferno', vmin=float(m.min()),
+                     vmax=float(m.max()) if m.max() > m.min() else float(m.min()) + 1)
+    _outline(ax[c + 1], top, 'cyan')
+    ax[c + 1].set_title(f'map (max {m.max():.2g})')
 
     if masks is not None:
-      ax[4].imshow(masks[i].astype(np.float32), cmap='gray', vmin=0.0, vmax=1.0)
-      _outline(ax[4], top, 'cyan')
-      ax[4].set_title('mask + map top 5%')
+      ax[c + 2].imshow(masks[i].astype(np.float32), cmap='gray', vmin=0.0, vmax=1.0)
+      _outline(ax[c + 2], top, 'cyan')
+      ax[c + 2].set_title('mask + map top 5%')
 
     for a in ax:
       a.set_xticks([])

@@ -18,6 +18,11 @@ def experiment(dataset: ml_collections.ConfigDict, method: str | None) -> ml_col
   return c
 
 
+def standalone(method: str, seed: int = 0, **settings) -> ml_collections.ConfigDict:
+  """`config.explainer` of a method with its own explainer class (fido, disc, cae, ...)."""
+  return ml_collections.ConfigDict({"method": method, "seed": seed, "settings": settings})
+
+
 def lesions(num_train: int = 6000, num_test: int = 1000) -> ml_collections.ConfigDict:
   d = dataset_config("lesions", image_size=32, channels=3, seed=0)
   d.num_train, d.num_test = num_train, num_test

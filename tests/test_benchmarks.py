@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks import step_time
 
 
@@ -24,3 +26,18 @@ def test_explain_throughput_smoke(tmp_path):
   from cfx_jax.methods import OPTIMISERS
   assert {r["method"] for r in rows} == set(explain_throughput.MAKERS) - set(OPTIMISERS)
   assert all(r["maps_per_s"] > 0 for r in result["results"])
+
+
+@pytest.mark.parametrize("method", ["fido", "disc"])
+def test_optimiser_throughput_smoke(tmp_path, method):
+  from benchmarks import optimiser_throughput
+  out = tmp_path / f"{method}.json"
+  result = optimiser_throughput.main(["--method", method, "--smoke", "--out", str(out)])
+  saved = json.loads(out.read_text())
+  assert saved == json.loads(json.dumps(result)) and saved["method"] == method
+  for k in ("seconds", "images_per_s", "compile_s"):
+    assert saved["batched"][k] > 0 and saved["loop"][k] > 0
+  assert saved["loop"]["images_timed"] <= saved["images"]
+  # The same optimisation batched and one at a time: equal up to rounding for FIDO;
+  # DISC's prior fit amplifies rounding (see the benchmark's docstring).
+  assert saved["max_abs_diff"] < (1e-3 if method == "fido" else 2.0)

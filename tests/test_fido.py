@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import jax
@@ -260,23 +259,6 @@ def test_bad_inputs_raise(classifier, images):
     explainer.explain(images[:2], ids=[0])
   with pytest.raises(ValueError, match="image_shape is required"):
     FidoExplainer(linear_logits)
-
-
-# Benchmark -----------------------------------------------------------------------------
-
-
-def test_throughput_benchmark_smoke(tmp_path):
-  from benchmarks import fido_throughput
-  out = tmp_path / "fido.json"
-  result = fido_throughput.main(["--smoke", "--out", str(out)])
-  saved = json.loads(out.read_text())
-  assert saved == json.loads(json.dumps(result))
-  for k in ("device", "jax", "config", "images", "batched", "loop", "speedup"):
-    assert k in saved
-  for k in ("seconds", "images_per_s", "compile_s"):
-    assert saved["batched"][k] > 0 and saved["loop"][k] > 0
-  assert saved["loop"]["images_timed"] <= saved["images"]
-  assert saved["max_abs_theta_diff"] < 1e-3
 
 
 def test_fit_explainer_binds_fido_and_save_load_round_trip(tmp_path, classifier, images):

@@ -13,7 +13,7 @@ from ml_collections import config_flags
 import sys
 
 from cfx_jax.training import runtime
-from cfx_jax.training.explainer_loop import EXIT_PREEMPTED, Preempted
+from cfx_jax.training.preemption import EXIT_PREEMPTED, Preempted
 from cfx_jax.training.jobs import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",

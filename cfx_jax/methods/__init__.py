@@ -1,6 +1,7 @@
 """Generative explainer methods, by name."""
 
 from cfx_jax.methods.base import Method, ModelSpec, other_class
+from cfx_jax.methods.cae import CaeExplainer
 from cfx_jax.methods.conditional import CycleExplainer
 from cfx_jax.methods.disc import DiscExplainer
 from cfx_jax.methods.fido import FidoExplainer
@@ -25,6 +26,7 @@ OPTIMISERS = {
 # `save(path)`, `from_meta(meta, classifier, path)` and `explain(images, target=None)`.
 STANDALONE = {
     **OPTIMISERS,
+    "cae": CaeExplainer,
 }
 
 

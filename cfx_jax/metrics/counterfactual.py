@@ -73,8 +73,9 @@ def counterfactual_report(x_batch, explanation, stable_probs=None,
           proximity_l2(x_batch, explanation.counterfactual))),
       'sparsity': float(jnp.mean(
           sparsity(x_batch, explanation.counterfactual, threshold))),
-      'stable_l1': float(jnp.mean(proximity_l1(x_batch, explanation.stable))),
   }
+  if explanation.stable is not None:
+    out['stable_l1'] = float(jnp.mean(proximity_l1(x_batch, explanation.stable)))
   if stable_probs is not None:
     out['preservation_rate'] = float(
         preservation_rate(stable_probs, explanation.predicted))

@@ -1,7 +1,8 @@
-"""Score a trained explainer on held-out images and write what a person reads.
+"""Score an explainer on held-out images and write what a person reads.
 
-Writes `metrics.json`, `report.md`, `explanations.png` (input | stable | counterfactual
-| map | ground-truth mask) and, where masks exist, `iou_curve.png`.
+Writes `metrics.json`, `report.md`, `explanations.png` (input | stable, for methods that
+make one | counterfactual | map | ground-truth mask) and, where masks exist, `iou_curve.png`.
+Any explainer with `explain(images) -> Explanation` and a `classifier` is accepted.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ import os
 import numpy as np
 
 from cfx_jax import report
-from cfx_jax.explainer import Explainer
 from cfx_jax.metrics import counterfactual_report, iou_curve, localization_report
 from cfx_jax.training.logging import is_main_process
 
 
-def evaluate_explainer(explainer: Explainer, test: dict, *, num_images: int = 512) -> tuple[dict, object]:
+def evaluate_explainer(explainer, test: dict, *, num_images: int = 512) -> tuple[dict, object]:
   """Counterfactual quality on all images; localization on images that have a mask."""
   x = test["image"][:num_images]
   out = explainer.explain(x)
-  stable_probs = explainer.predict_proba(out.stable)
+  stable_probs = (None if out.stable is None
+                  else explainer.classifier.predict_proba(out.stable))
   metrics = {"num_images": int(len(x)),
              "counterfactual": counterfactual_report(x, out, stable_probs)}
   if "mask" in test:
@@ -31,8 +32,9 @@ def evaluate_explainer(explainer: Explainer, test: dict, *, num_images: int = 51
   return metrics, out
 
 
-def write_outputs(workdir: str, explainer: Explainer, test: dict, metrics: dict, out,
+def write_outputs(workdir: str, name: str, test: dict, metrics: dict, out,
                   *, extra: dict | None = None, grid_rows: int = 8) -> None:
+  """`name`: the method's name, for titles and legends."""
   if not is_main_process():
     return
   n = len(out)
@@ -40,7 +42,7 @@ def write_outputs(workdir: str, explainer: Explainer, test: dict, metrics: dict,
   masks = None if masks is None else masks[:n]
   images = [os.path.join(workdir, "explanations.png")]
   rows = _rows(test.get("label", out.predicted)[:n], masks, grid_rows)
-  sub = type(out)(**{f: np.asarray(getattr(out, f))[rows]
+  sub = type(out)(**{f: None if getattr(out, f) is None else np.asarray(getattr(out, f))[rows]
                      for f in ("maps", "counterfactual", "stable", "target", "probs",
                                "cf_probs")})
   report.save_explanation_grid(os.path.join(workdir, "explanations.png"),
@@ -49,26 +51,28 @@ def write_outputs(workdir: str, explainer: Explainer, test: dict, metrics: dict,
   if masks is not None and "localization" in metrics:
     has = masks.reshape(n, -1).max(axis=1) > 0
     report.save_iou_curve(os.path.join(workdir, "iou_curve.png"),
-                          {explainer.method.name: np.asarray(iou_curve(out.maps[has], masks[has]))})
+                          {name: np.asarray(iou_curve(out.maps[has], masks[has]))})
     images.append(os.path.join(workdir, "iou_curve.png"))
   all_metrics = {**(extra or {}), "explainer": metrics}
   report.save_json(os.path.join(workdir, "metrics.json"), all_metrics)
   report.write_report(
       os.path.join(workdir, "report.md"),
-      title=f"Counterfactual explanations: {explainer.method.name}",
+      title=f"Counterfactual explanations: {name}",
       metrics=all_metrics,
-      sections={"Summary": summary(explainer, metrics), "How to read this": _HOW_TO_READ},
+      sections={"Summary": summary(name, metrics), "How to read this": _HOW_TO_READ},
       images=images)
 
 
-def summary(explainer: Explainer, metrics: dict) -> str:
+def summary(name: str, metrics: dict) -> str:
   """Two sentences a person reads before the table."""
   cf = metrics["counterfactual"]
-  text = (f"`{explainer.method.name}` moved {cf['flip_rate']:.1%} of {metrics['num_images']} "
+  text = (f"`{name}` moved {cf['flip_rate']:.1%} of {metrics['num_images']} "
           f"held-out images to their target class, changing {cf['proximity_l1']:.4f} per "
-          "value on average; "
-          f"{cf.get('preservation_rate', float('nan')):.1%} of its stable images keep the "
-          "classifier's decision.")
+          "value on average")
+  if "preservation_rate" in cf:
+    text += (f"; {cf['preservation_rate']:.1%} of its stable images keep the "
+             "classifier's decision")
+  text += "."
   loc = metrics.get("localization")
   if loc:
     text += (f" On the {loc['n_images']} images with ground-truth evidence, the maps rank "
@@ -91,8 +95,8 @@ def _rows(labels, masks, k: int) -> np.ndarray:
 
 
 _HOW_TO_READ = """\
-Each row: the input, the class-preserving (stable) image, the counterfactual the
-classifier assigns to the other class, the explanation map (outlined: its top 5%), and
+Each row: the input, the class-preserving (stable) image where the method makes one,
+the counterfactual the classifier assigns to the other class, the explanation map (outlined: its top 5%), and
 the ground-truth evidence where the dataset has it.
 
 - `flip_rate`: fraction of counterfactuals classified as their target.

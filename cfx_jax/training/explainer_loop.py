@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 
 import jax
 import jax.numpy as jnp
@@ -26,48 +24,9 @@ from cfx_jax.training import gan
 from cfx_jax.training import mesh as mesh_lib
 from cfx_jax.training.checkpoints import Checkpoints
 from cfx_jax.training.logging import MetricsLog, Progress, is_main_process
+from cfx_jax.training.preemption import NonFiniteError, Preempted, Preemption
 
 
-class NonFiniteError(FloatingPointError):
-  """Training produced NaN/inf losses; the last good checkpoint is kept."""
-
-
-# Exit status of a job stopped by SIGTERM after saving (EX_TEMPFAIL: run it again).
-EXIT_PREEMPTED = 75
-
-
-class Preempted(Exception):
-  """SIGTERM arrived; a checkpoint of `step` was written. Rerun the job to resume."""
-
-  def __init__(self, step: int):
-    super().__init__(f"stopped by SIGTERM after saving step {step}; rerun to resume")
-    self.step = step
-
-
-class Preemption:
-  """Turns SIGTERM into a request to checkpoint and stop at the end of the current step.
-
-  One process: our own handler. Several: orbax's `reached_preemption`, which makes every
-  process agree on the same step (the JAX distributed runtime listens for SIGTERM).
-  """
-
-  def __init__(self):
-    self.signalled = False
-    self.previous = None
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self.previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    self.signalled = True
-
-  def requested(self, ckpts, step: int) -> bool:
-    if jax.process_count() > 1 and ckpts is not None:
-      return bool(ckpts.manager.reached_preemption(step))
-    return self.signalled
-
-  def restore(self) -> None:
-    if self.previous is not None:
-      signal.signal(signal.SIGTERM, self.previous)
 
 
 def model_spec(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> ModelSpec:

@@ -34,7 +34,7 @@ from cfx_jax.models.inpainter import Inpainter, composite, disc_logits
 from cfx_jax.training import gan
 from cfx_jax.training import mesh as mesh_lib
 from cfx_jax.training.checkpoints import Checkpoints
-from cfx_jax.training.explainer_loop import NonFiniteError, Preempted, Preemption
+from cfx_jax.training.preemption import NonFiniteError, Preempted, Preemption
 from cfx_jax.training.logging import MetricsLog, Progress, is_main_process
 
 META_FILE = "inpainter.json"

@@ -5,6 +5,10 @@ holds one) and optionally an explainer to fit against it and evaluate. Finished 
 are never redone; an interrupted explainer resumes from its last checkpoint. A config
 with an `inpainter` section first trains (or reuses) a generative in-filler for FIDO and
 scores it against the blur and mean fills; with `classifier = None` that is all it does.
+
+`config.explainer` is either an `explainer_config` (the generator methods) or, for a
+method with its own explainer class (`cfx_jax.methods.STANDALONE`: fido, disc, cae, ...),
+`{"method": name, "seed": int, "settings": {...}}` with that method's settings.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import time
 import ml_collections
 
 from cfx_jax import persistence, report
+from cfx_jax.api import fit_explainer
+from cfx_jax.explainer import load_explainer
+from cfx_jax.methods import STANDALONE
 from cfx_jax.training import classifier_loop
 from cfx_jax.training.datasets import load_split
 from cfx_jax.training.evaluate import evaluate_explainer, write_outputs
@@ -68,15 +75,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
   t0 = time.time()
-  explainer = train_explainer(clf, train["image"], config.explainer, workdir)
+  name = config.explainer.method
+  if name in STANDALONE:
+    explainer = standalone_explainer(config.explainer, clf, train, workdir)
+  else:
+    explainer = train_explainer(clf, train["image"], config.explainer, workdir)
   timings["explainer_s"] = time.time() - t0
   t0 = time.time()
   metrics, out = evaluate_explainer(explainer, test, num_images=config.eval.num_images)
   timings["evaluate_s"] = time.time() - t0
   results["timings"] = timings
-  write_outputs(workdir, explainer, test, metrics, out, extra=results,
+  write_outputs(workdir, name, test, metrics, out, extra=results,
                 grid_rows=config.eval.grid_rows)
+  if hasattr(explainer, "report") and is_main_process():  # e.g. CAE's code-space plot
+    n = config.eval.num_images
+    explainer.report(workdir, test["image"][:n], test.get("label", out.predicted)[:n])
   results["explainer"] = metrics
   print(json.dumps(results["explainer"], indent=2), flush=True)
   print(f"wrote {workdir}/report.md, explanations.png, metrics.json", flush=True)
   return results
+
+
+def standalone_explainer(c: ml_collections.ConfigDict, clf, train: dict, workdir: str):
+  """Fit (or reload from `<workdir>/explainer`) a method with its own explainer class."""
+  path = os.path.join(workdir, "explainer")
+  if os.path.exists(os.path.join(path, "explainer.json")):
+    print(f"explainer: reusing {path}", flush=True)
+    return load_explainer(path, clf)
+  attributes = train.get("attributes") if c.method == "latent" else None
+  settings = c.settings.to_dict() if c.get("settings") is not None else {}
+  explainer = fit_explainer(clf, train["image"], method=c.method, seed=int(c.get("seed", 0)),
+                            workdir=workdir, config=settings,
+                            attributes=attributes)
+  if is_main_process():
+    explainer.save(path)
+  return explainer

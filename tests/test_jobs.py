@@ -1,0 +1,34 @@
+"""The train job with methods that have their own explainer class (fido, disc, cae, ...)."""
+
+import json
+import os
+
+from configs import common
+from cfx_jax.training.jobs import train_and_evaluate
+
+
+def tiny_config(explainer):
+  d = common.lesions(num_train=200, num_test=16)
+  d.kwargs.image_size = 16
+  c = common.experiment(d, method=None)
+  c.classifier.steps, c.classifier.num_devices, c.classifier.progress = 10, 1, False
+  c.classifier.features = (8, 16)
+  c.explainer = explainer
+  c.eval.num_images, c.eval.grid_rows = 16, 2
+  return c
+
+
+def test_fido_job_writes_the_report_and_reuses_the_explainer(tmp_path, capsys):
+  c = tiny_config(common.standalone("fido", steps=2, samples=2, warn_failures=False))
+  first = train_and_evaluate(c, str(tmp_path))
+  for name in ("report.md", "explanations.png", "metrics.json", "explainer/explainer.json"):
+    assert os.path.exists(tmp_path / name), name
+  with open(tmp_path / "explainer" / "explainer.json") as f:
+    assert json.load(f)["config"]["steps"] == 2
+  cf = first["explainer"]["counterfactual"]
+  assert 0.0 <= cf["flip_rate"] <= 1.0 and "preservation_rate" not in cf
+  assert "fido" in (tmp_path / "report.md").read_text()
+
+  again = train_and_evaluate(c, str(tmp_path))
+  assert "explainer: reusing" in capsys.readouterr().out
+  assert again["explainer"] == first["explainer"]  # the same settings, seeds and images

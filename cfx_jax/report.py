@@ -141,12 +141,15 @@ def save_explanation_grid(path, images, explanation, masks=None, *,
 
 
 def save_method_grid(path, images, maps: Mapping[str, np.ndarray], masks=None, *,
-                     num_rows: int = 6) -> str:
-  """input | one map per method | ground truth, for the same images.
+                     num_rows: int = 6, panels: str = 'maps') -> str:
+  """input | one panel per method | ground truth, for the same images.
 
-  Rows are images with evidence where masks exist. Each map is normalised per image and
-  outlined at its top 5%, the region IoU@95 scores, so methods compare at a glance.
+  Rows are images with evidence where masks exist. panels="maps": each map normalised per
+  image and outlined at its top 5%, the region IoU@95 scores, so methods compare at a
+  glance; panels="images": `maps` holds each method's counterfactual images instead.
   """
+  if panels not in ('maps', 'images'):
+    raise ValueError(f"panels must be 'maps' or 'images', got {panels!r}")
   images = np.asarray(images)
   if masks is not None:
     masks = np.asarray(masks)
@@ -164,6 +167,10 @@ def save_method_grid(path, images, maps: Mapping[str, np.ndarray], masks=None, *
     img, cmap = _to_display(images[i])
     ax[0].imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
     for c, name in enumerate(names, start=1):
+      if panels == 'images':
+        img, cmap = _to_display(maps[name][i])
+        ax[c].imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
+        continue
       m = np.asarray(maps[name][i], np.float32)
       ax[c].imshow(m, cmap='inferno', vmin=float(m.min()),
                    vmax=float(m.max()) if m.max() > m.min() else float(m.min()) + 1)

@@ -48,6 +48,7 @@ def test_leaderboard_job_writes_every_method(tmp_path):
   assert json.loads((tmp_path / "leaderboard.json").read_text())["dataset"] == "lesions"
   assert (tmp_path / "leaderboard_maps.png").stat().st_size > 5000
   assert (tmp_path / "leaderboard_iou.png").exists()
+  assert (tmp_path / "leaderboard_counterfactuals.png").exists()
   # A second run reuses the classifier and the trained explainers.
   mtime = (tmp_path / "explainers" / "cyce_seed0" / "explainer" / "explainer.json").stat()
   again = leaderboard.run_leaderboard(tiny_config(), str(tmp_path))

@@ -155,7 +155,7 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                    seed=0)}
   # One function object for every call, so the faithfulness program compiles once.
   score_fn = jax.jit(lambda images: clf.apply(clf.params, images))
-  rows, examples, curves = {}, {}, {}
+  rows, examples, curves, counterfactuals = {}, {}, {}, {}
   for name, explainers in trained.items():
     # Optimisation methods cost a full optimisation per image: they may use fewer.
     m = min(n, config.trained.optimiser_images) if name in OPTIMISERS else n
@@ -174,6 +174,7 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
       per_seed.append(s)
       if name not in examples:
         examples[name] = out.maps
+        counterfactuals[name] = out.counterfactual
     rows[name] = {"kind": "optimised" if name in OPTIMISERS else "trained",
                   "samples": "seeds", "num_images": int(m),
                   "scores": {k: _mean_ci([s[k] for s in per_seed]) for k in per_seed[0]}}
@@ -197,7 +198,8 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                       == test["label"])),
             "methods": rows, "seconds": time.time() - t_start}
   if is_main_process():
-    write_leaderboard(workdir, result, x, masks, examples, curves, config.eval.grid_rows)
+    write_leaderboard(workdir, result, x, masks, examples, curves, config.eval.grid_rows,
+                      counterfactuals)
   return result
 
 
@@ -263,12 +265,18 @@ def table(result: dict, columns: list[str]) -> str:
   return "\n".join(lines)
 
 
-def write_leaderboard(workdir, result, x, masks, examples, curves, grid_rows) -> None:
+def write_leaderboard(workdir, result, x, masks, examples, curves, grid_rows,
+                      counterfactuals=None) -> None:
   report.save_json(os.path.join(workdir, "leaderboard.json"), result)
   shown = min(len(v) for v in examples.values())
   x, masks = x[:shown], None if masks is None else masks[:shown]
   figures = [report.save_method_grid(os.path.join(workdir, "leaderboard_maps.png"), x,
                                      examples, masks, num_rows=grid_rows)]
+  counterfactuals = {k: v for k, v in (counterfactuals or {}).items() if v is not None}
+  if counterfactuals:
+    figures.append(report.save_method_grid(
+        os.path.join(workdir, "leaderboard_counterfactuals.png"), x, counterfactuals, masks,
+        num_rows=grid_rows, panels="images"))
   if curves:
     figures.append(report.save_iou_curve(os.path.join(workdir, "leaderboard_iou.png"), curves))
   with open(os.path.join(workdir, "leaderboard.md"), "w") as f:

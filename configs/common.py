@@ -40,9 +40,9 @@ def leaderboard(dataset: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   c.classifier = classifier_config()
   c.trained = ml_collections.ConfigDict(dict(
       methods=None, seeds=(0, 1, 2), steps=600,
-      # Settings of the methods with their own explainer class, by name: trained ones
-      # get the same number of steps as the generator methods; optimisation methods
-      # keep their paper settings but explain fewer images (each costs an optimisation).
+      # Settings of the methods with their own explainer class, by name. Optimisation
+      # methods keep their paper settings but explain fewer images (each image costs
+      # an optimisation).
       standalone_settings={"fido": {"warn_failures": False},
                            "disc": {"warn_failures": False},
                            "cae": {"steps": 600}},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import ml_collections
 import numpy as np
@@ -49,13 +50,22 @@ def test_leaderboard_job_writes_every_method(tmp_path):
   assert (tmp_path / "leaderboard_maps.png").stat().st_size > 5000
   assert (tmp_path / "leaderboard_iou.png").exists()
   assert (tmp_path / "leaderboard_counterfactuals.png").exists()
-  # A second run reuses the classifier and the trained explainers.
-  mtime = (tmp_path / "explainers" / "cyce_seed0" / "explainer" / "explainer.json").stat()
+  # A second run reuses the classifier, the trained explainers and the scores; a
+  # method whose explainer was refitted is scored again.
+  saved = tmp_path / "explainers" / "cyce_seed0" / "explainer" / "explainer.json"
+  mtime = saved.stat().st_mtime
+  scored = {p.name: p.stat().st_mtime for p in (tmp_path / "scores").iterdir()}
+  assert {"cyce.json", "fido.npz", "gradient.json", "random.npz"} <= set(scored)
+  os.utime(tmp_path / "explainers" / "fido_seed1" / "explainer" / "explainer.json")
   again = leaderboard.run_leaderboard(tiny_config(), str(tmp_path))
-  assert (tmp_path / "explainers" / "cyce_seed0" / "explainer" / "explainer.json").stat() \
-      .st_mtime == mtime.st_mtime
-  assert again["methods"]["cyce"]["scores"]["pixel_auroc"]["mean"] == pytest.approx(
-      cyce["pixel_auroc"]["mean"], abs=1e-6)
+  assert saved.stat().st_mtime == mtime
+  rescored = {p.name: p.stat().st_mtime for p in (tmp_path / "scores").iterdir()}
+  assert rescored["cyce.json"] == scored["cyce.json"]
+  assert rescored["gradient.npz"] == scored["gradient.npz"]
+  assert rescored["fido.json"] > scored["fido.json"]
+  assert again["methods"]["cyce"] == result["methods"]["cyce"]
+  assert again["methods"]["fido"]["scores"]["pixel_auroc"]["mean"] == pytest.approx(
+      result["methods"]["fido"]["scores"]["pixel_auroc"]["mean"], abs=1e-6)
 
 
 def test_mean_ci_is_the_student_t_interval():

@@ -13,6 +13,7 @@ and the code of a small autoencoder trained on the training images.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -48,6 +49,10 @@ def _classifier(config, train, test, workdir):
   return clf
 
 
+def _saved_explainer(workdir, name, seed) -> str:
+  return os.path.join(workdir, "explainers", f"{name}_seed{seed}", "explainer", "explainer.json")
+
+
 def trained_explainers(config, clf, train_images, workdir) -> dict[str, list]:
   """{method: [explainer per seed]}, fitting only what the work directory lacks."""
   names = config.trained.methods or trainable_methods()
@@ -56,7 +61,7 @@ def trained_explainers(config, clf, train_images, workdir) -> dict[str, list]:
     out[name] = []
     for seed in config.trained.seeds:
       path = os.path.join(workdir, "explainers", f"{name}_seed{seed}")
-      if os.path.exists(os.path.join(path, "explainer", "explainer.json")):
+      if os.path.exists(_saved_explainer(workdir, name, seed)):
         out[name].append(load_explainer(os.path.join(path, "explainer"), clf))
         continue
       if name in STANDALONE:
@@ -138,7 +143,56 @@ def _mean_ci(values: np.ndarray) -> dict:
 # The leaderboard ---------------------------------------------------------------------
 
 
+# Scores already computed -----------------------------------------------------------------
+
+
+def _score_key(config, name: str, num_images: int, workdir: str) -> dict:
+  """What a method's scores depend on; a cached row is reused only when this matches."""
+  key = {"num_images": int(num_images), "eval": config.eval.to_dict(),
+         "classifier": os.path.getmtime(os.path.join(workdir, "classifier", "classifier.json"))}
+  if name in BASELINES:
+    key["seed"] = int(config.baselines.seed)
+  else:  # the explainers it was computed from, by when they were saved
+    key["explainers"] = [os.path.getmtime(_saved_explainer(workdir, name, seed))
+                         for seed in config.trained.seeds]
+  return json.loads(json.dumps(key))
+
+
+def _cached_scores(workdir: str, name: str, key: dict):
+  """(row, maps, counterfactuals or None) saved by an earlier run with the same key."""
+  path = os.path.join(workdir, "scores", name)
+  try:
+    with open(path + ".json") as f:
+      saved = json.load(f)
+    if saved["key"] != key:
+      return None
+    arrays = np.load(path + ".npz")
+    cfs = arrays["counterfactuals"] if "counterfactuals" in arrays else None
+    return saved["row"], arrays["maps"], cfs
+  except (OSError, ValueError, KeyError):
+    return None
+
+
+def _save_scores(workdir: str, name: str, key: dict, row: dict, maps, counterfactuals) -> None:
+  """Written as each method finishes, so an interrupted run loses at most one method."""
+  if not is_main_process():
+    return
+  os.makedirs(os.path.join(workdir, "scores"), exist_ok=True)
+  path = os.path.join(workdir, "scores", name)
+  arrays = {"maps": np.asarray(maps)}
+  if counterfactuals is not None:
+    arrays["counterfactuals"] = np.asarray(counterfactuals)
+  np.savez(path + ".npz", **arrays)
+  report.save_json(path + ".json", {"key": key, "row": row})
+
+
 def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Train what `workdir` lacks, score every method, write the tables and figures.
+
+  Each method's scores are kept in `<workdir>/scores/` and reused while its explainers,
+  the classifier and the evaluation settings are unchanged: adding a method to a
+  finished leaderboard scores only that method.
+  """
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
@@ -160,6 +214,13 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Optimisation methods cost a full optimisation per image: they may use fewer.
     m = min(n, config.trained.optimiser_images) if name in OPTIMISERS else n
     xm, mm = x[:m], None if masks is None else masks[:m]
+    key = _score_key(config, name, m, workdir)
+    cached = _cached_scores(workdir, name, key)
+    if cached is not None:
+      rows[name], examples[name], counterfactuals[name] = cached
+      if mm is not None:
+        curves[name] = _iou_curves(examples[name], mm)
+      continue
     per_seed = []
     for explainer in explainers:
       out = explainer.explain(xm)
@@ -178,10 +239,18 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rows[name] = {"kind": "optimised" if name in OPTIMISERS else "trained",
                   "samples": "seeds", "num_images": int(m),
                   "scores": {k: _mean_ci([s[k] for s in per_seed]) for k in per_seed[0]}}
+    _save_scores(workdir, name, key, rows[name], examples[name], counterfactuals[name])
     if mm is not None:
       curves[name] = _iou_curves(examples[name], mm)
 
   for name in config.baselines.methods or sorted(BASELINES):
+    key = _score_key(config, name, n, workdir)
+    cached = _cached_scores(workdir, name, key)
+    if cached is not None:
+      rows[name], examples[name], _ = cached
+      if masks is not None:
+        curves[name] = _iou_curves(examples[name], masks)
+      continue
     out = explain_baseline(name, clf, x, key=config.baselines.seed)
     scores = _per_image_scores(score_fn, x, out, masks, config.eval.faithfulness_steps)
     rows[name] = {"kind": "baseline", "samples": "images", "num_images": int(n),
@@ -189,6 +258,7 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
     sanity = _sanity(name, clf, x[:config.eval.sanity_images], config.baselines.seed)
     rows[name]["scores"]["randomisation_correlation"] = _mean_ci(sanity)
     examples[name] = out.maps
+    _save_scores(workdir, name, key, rows[name], out.maps, None)
     if masks is not None:
       curves[name] = _iou_curves(out.maps, masks)
 

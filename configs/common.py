@@ -45,7 +45,9 @@ def leaderboard(dataset: ml_collections.ConfigDict) -> ml_collections.ConfigDict
       # an optimisation).
       standalone_settings={"fido": {"warn_failures": False},
                            "disc": {"warn_failures": False},
-                           "cae": {"steps": 600}},
+                           "cae": {"steps": 600},
+                           "latent": {"vae_steps": 3000, "shift_steps": 1000,
+                                      "progress": False, "warn_failures": False}},
       optimiser_images=32))
   c.baselines = ml_collections.ConfigDict(dict(methods=None, seed=0))
   c.eval = ml_collections.ConfigDict(dict(

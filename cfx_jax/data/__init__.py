@@ -1,7 +1,8 @@
-"""Datasets (procedural lesions, digits, TFDS) and deterministic pipelines."""
+"""Datasets (procedural lesions and attributes, digits, TFDS) and deterministic pipelines."""
 
 from __future__ import annotations
 
+from cfx_jax.data.attributes import make_attribute_images
 from cfx_jax.data.digits import make_digits
 from cfx_jax.data.lesions import make_lesions
 from cfx_jax.data.pipeline import batches
@@ -19,6 +20,7 @@ __all__ = [
     "batches",
     "grouped_batches",
     "load_source",
+    "make_attribute_images",
     "make_digits",
     "make_lesions",
     "materialize",

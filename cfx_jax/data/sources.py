@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from cfx_jax.data.attributes import make_attribute_images
 from cfx_jax.data.digits import make_digits
 from cfx_jax.data.lesions import make_lesions
 
@@ -138,21 +139,23 @@ def tfds_source(
   return _TfdsSource(source, image_key, label_key)
 
 
-def _lesion_seed(seed: int, split: str) -> int:
-  """Independent lesion streams per split, so train and test never overlap."""
+def _lesion_seed(seed: int, split: str, name: str = "lesions") -> int:
+  """Independent procedural streams per split, so train and test never overlap."""
   if split not in _LESION_SPLITS:
     raise ValueError(
-        f"unknown lesions split {split!r}; expected one of "
+        f"unknown {name} split {split!r}; expected one of "
         f"{tuple(_LESION_SPLITS)}")
   state = np.random.SeedSequence([seed, _LESION_SPLITS[split]])
   return int(state.generate_state(1, np.uint32)[0])
 
 
 def load_source(name: str, split: str, **kwargs: Any):
-  """Returns a random-access source for `name` ("lesions", "digits" or TFDS).
+  """Returns a random-access source for `name` ("lesions", "attributes",
+  "digits" or TFDS).
 
   kwargs go to the dataset: for "lesions" num, image_size, channels, seed,
-  positive_fraction; for "digits" the arguments of `make_digits`; for TFDS
+  positive_fraction; for "attributes" num, image_size, channels, seed,
+  marker_correlation; for "digits" the arguments of `make_digits`; for TFDS
   those of `tfds_source`.
   """
   if name == "lesions":
@@ -164,6 +167,15 @@ def load_source(name: str, split: str, **kwargs: Any):
     num = kwargs.pop("num", _LESION_DEFAULT_NUM.get(split, 0))
     return ArraySource(
         make_lesions(num, seed=_lesion_seed(seed, split), **kwargs))
+  if name == "attributes":
+    allowed = {"num", "image_size", "channels", "seed", "marker_correlation"}
+    unknown = set(kwargs) - allowed
+    if unknown:
+      raise ValueError(f"unexpected arguments for attributes: {sorted(unknown)}")
+    seed = kwargs.pop("seed", 0)
+    num = kwargs.pop("num", _LESION_DEFAULT_NUM.get(split, 0))
+    return ArraySource(make_attribute_images(
+        num, seed=_lesion_seed(seed, split, name), **kwargs))
   if name == "digits":
     return ArraySource(make_digits(split=split, **kwargs))
   return tfds_source(name, split, **kwargs)

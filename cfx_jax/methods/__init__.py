@@ -5,6 +5,7 @@ from cfx_jax.methods.cae import CaeExplainer
 from cfx_jax.methods.conditional import CycleExplainer
 from cfx_jax.methods.disc import DiscExplainer
 from cfx_jax.methods.fido import FidoExplainer
+from cfx_jax.methods.latent import LatentExplainer
 from cfx_jax.methods.sagen import StableAdversarialExplainer
 
 METHODS: dict[str, Method] = {
@@ -27,6 +28,7 @@ OPTIMISERS = {
 STANDALONE = {
     **OPTIMISERS,
     "cae": CaeExplainer,
+    "latent": LatentExplainer,
 }
 
 

@@ -1,0 +1,149 @@
+"""The networks of the latent-space explainer: a conv VAE, attribute and shift predictors.
+
+ConvVAE is the generator G with a latent space. The method it follows (arXiv 2206.05257)
+uses a frozen, pretrained StyleGAN2; none is available offline here, and a GAN trained
+from scratch on CPU is slow and unstable. A VAE trains in minutes with a plain
+likelihood loss, and its encoder maps a real image to its latent code directly, where a
+GAN needs a per-image inversion before a real image can be edited.
+
+Downsampling is a stride-2 conv (`strided_conv`, fast to differentiate on CPU);
+upsampling is nearest-resize + 3x3 conv, not ConvTranspose (slow gradients on CPU).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cfx_jax.models.layers import strided_conv
+
+
+def _upsample(x: jax.Array) -> jax.Array:
+  n, h, w, c = x.shape
+  return jax.image.resize(x, (n, 2 * h, 2 * w, c), method="nearest")
+
+
+def _down_convs(channels: int, features, rngs: nnx.Rngs) -> nnx.List:
+  convs = nnx.List()
+  prev = channels
+  for f in features:
+    convs.append(nnx.Conv(prev, f, (3, 3), strides=2, conv_general_dilated=strided_conv,
+                          rngs=rngs))
+    prev = f
+  return convs
+
+
+def check_image_shape(image_shape, levels: int) -> tuple[int, int, int]:
+  """(H, W, C) whose sides halve `levels` times without remainder."""
+  shape = tuple(int(d) for d in image_shape)
+  if len(shape) != 3:
+    raise ValueError(f"image_shape must be (H, W, C), got {image_shape}")
+  h, w, _ = shape
+  step = 2 ** levels
+  if h % step or w % step:
+    raise ValueError(f"image sides must be divisible by 2**{levels} = {step} (one halving per "
+                     f"feature level), got {h}x{w}")
+  return shape
+
+
+class ConvVAE(nnx.Module):
+  """Encoder: stride-2 convs to an (H / 2^L, W / 2^L) grid, then mean and log-variance.
+
+  Decoder: the mirror image, ending in tanh so that images lie in [-1, 1].
+  """
+
+  def __init__(self, image_shape, *, latent_dim: int = 16, features=(32, 64, 128),
+               rngs: nnx.Rngs):
+    features = tuple(int(f) for f in features)
+    if not features or latent_dim < 1:
+      raise ValueError(f"need at least one feature level and latent_dim >= 1, got "
+                       f"features={features}, latent_dim={latent_dim}")
+    h, w, c = check_image_shape(image_shape, len(features))
+    self.latent_dim = int(latent_dim)
+    self.grid = (h // 2 ** len(features), w // 2 ** len(features), features[-1])
+    flat = self.grid[0] * self.grid[1] * self.grid[2]
+    self.down = _down_convs(c, features, rngs)
+    self.stats = nnx.Linear(flat, 2 * self.latent_dim, rngs=rngs)
+    self.expand = nnx.Linear(self.latent_dim, flat, rngs=rngs)
+    self.up = nnx.List()
+    prev = features[-1]
+    for f in reversed(features):
+      self.up.append(nnx.Conv(prev, f, (3, 3), rngs=rngs))
+      prev = f
+    self.out = nnx.Conv(prev, c, (3, 3), rngs=rngs)
+
+  def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(mean, log-variance), each (N, latent_dim)."""
+    for conv in self.down:
+      x = jax.nn.silu(conv(x))
+    stats = self.stats(x.reshape(x.shape[0], -1))
+    mean, logvar = jnp.split(stats, 2, axis=-1)
+    return mean, jnp.clip(logvar, -10.0, 5.0)
+
+  def decode(self, z: jax.Array) -> jax.Array:
+    x = jax.nn.silu(self.expand(z)).reshape((z.shape[0],) + self.grid)
+    for conv in self.up:
+      x = jax.nn.silu(conv(_upsample(x)))
+    return jnp.tanh(self.out(x))
+
+  def __call__(self, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(reconstruction of a posterior sample, mean, log-variance)."""
+    mean, logvar = self.encode(x)
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+    return self.decode(z), mean, logvar
+
+
+def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+  """KL(N(mean, exp(logvar)) || N(0, I)) per example, summed over the latent."""
+  return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar, axis=-1)
+
+
+class AttributePredictor(nnx.Module):
+  """Conv-pool blocks, then the spatial mean and max of the last features, one logit per
+  binary attribute. The max lets a small, local attribute (a lesion a few pixels across)
+  decide even though it barely moves the spatial mean."""
+
+  def __init__(self, channels: int, num_attributes: int, *, features=(16, 32, 64),
+               rngs: nnx.Rngs):
+    if num_attributes < 1:
+      raise ValueError(f"num_attributes must be at least 1, got {num_attributes}")
+    self.convs = nnx.List()
+    prev = channels
+    for f in features:
+      self.convs.append(nnx.Conv(prev, int(f), (3, 3), rngs=rngs))
+      prev = int(f)
+    self.head = nnx.Linear(2 * prev, int(num_attributes), rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Logits (N, K); sigmoid gives the probability that each attribute is present."""
+    for i, conv in enumerate(self.convs):
+      x = jax.nn.silu(conv(x))
+      if i < len(self.convs) - 1:
+        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+    pooled = jnp.concatenate([jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))], axis=-1)
+    return self.head(pooled)
+
+
+class ShiftPredictor(nnx.Module):
+  """MLP (z, t) -> dz: the latent shift that makes the requested attribute changes t.
+
+  t has one entry per attribute in {-1, 0, +1} (remove, leave, add). The last layer
+  starts at zero, so training starts from "no shift".
+  """
+
+  def __init__(self, latent_dim: int, num_attributes: int, *, hidden=(128, 128),
+               rngs: nnx.Rngs):
+    self.layers = nnx.List()
+    prev = int(latent_dim) + int(num_attributes)
+    for width in hidden:
+      self.layers.append(nnx.Linear(prev, int(width), rngs=rngs))
+      prev = int(width)
+    self.out = nnx.Linear(prev, int(latent_dim), kernel_init=nnx.initializers.zeros_init(),
+                          rngs=rngs)
+
+  def __call__(self, z: jax.Array, t: jax.Array) -> jax.Array:
+    h = jnp.concatenate([z, t.astype(z.dtype)], axis=-1)
+    for layer in self.layers:
+      h = jax.nn.silu(layer(h))
+    return self.out(h)

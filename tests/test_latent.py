@@ -1,0 +1,270 @@
+"""Latent-space explainer: networks, training, the PN/PS/PNS estimator against closed forms,
+the attribute data set, explanations, persistence, input checks and the study job."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import IMAGE_SHAPE, linear_logits, linear_predict
+from flax import nnx
+
+import cfx_jax
+from cfx_jax.data import load_source, make_attribute_images
+from cfx_jax.data.attributes import ATTRIBUTES
+from cfx_jax.explanation import Explanation
+from cfx_jax.methods import latent
+from cfx_jax.methods.latent import LatentExplainer, latent_config, necessity_sufficiency
+from cfx_jax.models.vae import AttributePredictor, ConvVAE, ShiftPredictor
+
+TINY = dict(latent_dim=4, vae_features=(8, 16), predictor_features=(8, 16), shift_hidden=(32,),
+            vae_steps=80, predictor_steps=40, shift_steps=200, batch_size=32, learning_rate=3e-3,
+            progress=False, log_every=20, checkpoint_every=100, chunk_size=64, num_samples=256)
+
+
+@pytest.fixture(scope="module")
+def attribute_data():
+  return make_attribute_images(160, seed=0, image_size=16)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+  """Binary: the mean of one patch, which the `bright` attribute sets."""
+  return cfx_jax.as_classifier(linear_logits, IMAGE_SHAPE)
+
+
+@pytest.fixture(scope="module")
+def fitted(classifier, attribute_data, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("latent"))
+  ex = LatentExplainer.fit(classifier, attribute_data["image"], seed=0, config=TINY,
+                           workdir=workdir, attributes=attribute_data["attributes"],
+                           attribute_names=ATTRIBUTES)
+  return ex, workdir
+
+
+# Networks -------------------------------------------------------------------------------
+
+
+def test_network_shapes():
+  vae = ConvVAE((16, 16, 3), latent_dim=4, features=(8, 16), rngs=nnx.Rngs(0))
+  x = jnp.zeros((5, 16, 16, 3))
+  mean, logvar = vae.encode(x)
+  assert mean.shape == logvar.shape == (5, 4)
+  out = vae.decode(jnp.ones((5, 4)) * 3.0)
+  assert out.shape == (5, 16, 16, 3) and float(jnp.max(jnp.abs(out))) <= 1.0
+  recon, _, _ = vae(x, jax.random.key(0))
+  assert recon.shape == x.shape
+  assert AttributePredictor(3, 4, features=(8, 16), rngs=nnx.Rngs(0))(x).shape == (5, 4)
+  shift = ShiftPredictor(4, 5, hidden=(32,), rngs=nnx.Rngs(0))
+  dz = shift(jnp.ones((5, 4)), jnp.zeros((5, 5)))
+  assert dz.shape == (5, 4)
+  np.testing.assert_allclose(dz, 0.0)  # starts as "no shift"
+  with pytest.raises(ValueError, match="divisible by 2\\*\\*2"):
+    ConvVAE((18, 18, 3), features=(8, 16), rngs=nnx.Rngs(0))
+
+
+def test_short_vae_training_lowers_the_loss(attribute_data):
+  cfg = latent_config(**TINY)
+  images = attribute_data["image"][:64]
+  graphdef, params, _ = latent.train_vae(images, cfg)
+  fresh = nnx.split(latent._build_vae(latent.architecture(cfg, images.shape[1:]), 0))[1]
+  key = jax.random.key(3)
+  before = latent.vae_loss(nnx.merge(graphdef, fresh), images, key, 1.0)[0]
+  after = latent.vae_loss(nnx.merge(graphdef, params), images, key, 1.0)[0]
+  assert float(after) < 0.7 * float(before)
+
+
+# PN, PS, PNS -----------------------------------------------------------------------------
+
+
+def toy_world(z1, z2, outcome):
+  """Attribute A = z1 > 0; the interventions set the sign of z1 (A<-1: |z1|, A<-0: -|z1|)."""
+  a = z1 > 0
+  return a, outcome(z1, z2), outcome(np.abs(z1), z2), outcome(-np.abs(z1), z2)
+
+
+AND = lambda z1, z2: (z1 > 0) & (z2 > 0)  # noqa: E731
+OR = lambda z1, z2: (z1 > 0) | (z2 > 0)  # noqa: E731
+# Y = A and (z2 > 0): Y_{A<-0} = 0 always, so PN = 1; Y_{A<-1} = (z2 > 0), independent of
+# A, so PS = P(z2 > 0) = 1/2 and PNS = P(z2 > 0) = 1/2.
+# Y = A or (z2 > 0): Y_{A<-1} = 1 always, so PS = 1; Y_{A<-0} = (z2 > 0), so
+# PN = P(z2 <= 0) = 1/2 and PNS = P(z2 <= 0) = 1/2.
+CLOSED_FORM = [(AND, {"pn": 1.0, "ps": 0.5, "pns": 0.5}),
+               (OR, {"pn": 0.5, "ps": 1.0, "pns": 0.5})]
+
+
+@pytest.mark.parametrize("outcome,expected", CLOSED_FORM)
+def test_necessity_sufficiency_exact_on_a_symmetric_grid(outcome, expected):
+  # A grid symmetric in both coordinates (no zeros): every quadrant holds exactly a quarter.
+  side = np.concatenate([-np.arange(1, 11), np.arange(1, 11)]) / 10.0
+  z1, z2 = (g.ravel() for g in np.meshgrid(side, side))
+  out = necessity_sufficiency(*toy_world(z1, z2, outcome))
+  for key, value in expected.items():
+    assert out[key]["estimate"] == value, key
+  assert out["num_samples"] == len(z1) and out["p_attribute"] == 0.5
+  assert out["pns"]["trials"] == len(z1)
+
+
+@pytest.mark.parametrize("outcome,expected", CLOSED_FORM)
+def test_monte_carlo_intervals_contain_the_closed_form(outcome, expected):
+  z = np.random.default_rng(0).standard_normal((4000, 2))
+  out = necessity_sufficiency(*toy_world(z[:, 0], z[:, 1], outcome))
+  for key, value in expected.items():
+    lo, hi = out[key]["ci"]
+    assert lo <= value <= hi, (key, out[key])
+    assert hi - lo < 0.1
+
+
+def test_wilson_interval_and_estimator_checks():
+  lo, hi = latent.wilson_interval(0, 10)
+  assert lo == 0.0 and hi == pytest.approx(1.96 ** 2 / (10 + 1.96 ** 2), abs=1e-3)
+  assert latent.wilson_interval(0, 0) == (0.0, 1.0)
+  out = necessity_sufficiency([0, 0], [0, 0], [0, 0], [0, 0])
+  assert np.isnan(out["pn"]["estimate"]) and out["pn"]["trials"] == 0
+  with pytest.raises(ValueError, match="binary"):
+    necessity_sufficiency([0, 2], [0, 1], [0, 1], [0, 1])
+  with pytest.raises(ValueError, match="length 2"):
+    necessity_sufficiency([0, 1], [0, 1, 1], [0, 1], [0, 1])
+
+
+# Attribute data -------------------------------------------------------------------------
+
+
+def test_attribute_images_deterministic_and_independent():
+  d = make_attribute_images(3000, seed=4, image_size=16)
+  assert d["image"].shape == (3000, 16, 16, 3) and d["image"].dtype == np.float32
+  assert d["attributes"].shape == (3000, len(ATTRIBUTES)) and d["attributes"].dtype == np.int32
+  assert d["image"].min() >= -1.0 and d["image"].max() <= 1.0
+  np.testing.assert_array_equal(d["label"], d["attributes"][:, 0])
+  small = make_attribute_images(50, seed=4, image_size=16)
+  for key in small:
+    np.testing.assert_array_equal(small[key], d[key][:50])
+  corr = np.corrcoef(d["attributes"].T.astype(float))
+  assert np.max(np.abs(corr - np.eye(len(ATTRIBUTES)))) < 0.06
+  assert np.all(np.abs(d["attributes"].mean(0) - 0.5) < 0.04)
+  # The lesion mask is empty exactly when there is no lesion.
+  np.testing.assert_array_equal(d["mask"].reshape(3000, -1).max(1) > 0, d["label"] == 1)
+
+
+def test_marker_correlation_builds_the_shortcut():
+  tied = make_attribute_images(500, seed=1, image_size=16, marker_correlation=1.0)
+  np.testing.assert_array_equal(tied["attributes"][:, 1], tied["label"])
+  opposed = make_attribute_images(500, seed=1, image_size=16, marker_correlation=0.0)
+  np.testing.assert_array_equal(opposed["attributes"][:, 1], 1 - opposed["label"])
+  # Only the marker differs between the two sets.
+  np.testing.assert_array_equal(tied["label"], opposed["label"])
+  with pytest.raises(ValueError, match="marker_correlation"):
+    make_attribute_images(10, seed=1, marker_correlation=1.5)
+  src = load_source("attributes", "train", num=20, image_size=16, marker_correlation=1.0)
+  other = load_source("attributes", "test", num=20, image_size=16)
+  assert len(src) == 20 and src[0]["attributes"].shape == (len(ATTRIBUTES),)
+  assert not np.array_equal(src.arrays["image"], other.arrays["image"])
+
+
+# Explainer ------------------------------------------------------------------------------
+
+
+def test_explain_shapes_and_flips(fitted, attribute_data):
+  ex, _ = fitted
+  x = attribute_data["image"][:24]
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    out = ex.explain(x)
+  assert isinstance(out, Explanation)
+  assert out.maps.shape == (24, 16, 16) and out.counterfactual.shape == x.shape
+  assert out.probs.shape == out.cf_probs.shape == (24, 2) and np.all(out.maps >= 0)
+  np.testing.assert_array_equal(out.target, 1 - linear_predict(x))
+  failed = ex.report_failures(out) if (~out.flipped).any() else np.array([], int)
+  np.testing.assert_array_equal(failed, np.flatnonzero(~out.flipped))
+  assert out.flipped.mean() >= 0.75  # brightness decides this classifier: an easy edit
+  assert set(ex.metrics["edits"]) == {"outcome", *ATTRIBUTES}
+
+
+def test_causal_scores_structure(fitted):
+  ex, _ = fitted
+  scores = latent.causal_scores(ex, num_samples=64, seed=1)
+  assert list(scores) == list(ATTRIBUTES)
+  for s in scores.values():
+    for key in latent.SCORES:
+      assert 0.0 <= s[key]["ci"][0] <= s[key]["ci"][1] <= 1.0
+      assert s[key]["successes"] <= s[key]["trials"] <= 64
+  table = latent.scores_table(scores)
+  assert table.count("\n") == 2 + len(ATTRIBUTES) and "| marker |" in table
+
+
+def test_save_load_round_trip(fitted, attribute_data, classifier, tmp_path):
+  from cfx_jax.methods import STANDALONE
+
+  ex, _ = fitted
+  ex.save(str(tmp_path))
+  with open(tmp_path / "explainer.json") as f:
+    meta = json.load(f)
+  assert meta["method"] == "latent"
+  loaded = LatentExplainer.from_meta(meta, classifier, str(tmp_path))
+  if "latent" in STANDALONE:
+    loaded = cfx_jax.load_explainer(str(tmp_path), classifier)
+  x = attribute_data["image"][:8]
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    a, b = ex.explain(x), loaded.explain(x)
+  np.testing.assert_allclose(a.counterfactual, b.counterfactual, atol=1e-6)
+  assert loaded.attribute_names == ATTRIBUTES
+
+
+def test_workdir_shares_the_generator(fitted, attribute_data, classifier, capsys):
+  ex, workdir = fitted
+  # The same settings again: the generator is reused and the shift restored, not retrained.
+  again = LatentExplainer.fit(classifier, attribute_data["image"], config=TINY, workdir=workdir,
+                              attributes=attribute_data["attributes"],
+                              attribute_names=ATTRIBUTES)
+  assert "reusing the generator" in capsys.readouterr().out
+  for new, old in ((again.generator.vae_params, ex.generator.vae_params),
+                   (again.shift_params, ex.shift_params)):
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old)):
+      np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="architecture"):
+    LatentExplainer.fit(classifier, attribute_data["image"], config=dict(TINY, latent_dim=3),
+                        workdir=workdir)
+
+
+def test_bad_inputs_raise_before_training(attribute_data, classifier):
+  x, attrs = attribute_data["image"], attribute_data["attributes"]
+  three = lambda im: jnp.stack([im.mean((1, 2, 3))] * 3, -1)  # noqa: E731
+  with pytest.raises(ValueError, match="binary classifier"):
+    LatentExplainer.fit(three, x, config=TINY)
+  with pytest.raises(ValueError, match="one row per image"):
+    LatentExplainer.fit(classifier, x, config=TINY, attributes=attrs[:10])
+  with pytest.raises(ValueError, match="one row per image"):
+    LatentExplainer.fit(classifier, x, config=TINY, attributes=attrs[:, 0])
+  with pytest.raises(ValueError, match="binary"):
+    LatentExplainer.fit(classifier, x, config=TINY, attributes=attrs * 2)
+  with pytest.raises(TypeError, match="numeric"):
+    LatentExplainer.fit(classifier, x, config=TINY, attributes=attrs.astype(str))
+  with pytest.raises(ValueError, match="names"):
+    LatentExplainer.fit(classifier, x, config=TINY, attributes=attrs, attribute_names=("a",))
+  with pytest.raises(ValueError, match="unknown latent setting"):
+    latent_config(nope=1)
+  with pytest.raises(ValueError, match="flip_fraction"):
+    latent_config(flip_fraction=2.0)
+
+
+def test_causal_study_job_end_to_end(tmp_path):
+  from configs.attributes_causal import get_config
+  from cfx_jax.training.causal_study import run_spurious_marker_study
+
+  result = run_spurious_marker_study(get_config("smoke"), str(tmp_path))
+  for name in ("causal_scores.md", "causal_scores.json", "causal_scores.png",
+               "causal_scores_posterior.png", "latent_edits.png"):
+    assert os.path.getsize(tmp_path / name) > 0, name
+  assert set(result["scores"]) == {"prior", "posterior"}
+  assert set(result["scores"]["prior"]) == {"spurious", "independent"}
+  assert set(result["scores"]["prior"]["spurious"]) == set(ATTRIBUTES)
+  with open(tmp_path / "causal_scores.json") as f:
+    saved = json.load(f)
+  assert set(saved["accuracy"]) == {"spurious", "independent"}
+  assert "## Classifier `spurious`" in (tmp_path / "causal_scores.md").read_text()

@@ -55,6 +55,10 @@ class Classifier:
   def predict(self, images, chunk_size: int = 256) -> np.ndarray:
     return np.argmax(self.logits(images, chunk_size), axis=-1).astype(np.int32)
 
+  def predict_proba(self, images, chunk_size: int = 256) -> np.ndarray:
+    """(N, K) class probabilities (softmax of the logits)."""
+    return np.asarray(jax.nn.softmax(self.logits(images, chunk_size), axis=-1))
+
   def fingerprint(self) -> list[list[float]]:
     """Logits on a fixed random probe batch: identifies the classifier in checkpoints."""
     probe = jax.random.uniform(jax.random.key(1234), (PROBE_SIZE,) + self.image_shape,

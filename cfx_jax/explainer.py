@@ -71,7 +71,7 @@ class Explainer:
 
   def predict_proba(self, images) -> np.ndarray:
     x = validation.check_images(images, self.image_shape)
-    return np.asarray(jax.nn.softmax(self.classifier.logits(x, self.chunk_size), axis=-1))
+    return self.classifier.predict_proba(x, self.chunk_size)
 
   def explain(self, images, target=None) -> Explanation:
     """Counterfactuals and maps; default target is the most likely other class."""

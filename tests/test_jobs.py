@@ -32,3 +32,16 @@ def test_fido_job_writes_the_report_and_reuses_the_explainer(tmp_path, capsys):
   again = train_and_evaluate(c, str(tmp_path))
   assert "explainer: reusing" in capsys.readouterr().out
   assert again["explainer"] == first["explainer"]  # the same settings, seeds and images
+
+
+def test_classifier_predict_proba_is_the_softmax_of_its_logits():
+  import numpy as np
+
+  from cfx_jax.classifier import as_classifier
+  w = np.linspace(-1, 1, 16 * 16 * 3).reshape(16, 16, 3).astype(np.float32)
+  clf = as_classifier(lambda x: (x * w).sum(axis=(1, 2, 3)), (16, 16, 3))
+  x = np.random.default_rng(0).uniform(-1, 1, (5, 16, 16, 3)).astype(np.float32)
+  probs = clf.predict_proba(x)
+  z = (x * w).sum(axis=(1, 2, 3))  # one binary logit: p(class 1) = sigmoid(z)
+  np.testing.assert_allclose(probs[:, 1], 1 / (1 + np.exp(-z)), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)

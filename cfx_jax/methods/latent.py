@@ -77,7 +77,7 @@ from cfx_jax.models.vae import AttributePredictor, ConvVAE, ShiftPredictor, gaus
 from cfx_jax.training import mesh as mesh_lib
 from cfx_jax.training.checkpoints import Checkpoints
 from cfx_jax.training.logging import MetricsLog, Progress
-from cfx_jax.training.preemption import NonFiniteError, Preempted, Preemption
+from cfx_jax.training.preemption import NonFiniteError, Preemption
 
 OUTCOME = "outcome"
 GENERATOR_DIR = "generator"
@@ -253,14 +253,7 @@ def _train(name: str, loss_fn, params, frozen, arrays: dict, cfg, *, steps: int,
                                  "learning_rate")
           log.write(done, metrics)
           progress.update(done, {k: metrics[k] for k in shown if k in metrics})
-        stop = preemption.requested(ckpts, done)
-        if ckpts is not None and (done % int(cfg.checkpoint_every) == 0 or done == steps
-                                  or stop):
-          ckpts.save(done, state, meta)
-        if stop:
-          if ckpts is not None:
-            ckpts.wait()
-          raise Preempted(done)
+        preemption.checkpoint_or_stop(ckpts, done, steps, cfg.checkpoint_every, state, meta)
     progress.close()
   finally:
     preemption.restore()

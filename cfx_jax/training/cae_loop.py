@@ -46,7 +46,7 @@ from cfx_jax.models.cae import build_networks
 from cfx_jax.training import gan
 from cfx_jax.training import mesh as mesh_lib
 from cfx_jax.training.checkpoints import Checkpoints
-from cfx_jax.training.preemption import NonFiniteError, Preempted, Preemption
+from cfx_jax.training.preemption import NonFiniteError, Preemption
 from cfx_jax.training.logging import MetricsLog, Progress, is_main_process
 
 CHECKPOINT_DIR = "cae_checkpoints"
@@ -414,14 +414,8 @@ def train_cae(images, labels, config: ml_collections.ConfigDict, workdir: str | 
           _raise_if_nonfinite(state, mesh)
           row = log.write(done, mesh_lib.to_host(metrics, mesh))
           progress.update(done, {k_: row[k_] for k_ in ("g_recon", "g_cls", "d_loss")})
-        stop = preemption.requested(ckpts, done)
-        if ckpts is not None and (done % config.checkpoint_every == 0 or done == steps or stop):
-          _raise_if_nonfinite(state, mesh)
-          ckpts.save(done, state, meta)
-        if stop:
-          if ckpts is not None:
-            ckpts.wait()
-          raise Preempted(done)
+        preemption.checkpoint_or_stop(ckpts, done, steps, config.checkpoint_every, state,
+                                      meta, lambda: _raise_if_nonfinite(state, mesh))
     progress.close()
   finally:
     preemption.restore()

@@ -49,6 +49,21 @@ class Preemption:
       return bool(ckpts.manager.reached_preemption(step))
     return self.signalled
 
+  def checkpoint_or_stop(self, ckpts, done: int, steps: int, every: int, state, meta,
+                         before_save=None) -> None:
+    """End of step `done`: save when due (every `every` steps, the last step, or a stop
+    request), then raise `Preempted` if a stop was requested. `ckpts` may be None (no
+    work directory); `before_save` runs first (e.g. a check for non-finite values)."""
+    stop = self.requested(ckpts, done)
+    if ckpts is not None and (done % int(every) == 0 or done == steps or stop):
+      if before_save is not None:
+        before_save()
+      ckpts.save(done, state, meta)
+    if stop:
+      if ckpts is not None:
+        ckpts.wait()
+      raise Preempted(done)
+
   def restore(self) -> None:
     if self.previous is not None:
       signal.signal(signal.SIGTERM, self.previous)

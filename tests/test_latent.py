@@ -18,8 +18,9 @@ import cfx_jax
 from cfx_jax.data import load_source, make_attribute_images
 from cfx_jax.data.attributes import ATTRIBUTES
 from cfx_jax.explanation import Explanation
-from cfx_jax.methods import latent
-from cfx_jax.methods.latent import LatentExplainer, latent_config, necessity_sufficiency
+from cfx_jax.methods import causal, latent
+from cfx_jax.methods.causal import necessity_sufficiency
+from cfx_jax.methods.latent import LatentExplainer, latent_config
 from cfx_jax.models.vae import AttributePredictor, ConvVAE, ShiftPredictor
 
 TINY = dict(latent_dim=4, vae_features=(8, 16), predictor_features=(8, 16), shift_hidden=(32,),
@@ -121,9 +122,9 @@ def test_monte_carlo_intervals_contain_the_closed_form(outcome, expected):
 
 
 def test_wilson_interval_and_estimator_checks():
-  lo, hi = latent.wilson_interval(0, 10)
+  lo, hi = causal.wilson_interval(0, 10)
   assert lo == 0.0 and hi == pytest.approx(1.96 ** 2 / (10 + 1.96 ** 2), abs=1e-3)
-  assert latent.wilson_interval(0, 0) == (0.0, 1.0)
+  assert causal.wilson_interval(0, 0) == (0.0, 1.0)
   out = necessity_sufficiency([0, 0], [0, 0], [0, 0], [0, 0])
   assert np.isnan(out["pn"]["estimate"]) and out["pn"]["trials"] == 0
   with pytest.raises(ValueError, match="binary"):
@@ -187,13 +188,13 @@ def test_explain_shapes_and_flips(fitted, attribute_data):
 
 def test_causal_scores_structure(fitted):
   ex, _ = fitted
-  scores = latent.causal_scores(ex, num_samples=64, seed=1)
+  scores = causal.causal_scores(ex, num_samples=64, seed=1)
   assert list(scores) == list(ATTRIBUTES)
   for s in scores.values():
-    for key in latent.SCORES:
+    for key in causal.SCORES:
       assert 0.0 <= s[key]["ci"][0] <= s[key]["ci"][1] <= 1.0
       assert s[key]["successes"] <= s[key]["trials"] <= 64
-  table = latent.scores_table(scores)
+  table = causal.scores_table(scores)
   assert table.count("\n") == 2 + len(ATTRIBUTES) and "| marker |" in table
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from cfx_jax import data as data_lib
 from cfx_jax.data.attributes import ATTRIBUTES
-from cfx_jax.methods import latent
+from cfx_jax.methods import causal, latent
 from cfx_jax.training.classifier_loop import load_classifier, train_classifier
 from cfx_jax.training.logging import is_main_process
 
@@ -103,11 +103,11 @@ def run_spurious_marker_study(config: ml_collections.ConfigDict, workdir: str) -
     ex.save(os.path.join(workdir, f"explainer_{name}"))
     explainers[name] = ex
     for kind in kinds:
-      scores[kind][name] = latent.causal_scores(
+      scores[kind][name] = causal.causal_scores(
           ex, num_samples=int(config.num_samples), seed=int(config.score_seed),
           images=test["image"] if kind == "posterior" else None)
       print(f"causal study: {name}, latents from the {LATENTS[kind]}\n"
-            + latent.scores_table(scores[kind][name]), flush=True)
+            + causal.scores_table(scores[kind][name]), flush=True)
     edits[name] = ex.metrics["edits"]
     out = ex.explain(test["image"][:int(config.num_explained)])
     flips[name] = {"num_images": int(len(out)), "flip_rate": float(np.mean(out.flipped))}
@@ -136,7 +136,7 @@ def run_spurious_marker_study(config: ml_collections.ConfigDict, workdir: str) -
     with open(os.path.join(workdir, "causal_scores.md"), "w") as f:
       f.write(markdown_report(result))
     for i, kind in enumerate(kinds):
-      latent.save_scores_chart(
+      causal.save_scores_chart(
           os.path.join(workdir, "causal_scores.png" if i == 0 else f"causal_scores_{kind}.png"),
           scores[kind], title=f"latents from the {LATENTS[kind]}")
     save_edit_figure(os.path.join(workdir, "latent_edits.png"), explainers,
@@ -170,7 +170,7 @@ def markdown_report(result: dict) -> str:
   for kind, by_classifier in result["scores"].items():
     for name, scores in by_classifier.items():
       lines += ["", f"## Classifier `{name}`, latents from the {LATENTS[kind]}", "",
-                latent.scores_table(scores).rstrip()]
+                causal.scores_table(scores).rstrip()]
   lines += ["", f"Wall time: {result['wall_time_s']:.0f} s.", ""]
   return "\n".join(lines)
 

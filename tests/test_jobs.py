@@ -45,3 +45,18 @@ def test_classifier_predict_proba_is_the_softmax_of_its_logits():
   z = (x * w).sum(axis=(1, 2, 3))  # one binary logit: p(class 1) = sigmoid(z)
   np.testing.assert_allclose(probs[:, 1], 1 / (1 + np.exp(-z)), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_latent_job_trains_on_the_attribute_labels(tmp_path):
+  from configs import attributes_latent
+  c = attributes_latent.get_config()
+  c.dataset.num_train, c.dataset.num_test, c.dataset.kwargs.image_size = 300, 16, 16
+  c.classifier.steps, c.classifier.progress = 10, False
+  s = c.explainer.settings
+  s.vae_steps, s.predictor_steps, s.shift_steps, s.progress = 10, 5, 5, False
+  c.eval.num_images, c.eval.grid_rows = 16, 2
+  result = train_and_evaluate(c, str(tmp_path))
+  assert 0.0 <= result["explainer"]["counterfactual"]["flip_rate"] <= 1.0
+  # The attribute predictor is trained only when the job passes the dataset's labels.
+  assert os.path.exists(tmp_path / "predictor_train.jsonl")
+  assert os.path.exists(tmp_path / "explainer" / "explainer.json")

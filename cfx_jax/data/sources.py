@@ -149,6 +149,11 @@ def _lesion_seed(seed: int, split: str, name: str = "lesions") -> int:
   return int(state.generate_state(1, np.uint32)[0])
 
 
+# Procedural datasets: generator and the one argument beyond num/size/channels/seed.
+_PROCEDURAL = {"lesions": (make_lesions, "positive_fraction"),
+               "attributes": (make_attribute_images, "marker_correlation")}
+
+
 def load_source(name: str, split: str, **kwargs: Any):
   """Returns a random-access source for `name` ("lesions", "attributes",
   "digits" or TFDS).
@@ -158,24 +163,14 @@ def load_source(name: str, split: str, **kwargs: Any):
   marker_correlation; for "digits" the arguments of `make_digits`; for TFDS
   those of `tfds_source`.
   """
-  if name == "lesions":
-    allowed = {"num", "image_size", "channels", "seed", "positive_fraction"}
-    unknown = set(kwargs) - allowed
+  if name in _PROCEDURAL:
+    make, extra = _PROCEDURAL[name]
+    unknown = set(kwargs) - {"num", "image_size", "channels", "seed", extra}
     if unknown:
-      raise ValueError(f"unexpected arguments for lesions: {sorted(unknown)}")
+      raise ValueError(f"unexpected arguments for {name}: {sorted(unknown)}")
     seed = kwargs.pop("seed", 0)
     num = kwargs.pop("num", _LESION_DEFAULT_NUM.get(split, 0))
-    return ArraySource(
-        make_lesions(num, seed=_lesion_seed(seed, split), **kwargs))
-  if name == "attributes":
-    allowed = {"num", "image_size", "channels", "seed", "marker_correlation"}
-    unknown = set(kwargs) - allowed
-    if unknown:
-      raise ValueError(f"unexpected arguments for attributes: {sorted(unknown)}")
-    seed = kwargs.pop("seed", 0)
-    num = kwargs.pop("num", _LESION_DEFAULT_NUM.get(split, 0))
-    return ArraySource(make_attribute_images(
-        num, seed=_lesion_seed(seed, split, name), **kwargs))
+    return ArraySource(make(num, seed=_lesion_seed(seed, split, name), **kwargs))
   if name == "digits":
     return ArraySource(make_digits(split=split, **kwargs))
   return tfds_source(name, split, **kwargs)

@@ -171,7 +171,7 @@ class CaePath:
     return np.where(self.flip >= 0, self.fractions[np.maximum(self.flip, 0)], np.nan)
 
 
-class CaeExplainer:
+class CaeExplainer(optimised.ClassifierBound):
   """CAE counterfactuals: the class code moved towards the target class's prototype.
 
   counterfactual: the decoded image at the first path point the classifier assigns to
@@ -246,14 +246,6 @@ class CaeExplainer:
     model = cae_loop.CaeModel(graphdef, tree["autoencoder"], shape, k,
                               training_config(cfg).to_dict())
     return cls(classifier, cfg, model=model, prototypes=np.asarray(tree["prototypes"]))
-
-  @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return self.classifier.image_shape
-
-  @property
-  def num_classes(self) -> int:
-    return self.classifier.num_classes
 
   # Compiled path ------------------------------------------------------------------------
 

@@ -344,7 +344,7 @@ def optimise_counterfactuals(images, targets, key, cfg, *, logits_fn, bn_fn=None
   return jax.vmap(one_image)(images, jnp.asarray(targets), image_keys(key, ids))
 
 
-class DiscExplainer:
+class DiscExplainer(optimised.ClassifierBound):
   """DISC counterfactuals (and their difference maps) for a batch of images.
 
   counterfactual: the optimised image. maps: |counterfactual - query| summed over
@@ -413,14 +413,6 @@ class DiscExplainer:
                          for k, v in meta["config"].items()})
     aux = load_auxiliary(os.path.join(path, "auxiliary")) if cfg.manifold > 0 else None
     return cls(classifier, cfg, auxiliary=aux)
-
-  @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return self.classifier.image_shape
-
-  @property
-  def num_classes(self) -> int:
-    return self.classifier.num_classes
 
   def _explain_chunk(self, params, aux_params, key, x, t, ids):
     clf, aux = self.classifier, self.auxiliary

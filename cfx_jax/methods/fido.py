@@ -201,7 +201,7 @@ def other_class_on(probs: jax.Array, c: jax.Array) -> jax.Array:
   return jnp.argmax(masked, axis=-1).astype(jnp.int32)
 
 
-class FidoExplainer:
+class FidoExplainer(optimised.ClassifierBound):
   """FIDO saliency maps and in-filled counterfactuals for a batch of images.
 
   maps: the keep probability (SSR) or drop probability (SDR), upsampled to (N, H, W).
@@ -241,14 +241,6 @@ class FidoExplainer:
   @classmethod
   def from_meta(cls, meta: dict, classifier: Classifier, path: str) -> FidoExplainer:
     return cls(classifier, fido_config(**meta["config"]))
-
-  @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return self.classifier.image_shape
-
-  @property
-  def num_classes(self) -> int:
-    return self.classifier.num_classes
 
   def _program(self, params, key, x, c, ids, *, targeted: bool):
     cfg, apply, infill = self.config, self.classifier.apply, self.infiller

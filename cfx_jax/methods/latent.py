@@ -577,7 +577,7 @@ def train_shift(gen: LatentGenerator, classifier: Classifier, images: np.ndarray
 # Explainer ------------------------------------------------------------------------------
 
 
-class LatentExplainer:
+class LatentExplainer(optimised.ClassifierBound):
   """Counterfactuals by a learned shift of the image's latent code.
 
   explain: z = the encoder mean of x, dz = shift(z, t) with t = +-1 on the outcome
@@ -640,14 +640,6 @@ class LatentExplainer:
                                      (min(512, int(cfg.num_samples)), gen.latent_dim)))
     explainer.metrics["edits"] = explainer.edit_success(z)
     return explainer
-
-  @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return self.classifier.image_shape
-
-  @property
-  def num_classes(self) -> int:
-    return self.classifier.num_classes
 
   @property
   def attribute_names(self) -> tuple[str, ...]:

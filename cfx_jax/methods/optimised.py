@@ -17,6 +17,18 @@ import numpy as np
 from cfx_jax.explanation import Explanation
 
 
+class ClassifierBound:
+  """The shape and classes every per-method explainer class reads off its classifier."""
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return self.classifier.image_shape
+
+  @property
+  def num_classes(self) -> int:
+    return self.classifier.num_classes
+
+
 def settings(method: str, defaults: ml_collections.ConfigDict, overrides: dict,
              check) -> ml_collections.ConfigDict:
   """`defaults` updated by `overrides`; unknown names and bad values raise."""

@@ -7,13 +7,10 @@ Exit status 75 means the job was stopped by SIGTERM after writing a checkpoint: 
 same command again to resume.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-import sys
-
 from cfx_jax.training import runtime
-from cfx_jax.training.preemption import EXIT_PREEMPTED, Preempted
 from cfx_jax.training.jobs import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -23,16 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)  # keep checkpointing chatter out of the output
-  config = _CONFIG.value
-  runtime.setup(config.runtime)
-  try:
-    train_and_evaluate(config, _WORKDIR.value)
-  except Preempted as e:
-    print(f"preempted: {e}", file=sys.stderr, flush=True)
-    sys.exit(EXIT_PREEMPTED)
+  runtime.run_job(argv, train_and_evaluate, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -63,3 +63,24 @@ def wait_for_coordinator(address: str, timeout: float) -> None:
                               f"{timeout:g} s ({e}); is process 0 running and is the "
                               "address reachable from this host?") from e
       time.sleep(0.5)
+
+
+def run_job(argv, job, config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The body of a `python -m train...` main: reject stray arguments, quiet absl's
+  checkpointing chatter, set up the process, run `job(config, workdir)`. A job stopped
+  by SIGTERM after its checkpoint exits with status 75: rerunning it resumes."""
+  import sys
+
+  from absl import app, logging
+
+  from cfx_jax.training.preemption import EXIT_PREEMPTED, Preempted
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  setup(config.runtime)
+  try:
+    job(config, workdir)
+  except Preempted as e:
+    print(f"preempted: {e}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_PREEMPTED)

@@ -64,9 +64,14 @@ def _outline(ax, region: np.ndarray, color: str) -> None:
 
 def save_explanation_grid(path, images, explanation, masks=None, *,
                           num_rows: int = 8,
-                          class_names: Sequence[str] | None = None) -> str:
+                          class_names: Sequence[str] | None = None,
+                          twins=None, oracle_predictions=None) -> str:
   """One row per example: input, stable (when the method has one), counterfactual,
-  map (and mask).
+  the true counterfactual (`twins`, where the dataset renders one), map (and mask).
+
+  `oracle_predictions` (N,), when given, adds the independent oracle's class of each
+  counterfactual to its title, so an edit that fools only the explained classifier
+  shows as such.
 
   The map panel is a per-image normalised heatmap with the outline of its
   top-5% region (the region the IoU@95 metric scores) in cyan; the mask panel
@@ -84,7 +89,8 @@ def save_explanation_grid(path, images, explanation, masks=None, *,
     raise ValueError('no examples to plot')
 
   has_stable = explanation.stable is not None
-  columns = ['input'] + (['stable'] if has_stable else []) + ['counterfactual', 'map']
+  columns = (['input'] + (['stable'] if has_stable else []) + ['counterfactual']
+             + (['twin'] if twins is not None else []) + ['map'])
   if masks is not None:
     masks = np.asarray(masks)
     columns.append('mask')
@@ -113,8 +119,15 @@ def save_explanation_grid(path, images, explanation, masks=None, *,
     ax[c].imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
     flipped = int(np.argmax(cf_probs[i])) == t
     mark = '' if flipped else ' ✗'
-    ax[c].set_title(
-        f'cf → {_class_name(t, class_names)} ({cf_probs[i, t]:.2f}){mark}')
+    title = f'cf → {_class_name(t, class_names)} ({cf_probs[i, t]:.2f}){mark}'
+    if oracle_predictions is not None:
+      title += f'\noracle: {_class_name(int(oracle_predictions[i]), class_names)}'
+    ax[c].set_title(title)
+    if twins is not None:
+      c += 1
+      img, cmap = _to_display(twins[i])
+      ax[c].imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
+      ax[c].set_title('twin (ground truth)')
 
     m = maps[i]
     top = _top_region(m)

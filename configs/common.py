@@ -13,7 +13,9 @@ def experiment(dataset: ml_collections.ConfigDict, method: str | None) -> ml_col
   c.dataset = dataset
   c.classifier = classifier_config()
   c.explainer = explainer_config(method) if method else None
-  c.eval = ml_collections.ConfigDict(dict(num_images=512, grid_rows=8))
+  # oracle_steps: train (once, cached in <workdir>/oracle) the independent oracle that
+  # scores the counterfactuals; 0 turns the truth scores off.
+  c.eval = ml_collections.ConfigDict(dict(num_images=512, grid_rows=8, oracle_steps=1200))
   c.runtime = runtime_config()
   return c
 
@@ -31,6 +33,11 @@ def lesions(num_train: int = 6000, num_test: int = 1000) -> ml_collections.Confi
 
 def digits(classes=(3, 8)) -> ml_collections.ConfigDict:
   return dataset_config("digits", classes=tuple(classes), image_size=32, channels=1)
+
+
+def fashion_mnist(classes=(7, 9)) -> ml_collections.ConfigDict:
+  """Fashion-MNIST IDX files at 32x32, so the U-Net's stride-2 levels divide evenly."""
+  return dataset_config("fashion_mnist", classes=tuple(classes), image_size=32, channels=1)
 
 
 def leaderboard(dataset: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -52,6 +59,6 @@ def leaderboard(dataset: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   c.baselines = ml_collections.ConfigDict(dict(methods=None, seed=0))
   c.eval = ml_collections.ConfigDict(dict(
       num_images=512, sanity_images=32, faithfulness_steps=16, autoencoder_steps=600,
-      grid_rows=6))
+      grid_rows=6, oracle_steps=1200))
   c.runtime = runtime_config()
   return c

@@ -14,7 +14,7 @@ def tiny_config(explainer):
   c.classifier.steps, c.classifier.num_devices, c.classifier.progress = 10, 1, False
   c.classifier.features = (8, 16)
   c.explainer = explainer
-  c.eval.num_images, c.eval.grid_rows = 16, 2
+  c.eval.num_images, c.eval.grid_rows, c.eval.oracle_steps = 16, 2, 5
   return c
 
 
@@ -54,7 +54,7 @@ def test_latent_job_trains_on_the_attribute_labels(tmp_path):
   c.classifier.steps, c.classifier.progress = 10, False
   s = c.explainer.settings
   s.vae_steps, s.predictor_steps, s.shift_steps, s.progress = 10, 5, 5, False
-  c.eval.num_images, c.eval.grid_rows = 16, 2
+  c.eval.num_images, c.eval.grid_rows, c.eval.oracle_steps = 16, 2, 0
   result = train_and_evaluate(c, str(tmp_path))
   assert 0.0 <= result["explainer"]["counterfactual"]["flip_rate"] <= 1.0
   # The attribute predictor is trained only when the job passes the dataset's labels.

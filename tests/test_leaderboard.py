@@ -29,7 +29,7 @@ def tiny_config():
   c.trained.optimiser_images = 16
   c.baselines.methods = ("gradient", "random")
   c.eval.num_images, c.eval.sanity_images, c.eval.faithfulness_steps = 32, 8, 4
-  c.eval.autoencoder_steps, c.eval.grid_rows = 5, 2
+  c.eval.autoencoder_steps, c.eval.grid_rows, c.eval.oracle_steps = 5, 2, 5
   return c
 
 
@@ -38,6 +38,9 @@ def test_leaderboard_job_writes_every_method(tmp_path):
   assert set(result["methods"]) == {"cyce", "fido", "gradient", "random"}
   cyce = result["methods"]["cyce"]["scores"]
   assert cyce["pixel_auroc"]["n"] == 2              # one sample per seed
+  for truth in ("twin_removal", "change_outside", "oracle_agreement", "fid_oracle"):
+    assert cyce[truth]["n"] == 2, truth
+  assert "twin_removal" not in result["methods"]["gradient"]["scores"]
   assert result["methods"]["fido"]["num_images"] == 16
   assert "fid_classifier" in cyce and "preservation_rate" in cyce
   grad = result["methods"]["gradient"]["scores"]

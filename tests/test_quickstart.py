@@ -13,7 +13,7 @@ def test_short_run_localizes_the_lesion(tmp_path):
   c.classifier.steps, c.classifier.num_devices, c.classifier.progress = 300, 1, False
   c.explainer.steps, c.explainer.num_devices, c.explainer.progress = 250, 1, False
   c.explainer.checkpoint_every = 250
-  c.eval.num_images = 256
+  c.eval.num_images, c.eval.oracle_steps = 256, 300
   train_and_evaluate(c, str(tmp_path))
 
   for name in ("report.md", "explanations.png", "metrics.json", "config.json",
@@ -25,3 +25,7 @@ def test_short_run_localizes_the_lesion(tmp_path):
   assert metrics["explainer"]["counterfactual"]["flip_rate"] > 0.7
   assert metrics["explainer"]["localization"]["pixel_auroc"] > 0.8
   assert "pixel_auroc" in (tmp_path / "report.md").read_text()
+  truth = metrics["explainer"]["truth"]
+  assert truth["oracle_test_accuracy"] > 0.9 and truth["oracle_agreement_on_twins"] > 0.9
+  assert truth["twin_images"] > 50 and "twin_removal_median" in (tmp_path / "report.md").read_text()
+  assert os.path.exists(tmp_path / "oracle" / "oracle.json")

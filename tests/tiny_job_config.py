@@ -13,5 +13,5 @@ def get_config():
   e.steps, e.batch_size, e.num_devices, e.progress = 200, 8, 1, False
   e.model.gen_features, e.model.disc_features = (8, 16), (8, 16)
   e.log_every, e.checkpoint_every, e.log_example_ids = 1, 50, True
-  c.eval.num_images, c.eval.grid_rows = 32, 2
+  c.eval.num_images, c.eval.grid_rows, c.eval.oracle_steps = 32, 2, 5
   return c

@@ -1,9 +1,13 @@
-"""Datasets (procedural lesions and attributes, digits, TFDS) and deterministic pipelines."""
+"""Datasets (procedural lesions and attributes, digits, Fashion-MNIST, TFDS) and
+deterministic pipelines.
+"""
 
 from __future__ import annotations
 
 from cfx_jax.data.attributes import make_attribute_images
 from cfx_jax.data.digits import make_digits
+from cfx_jax.data.fashion_mnist import make_fashion_mnist
+from cfx_jax.data.lesions import lesion_twins
 from cfx_jax.data.lesions import make_lesions
 from cfx_jax.data.pipeline import batches
 from cfx_jax.data.pipeline import grouped_batches
@@ -22,6 +26,8 @@ __all__ = [
     "load_source",
     "make_attribute_images",
     "make_digits",
+    "make_fashion_mnist",
+    "lesion_twins",
     "make_lesions",
     "materialize",
     "tfds_source",

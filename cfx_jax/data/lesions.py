@@ -144,6 +144,7 @@ def make_lesions(
     channels: int = 3,
     seed: int = 0,
     positive_fraction: float = 0.5,
+    twins: bool = False,
 ) -> dict[str, np.ndarray]:
   """Generates `num` lesion images with labels and exact lesion masks.
 
@@ -152,7 +153,10 @@ def make_lesions(
 
   Returns:
     {"image": (N, H, W, C) float32 in [-1, 1], "label": (N,) int32 (1 = lesion
-    present), "mask": (N, H, W) float32 in {0, 1}}.
+    present), "mask": (N, H, W) float32 in {0, 1}}. With `twins=True` also
+    "twin": every image rendered from the same draws with the other label (the
+    lesion removed from a positive, added to a negative), and "twin_mask": the
+    lesion of each pair, wherever it is. An image and its twin differ only there.
   """
   if isinstance(num, bool) or not isinstance(num, (int, np.integer)):
     raise ValueError(f"num must be an integer, got {num!r}")
@@ -174,10 +178,32 @@ def make_lesions(
   images = np.empty((num, image_size, image_size, channels), np.float32)
   masks = np.empty((num, image_size, image_size), np.float32)
   labels = np.empty((num,), np.int32)
+  if twins:
+    twin_images, twin_masks = np.empty_like(images), np.empty_like(masks)
   for start in range(0, num, _CHUNK):
     stop = min(start + _CHUNK, num)
     params, coarse, grain_noise = _draw(start, stop, seed, image_size, channels)
     labels[start:stop] = params[:, _P_LABEL] < positive_fraction
     images[start:stop], masks[start:stop] = _render(
         params, coarse, grain_noise, labels[start:stop], image_size, channels)
-  return {"image": images, "label": labels, "mask": masks}
+    if twins:
+      twin_images[start:stop], twin_masks[start:stop] = _render(
+          params, coarse, grain_noise, 1 - labels[start:stop], image_size, channels)
+  out = {"image": images, "label": labels, "mask": masks}
+  if twins:
+    out.update(twin=twin_images, twin_mask=np.maximum(masks, twin_masks))
+  return out
+
+
+def lesion_twins(num: int, *, image_size: int = 32, channels: int = 3,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`num` exact counterfactual pairs: (with_lesion, without_lesion, mask).
+
+  The two images of a pair share background, distractors, tint and grain; they differ
+  exactly on `mask` (N, H, W), the lesion. A counterfactual that truly removes the
+  lesion from `with_lesion` should come close to `without_lesion` there and leave
+  everything else as it was.
+  """
+  d = make_lesions(num, image_size=image_size, channels=channels, seed=seed,
+                   positive_fraction=1.0, twins=True)
+  return d["image"], d["twin"], d["mask"]

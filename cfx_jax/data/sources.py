@@ -15,6 +15,9 @@ import numpy as np
 
 from cfx_jax.data.attributes import make_attribute_images
 from cfx_jax.data.digits import make_digits
+from cfx_jax.data.fashion_mnist import APT_PACKAGE
+from cfx_jax.data.fashion_mnist import fashion_mnist_available
+from cfx_jax.data.fashion_mnist import make_fashion_mnist
 from cfx_jax.data.lesions import make_lesions
 
 _LESION_SPLITS = {"train": 0, "test": 1, "validation": 2}
@@ -153,15 +156,36 @@ def _lesion_seed(seed: int, split: str, name: str = "lesions") -> int:
 _PROCEDURAL = {"lesions": (make_lesions, "positive_fraction"),
                "attributes": (make_attribute_images, "marker_correlation")}
 
+_FASHION_KWARGS = {"classes", "image_size", "channels", "num", "data_dir"}
+
+
+def _fashion_mnist_source(split: str, kwargs: dict[str, Any]):
+  """The IDX files when installed (or asked for), else a prepared TFDS copy."""
+  own = set(kwargs) & _FASHION_KWARGS
+  other = set(kwargs) - _FASHION_KWARGS
+  if other and own:
+    raise ValueError(
+        f"unexpected arguments for fashion_mnist: {sorted(other)}")
+  if own or (not other and fashion_mnist_available()):
+    return ArraySource(make_fashion_mnist(split, **kwargs))
+  try:
+    return tfds_source("fashion_mnist", split, **kwargs)
+  except DatasetNotPreparedError as e:
+    raise DatasetNotPreparedError(
+        f"Fashion-MNIST IDX files not found: run `apt-get install "
+        f"{APT_PACKAGE}` (or set CFX_FASHION_MNIST_DIR). {e}") from e
+
 
 def load_source(name: str, split: str, **kwargs: Any):
   """Returns a random-access source for `name` ("lesions", "attributes",
-  "digits" or TFDS).
+  "digits", "fashion_mnist" or TFDS).
 
   kwargs go to the dataset: for "lesions" num, image_size, channels, seed,
   positive_fraction; for "attributes" num, image_size, channels, seed,
   marker_correlation; for "digits" the arguments of `make_digits`; for TFDS
-  those of `tfds_source`.
+  those of `tfds_source`. "fashion_mnist" takes the arguments of
+  `make_fashion_mnist` and reads the IDX files; with no arguments and no IDX
+  files it opens a locally prepared TFDS copy instead.
   """
   if name in _PROCEDURAL:
     make, extra = _PROCEDURAL[name]
@@ -170,9 +194,13 @@ def load_source(name: str, split: str, **kwargs: Any):
       raise ValueError(f"unexpected arguments for {name}: {sorted(unknown)}")
     seed = kwargs.pop("seed", 0)
     num = kwargs.pop("num", _LESION_DEFAULT_NUM.get(split, 0))
+    if name == "lesions" and split != "train":
+      kwargs["twins"] = True  # held-out images carry their exact counterfactuals
     return ArraySource(make(num, seed=_lesion_seed(seed, split, name), **kwargs))
   if name == "digits":
     return ArraySource(make_digits(split=split, **kwargs))
+  if name == "fashion_mnist":
+    return _fashion_mnist_source(split, kwargs)
   return tfds_source(name, split, **kwargs)
 
 

@@ -39,6 +39,11 @@ from cfx_jax.metrics.realism import (
     gaussian_stats,
     kernel_inception_distance,
 )
+from cfx_jax.metrics.truth import (
+    change_outside,
+    truth_report,
+    twin_removal,
+)
 from cfx_jax.metrics.sanity import (
     layer_groups,
     parameter_randomisation,
@@ -75,5 +80,8 @@ __all__ = [
     'sparsity',
     'spearman_correlation',
     'top_k_intersection',
+    'change_outside',
+    'truth_report',
+    'twin_removal',
     'train_autoencoder',
 ]

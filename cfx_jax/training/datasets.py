@@ -9,9 +9,11 @@ from cfx_jax import data as data_lib
 
 
 def dataset_config(name: str, **kwargs) -> ml_collections.ConfigDict:
-  """`name`: "lesions", "digits" or any prepared TFDS dataset; kwargs go to its source.
+  """`name`: "lesions", "digits", "fashion_mnist" or any prepared TFDS dataset; kwargs
+  go to its source.
 
-  `num_train` / `num_test` set the number of procedural images per split (lesions only).
+  `num_train` / `num_test` set the number of images per split (lesions: procedural
+  images; fashion_mnist: the first images of the split).
   """
   c = ml_collections.ConfigDict()
   c.name = name

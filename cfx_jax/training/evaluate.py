@@ -12,18 +12,23 @@ import os
 import numpy as np
 
 from cfx_jax import report
-from cfx_jax.metrics import counterfactual_report, iou_curve, localization_report
+from cfx_jax.metrics import counterfactual_report, iou_curve, localization_report, truth_report
 from cfx_jax.training.logging import is_main_process
 
 
-def evaluate_explainer(explainer, test: dict, *, num_images: int = 512) -> tuple[dict, object]:
-  """Counterfactual quality on all images; localization on images that have a mask."""
+def evaluate_explainer(explainer, test: dict, *, num_images: int = 512,
+                       oracle=None) -> tuple[dict, object]:
+  """Counterfactual quality on all images; localization on images that have a mask;
+  with an `oracle`, the truth scores of `cfx_jax.metrics.truth` (twins where the test
+  set has them, the oracle's verdict, realism in its features)."""
   x = test["image"][:num_images]
   out = explainer.explain(x)
   stable_probs = (None if out.stable is None
                   else explainer.classifier.predict_proba(out.stable))
   metrics = {"num_images": int(len(x)),
              "counterfactual": counterfactual_report(x, out, stable_probs)}
+  if oracle is not None:
+    metrics["truth"] = truth_report(test, out, oracle)
   if "mask" in test:
     masks = test["mask"][:num_images]
     has = masks.reshape(len(masks), -1).max(axis=1) > 0
@@ -33,8 +38,8 @@ def evaluate_explainer(explainer, test: dict, *, num_images: int = 512) -> tuple
 
 
 def write_outputs(workdir: str, name: str, test: dict, metrics: dict, out,
-                  *, extra: dict | None = None, grid_rows: int = 8) -> None:
-  """`name`: the method's name, for titles and legends."""
+                  *, extra: dict | None = None, grid_rows: int = 8, oracle=None) -> None:
+  """`name`: the method's name, for titles and legends; `oracle` adds its verdicts."""
   if not is_main_process():
     return
   n = len(out)
@@ -45,9 +50,12 @@ def write_outputs(workdir: str, name: str, test: dict, metrics: dict, out,
   sub = type(out)(**{f: None if getattr(out, f) is None else np.asarray(getattr(out, f))[rows]
                      for f in ("maps", "counterfactual", "stable", "target", "probs",
                                "cf_probs")})
-  report.save_explanation_grid(os.path.join(workdir, "explanations.png"),
-                               test["image"][:n][rows], sub,
-                               None if masks is None else masks[rows])
+  twins = test.get("twin")
+  report.save_explanation_grid(
+      os.path.join(workdir, "explanations.png"), test["image"][:n][rows], sub,
+      None if masks is None else masks[rows],
+      twins=None if twins is None else twins[:n][rows],
+      oracle_predictions=None if oracle is None else oracle.predict(sub.counterfactual))
   if masks is not None and "localization" in metrics:
     has = masks.reshape(n, -1).max(axis=1) > 0
     report.save_iou_curve(os.path.join(workdir, "iou_curve.png"),
@@ -73,6 +81,18 @@ def summary(name: str, metrics: dict) -> str:
     text += (f"; {cf['preservation_rate']:.1%} of its stable images keep the "
              "classifier's decision")
   text += "."
+  truth = metrics.get("truth")
+  if truth:
+    text += (f" An independent oracle (test accuracy {truth['oracle_test_accuracy']:.3f}) "
+             f"assigns {truth['oracle_agreement']:.1%} of the counterfactuals to their "
+             "target class")
+    if "oracle_agreement_on_twins" in truth:
+      text += f" ({truth['oracle_agreement_on_twins']:.1%} of the true twins)"
+    text += "."
+    if "twin_removal_median" in truth:
+      text += (f" Against the exact twins, the median counterfactual removes "
+               f"{truth['twin_removal_median']:.0%} of the lesion and changes "
+               f"{truth['change_outside_evidence']:.4f} per value outside it.")
   loc = metrics.get("localization")
   if loc:
     text += (f" On the {loc['n_images']} images with ground-truth evidence, the maps rank "
@@ -102,6 +122,14 @@ the ground-truth evidence where the dataset has it.
 - `flip_rate`: fraction of counterfactuals classified as their target.
 - `preservation_rate`: fraction of stable images still classified as the input.
 - `proximity_l1`: mean absolute change per value (images in [-1, 1]).
+- `oracle_agreement`: fraction of counterfactuals that an independently trained,
+  colour-jitter-hardened classifier assigns to the target (per direction as well);
+  `oracle_agreement_on_twins` is the same for the exact twins, the ceiling.
+- `twin_removal_median`: 1 - sum |cf - twin| / sum |input - twin| over the lesion, for
+  images whose lesion the counterfactual should remove; 1 = removed and background
+  restored, 0 = untouched. `change_outside_evidence`: mean |cf - input| off the lesion.
+- `oracle_realism`: FID and KID of the counterfactuals against real images of their
+  target class, in the oracle's features.
 - `pixel_auroc`: how well map values rank evidence pixels above the rest (0.5 = chance).
 - `iou_95`: IoU of the map's top 5% with the evidence mask.
 - `pointing_game`: fraction of maps whose maximum lies on the evidence.

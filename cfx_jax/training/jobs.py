@@ -23,6 +23,7 @@ from cfx_jax import persistence, report
 from cfx_jax.api import fit_explainer
 from cfx_jax.explainer import load_explainer
 from cfx_jax.methods import STANDALONE
+from cfx_jax.metrics.oracle import load_or_train_oracle
 from cfx_jax.training import classifier_loop
 from cfx_jax.training.datasets import load_split
 from cfx_jax.training.evaluate import evaluate_explainer, write_outputs
@@ -82,11 +83,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     explainer = train_explainer(clf, train["image"], config.explainer, workdir)
   timings["explainer_s"] = time.time() - t0
   t0 = time.time()
-  metrics, out = evaluate_explainer(explainer, test, num_images=config.eval.num_images)
+  oracle = None
+  if config.eval.get("oracle_steps"):
+    oracle = load_or_train_oracle(os.path.join(workdir, "oracle"), train, test,
+                                  steps=int(config.eval.oracle_steps))
+    timings["oracle_s"] = time.time() - t0
+    t0 = time.time()
+  metrics, out = evaluate_explainer(explainer, test, num_images=config.eval.num_images,
+                                    oracle=oracle)
   timings["evaluate_s"] = time.time() - t0
   results["timings"] = timings
   write_outputs(workdir, name, test, metrics, out, extra=results,
-                grid_rows=config.eval.grid_rows)
+                grid_rows=config.eval.grid_rows, oracle=oracle)
   if hasattr(explainer, "report") and is_main_process():  # e.g. CAE's code-space plot
     n = config.eval.num_images
     explainer.report(workdir, test["image"][:n], test.get("label", out.predicted)[:n])

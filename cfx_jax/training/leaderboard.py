@@ -8,7 +8,9 @@ Each score is a mean with a 95% confidence interval: over seeds for trained expl
 (each seed's mean over images is one sample, Student t), over images for the rest.
 Realism (Fréchet and kernel distances between real images of the target class and the
 counterfactuals) is computed in two embeddings: the classifier's penultimate features
-and the code of a small autoencoder trained on the training images.
+and the code of a small autoencoder trained on the training images. The truth scores
+(`cfx_jax.metrics.truth`) judge each counterfactual with an independent oracle and,
+where the dataset renders them, against its exact twin.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from cfx_jax.baselines import BASELINES, explain_baseline
 from cfx_jax.config import explainer_config
 from cfx_jax.explainer import load_explainer
 from cfx_jax.methods import OPTIMISERS, STANDALONE
+from cfx_jax.metrics.oracle import load_or_train_oracle
 from cfx_jax.training import classifier_loop
 from cfx_jax.training.datasets import load_split
 from cfx_jax.training.logging import is_main_process
@@ -38,7 +41,7 @@ from cfx_jax.training.logging import is_main_process
 # Scores where a lower value is better; every other score is better higher.
 LOWER_IS_BETTER = {"deletion_auc", "proximity_l1", "proximity_l2", "sparsity",
                    "fid_classifier", "kid_classifier", "fid_autoencoder", "kid_autoencoder",
-                   "randomisation_correlation"}
+                   "randomisation_correlation", "change_outside", "fid_oracle", "kid_oracle"}
 
 
 def _classifier(config, train, test, workdir):
@@ -207,6 +210,9 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "autoencoder": M.train_autoencoder(train["image"],
                                                    steps=config.eval.autoencoder_steps,
                                                    seed=0)}
+  oracle = (load_or_train_oracle(os.path.join(workdir, "oracle"), train, test,
+                                 steps=int(config.eval.oracle_steps))
+            if config.eval.get("oracle_steps") else None)
   # One function object for every call, so the faithfulness program compiles once.
   score_fn = jax.jit(lambda images: clf.apply(clf.params, images))
   rows, examples, curves, counterfactuals = {}, {}, {}, {}
@@ -232,6 +238,8 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
       for embed_name, embed in embeddings.items():
         for k, v in _realism(embed, train["image"], predicted_train, out).items():
           s[f"{k}_{embed_name}"] = v
+      if oracle is not None and out.has_counterfactual:
+        s.update(_truth_scores(test, out, oracle))
       per_seed.append(s)
       if name not in examples:
         examples[name] = out.maps
@@ -263,6 +271,7 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
       curves[name] = _iou_curves(out.maps, masks)
 
   result = {"dataset": config.dataset.name, "num_images": int(n),
+            "oracle_test_accuracy": None if oracle is None else oracle.test_accuracy,
             "seeds": list(config.trained.seeds), "trained_steps": config.trained.steps,
             "classifier_test_accuracy": float(np.mean(clf.predict(test["image"])
                                                       == test["label"])),
@@ -271,6 +280,18 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
     write_leaderboard(workdir, result, x, masks, examples, curves, config.eval.grid_rows,
                       counterfactuals)
   return result
+
+
+def _truth_scores(test, out, oracle) -> dict[str, float]:
+  """The truth report flattened into leaderboard scores."""
+  t = M.truth_report(test, out, oracle)
+  s = {"oracle_agreement": t["oracle_agreement"]}
+  s.update({f"oracle_agreement_{d}": v for d, v in t["oracle_agreement_by_direction"].items()})
+  if "oracle_realism" in t:
+    s.update(fid_oracle=t["oracle_realism"]["fid"], kid_oracle=t["oracle_realism"]["kid"])
+  if "twin_removal_median" in t:
+    s.update(twin_removal=t["twin_removal_median"], change_outside=t["change_outside_evidence"])
+  return s
 
 
 def _penultimate(clf):
@@ -308,6 +329,9 @@ COLUMNS = {
                      "pointing_game", "relevance_mass", "relevance_rank"],
     "faithfulness and sanity": ["deletion_auc", "insertion_auc", "randomisation_correlation"],
     "counterfactual": ["flip_rate", "preservation_rate", "proximity_l1", "sparsity"],
+  "counterfactual truth": ["twin_removal", "change_outside", "oracle_agreement",
+                           "oracle_agreement_1->0", "oracle_agreement_0->1", "fid_oracle",
+                           "kid_oracle"],
     "realism": ["fid_classifier", "kid_classifier", "fid_autoencoder", "kid_autoencoder"],
 }
 
@@ -361,7 +385,9 @@ def markdown(result: dict, figures: list[str]) -> str:
             f"{result['classifier_test_accuracy']:.3f}. Mean ± 95% confidence half-width: "
             f"over {seeds} seeds for trained and optimised explainers (trained ones "
             f"{result['trained_steps']} steps each), over images for baselines. "
-            "↑ higher is better, ↓ lower is better."),
+            "↑ higher is better, ↓ lower is better."
+            + (f" Oracle test accuracy {result['oracle_test_accuracy']:.3f}."
+               if result.get("oracle_test_accuracy") is not None else "")),
            ""]
   for title, columns in COLUMNS.items():
     text = table(result, columns)
@@ -392,4 +418,11 @@ _HOW_TO_READ = """\
 - Realism: Fréchet (FID) and kernel (KID) distances between real images of the target
   class and the counterfactuals, in the classifier's penultimate features and in a small
   autoencoder's code.
+- Counterfactual truth: `twin_removal` (median) is how much of the lesion the
+  counterfactual removed against the image's exact twin without it (1 = gone and the
+  background restored, 0 = untouched), `change_outside` the mean change per value off
+  the lesion; `oracle_agreement` the share of counterfactuals an independently trained,
+  colour-jitter-hardened classifier assigns to the target (overall and per direction),
+  `fid_oracle`/`kid_oracle` realism in that oracle's features. The explained classifier
+  was the generator's adversary in training; the oracle was not.
 """

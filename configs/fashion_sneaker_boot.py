@@ -1,0 +1,10 @@
+"""SyCE explainer of a sneaker-vs-ankle-boot Fashion-MNIST classifier (no ground-truth masks)."""
+
+from configs import common
+
+
+def get_config():
+  c = common.experiment(common.fashion_mnist((7, 9)), method="syce")  # Sneaker, Ankle boot
+  c.classifier.steps = 600
+  c.explainer.steps = 1500
+  return c

@@ -22,7 +22,14 @@ def explainer_config(method: str = "syce") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       gen_features=(16, 32, 64), disc_features=(32, 64, 96),
       residual=True, shared=ml_collections.FieldReference(None, field_type=bool),
-      dtype="float32"))
+      mask=False, disc_kind="global", dtype="float32"))
+  # Realism and validity that a tint cannot satisfy (0 = off): the discriminator sees
+  # real and generated images under the same random colour, contrast and noise jitter,
+  # and the flip loss is an expectation over jittered copies (methods/augment.py).
+  c.disc_jitter = 0.0
+  c.flip_jitter = 0.0
+  c.disc_steps = 1                 # discriminator updates per generator update
+  c.disc_learning_rate = ml_collections.FieldReference(None, field_type=float)  # None: learning_rate
   c.num_devices = 0          # 0: every device (a multi-process job always uses all)
   c.fsdp = 1                 # size of the mesh's fsdp axis (parameters sharded along it)
   c.log_every = 50

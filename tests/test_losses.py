@@ -45,6 +45,11 @@ def np_l1(a, b):
   return np.mean(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
 
 
+def np_l0(a, b, scale=0.05):
+  d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).sum(-1)
+  return np.mean(d / (d + scale))
+
+
 def np_logits(x, num_classes):
   """NumPy twin of `jax_logits`."""
   x = np.asarray(x, np.float64)
@@ -158,9 +163,9 @@ def test_gradient_penalty_quadratic_critic_interpolates():
 # Composite losses ---------------------------------------------------------------
 
 EXPECTED_TERMS = {
-    "syce": {"flip", "adv", "cycle", "cycle_cls", "sym", "sym_cls", "l1"},
-    "cyce": {"flip", "adv", "cycle", "cycle_cls", "l1"},
-    "sagen": {"flip", "keep", "adv", "stable_prox", "l1"},
+    "syce": {"flip", "adv", "cycle", "cycle_cls", "sym", "sym_cls", "l1", "l0"},
+    "cyce": {"flip", "adv", "cycle", "cycle_cls", "l1", "l0"},
+    "sagen": {"flip", "keep", "adv", "stable_prox", "l1", "l0"},
 }
 B = 3
 
@@ -211,6 +216,7 @@ def _reference_terms(name, gen, disc, xs, sources, targets, k):
         "adv": np_bce(disc(jnp.asarray(adv), tgt), real=True),
         "stable_prox": np_mse_mae(stable, xn),
         "l1": np_l1(adv, xn),
+        "l0": np_l0(adv, xn),
     }
   xa = gen(x, src, tgt)
   cycled = np.asarray(gen(xa, tgt, src))
@@ -220,6 +226,7 @@ def _reference_terms(name, gen, disc, xs, sources, targets, k):
       "cycle": np_mse_mae(xn, cycled),
       "cycle_cls": np_ce(np_logits(cycled, k), s),
       "l1": np_l1(xa, xn),
+      "l0": np_l0(xa, xn),
   }
   if name == "syce":
     twice = np.asarray(gen(xa, src, tgt))
@@ -236,7 +243,7 @@ def test_generator_loss_terms(name, k):
   assert set(ref) == EXPECTED_TERMS[name]
   # Distinct weights so a misplaced weight shows up in the total.
   w = {n: 0.1 * (i + 1) for i, n in enumerate(sorted(EXPECTED_TERMS[name]))}
-  w["gp"] = 1.0
+  w.update(gp=1.0, cycle_grad=1.0)
   loss, metrics = method.generator_loss(gen, disc, jax_logits(k), xs, sources, targets, w)
   assert set(metrics) == {f"g_{n}" for n in ref} | {"g_loss"}
   for n, value in ref.items():
@@ -250,6 +257,31 @@ def test_generator_loss_terms(name, k):
   dw = method.default_weights
   loss, _ = method.generator_loss(gen, disc, jax_logits(k), xs, sources, targets, dw)
   close(loss, sum(dw[n] * ref[n] for n in ref))
+
+
+@pytest.mark.parametrize("name", ["syce", "cyce"])
+def test_cycle_grad_changes_the_gradient_not_the_loss(name):
+  """With cycle_grad 0 the cycle terms no longer reward the first translation."""
+  method, gen, disc, xs, sources, targets = _setup(name, 2)
+  only_cycle = {n: 0.0 for n in EXPECTED_TERMS[name]}
+  only_cycle.update(cycle=1.0, gp=1.0)
+  graphdef, params = nnx.split(gen)
+
+  def grads(cycle_grad):
+    def loss(p):
+      g = nnx.merge(graphdef, p)
+      w = {**only_cycle, "cycle_grad": cycle_grad}
+      return method.generator_loss(g, disc, jax_logits(2), xs, sources, targets, w)[0]
+    return jax.value_and_grad(loss)(params)
+
+  (full, g_full), (detached, g_detached) = grads(1.0), grads(0.0)
+  close(full, detached)
+  # Group 0's first pass runs network 0, its way back network 1: detached, the cycle
+  # loss of group 0 trains network 1 only, so network 0's gradient shrinks.
+  norm = lambda g, i: float(sum(jnp.sum(v ** 2) for v in jax.tree.leaves(g["nets"][i])))
+  for i in (0, 1):
+    assert norm(g_detached, i) < norm(g_full, i)
+    assert norm(g_detached, i) > 0
 
 
 @pytest.mark.parametrize("k", [2, 3])

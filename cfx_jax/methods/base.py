@@ -34,6 +34,8 @@ class ModelSpec:
   residual: bool = True
   shared: bool | None = None
   dtype: Any = None
+  mask: bool = False          # composite a redrawn fill through a soft mask (models/unet.py)
+  disc_kind: str = "global"   # "global" (one logit per image) or "patch" (PatchGAN)
 
 
 class Method:

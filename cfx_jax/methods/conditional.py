@@ -2,10 +2,18 @@
 
 Loss weights follow the paper's code (DESIGN 2.1). `l1` is the direct proximity term
 that makes the residual generator's maps sparse; set it to 0 for the paper's exact form.
+
+`cycle_grad` is the share of the cycle and symmetric losses' gradient that reaches the
+first translation (1 in the papers). Through it, "map back to the start" rewards a first
+translation that keeps the evidence recoverable: a tint that the classifier misreads
+but the second pass can undo, instead of a removal that loses the lesion. With 0 the
+second pass still learns to map back, and the first is judged only by the flip,
+realism and proximity terms.
 """
 
 from __future__ import annotations
 
+import jax
 from flax import nnx
 
 from cfx_jax.methods import losses
@@ -24,7 +32,7 @@ class CycleExplainer(Method):
     self.default_weights = dict(
         flip=0.2, adv=0.25, cycle=2.0 if symmetric else 10.0, cycle_cls=0.005,
         sym=10.0 if symmetric else 0.0, sym_cls=0.01 if symmetric else 0.0,
-        l1=1.0, gp=1.0)
+        l1=1.0, l0=0.0, gp=1.0, cycle_grad=1.0)
 
   def default_map_reference(self, residual: bool) -> str:
     """|x - G(x)| for the residual generator, whatever the paper's map.
@@ -38,10 +46,11 @@ class CycleExplainer(Method):
   def build(self, spec: ModelSpec, rngs: nnx.Rngs):
     gen = Generator(spec.channels, spec.num_classes, shared=spec.shared,
                     features=spec.gen_features, residual=spec.residual,
+                    mask=spec.mask,
                     dtype=spec.dtype, rngs=rngs)
     disc = Discriminator(spec.channels, spec.image_size, spec.num_classes,
                          shared=spec.shared, features=spec.disc_features,
-                         dtype=spec.dtype, rngs=rngs)
+                         kind=spec.disc_kind, dtype=spec.dtype, rngs=rngs)
     return gen, disc
 
   def counterfactuals(self, gen, xs, sources, targets):
@@ -51,16 +60,19 @@ class CycleExplainer(Method):
     b = xs.shape[1]
     src, tgt = group_labels(sources, b), group_labels(targets, b)
     xa = gen.grouped(xs, sources, targets)
-    cycled = gen.grouped(xa, targets, sources)
+    g = w["cycle_grad"]
+    xa_back = g * xa + (1.0 - g) * jax.lax.stop_gradient(xa)  # input of the second pass
+    cycled = gen.grouped(xa_back, targets, sources)
     terms = {
         "flip": losses.cross_entropy(f(flatten_groups(xa)), tgt),
         "adv": losses.bce_logits(disc.grouped(xa, targets), real=True),
         "cycle": losses.mse_mae(xs, cycled),
         "cycle_cls": losses.cross_entropy(f(flatten_groups(cycled)), src),
         "l1": losses.l1(xa, xs),
+        "l0": losses.edited_fraction(xa, xs),
     }
     if self.symmetric:
-      twice = gen.grouped(xa, sources, targets)
+      twice = gen.grouped(xa_back, sources, targets)
       terms["sym"] = losses.mse_mae(xs, twice)
       terms["sym_cls"] = losses.cross_entropy(f(flatten_groups(twice)), src)
     return weighted_total(terms, w)

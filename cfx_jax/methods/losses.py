@@ -29,16 +29,30 @@ def l1(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.mean(jnp.abs(a - b))
 
 
+def edited_fraction(a: jax.Array, b: jax.Array, scale: float = 0.05) -> jax.Array:
+  """Smooth count of edited pixels: mean of d / (d + scale), d = sum_c |a - b|.
+
+  A proximity that charges for where an image changes, not by how much: erasing a
+  lesion completely costs no more than tinting it, unlike L1, which pays for every
+  step toward the background and so settles for a partial, still visible edit.
+  """
+  d = jnp.sum(jnp.abs(a - b), axis=-1)
+  return jnp.mean(d / (d + scale))
+
+
 def gradient_penalty(critic, real: jax.Array, fake: jax.Array, key: jax.Array) -> jax.Array:
   """Mean (||grad critic(interp)|| - 1)^2 on random interpolates of real and fake.
 
-  `critic` maps a batch to per-example logits; one interpolation weight per example
-  (the leading axes of `real` except the last three, H W C).
+  `critic` maps a batch to per-example logits, or to per-patch logits (averaged per
+  example); one interpolation weight per example (the leading axes of `real` except the
+  last three, H W C).
   """
   batch_shape = real.shape[:-3]
   eps = jax.random.uniform(key, batch_shape + (1, 1, 1))
   interp = eps * real + (1.0 - eps) * fake
-  grads = jax.grad(lambda z: jnp.sum(critic(z)))(interp)
+  # A patch critic returns one logit per patch: its per-example score is their mean.
+  per_example = lambda z: jnp.mean(critic(z).reshape(batch_shape + (-1,)), axis=-1)
+  grads = jax.grad(lambda z: jnp.sum(per_example(z)))(interp)
   norms = jnp.sqrt(jnp.sum(grads * grads, axis=(-3, -2, -1)) + 1e-12)
   return jnp.mean((norms - 1.0) ** 2)
 

@@ -19,14 +19,15 @@ from cfx_jax.models import Discriminator, TwoHeadGenerator
 class StableAdversarialExplainer(Method):
   name = "sagen"
   paper_map_reference = "stable"
-  default_weights = dict(flip=0.2, keep=0.2, adv=0.25, stable_prox=10.0, l1=1.0, gp=1.0)
+  default_weights = dict(flip=0.2, keep=0.2, adv=0.25, stable_prox=10.0, l1=1.0, l0=0.0, gp=1.0)
 
   def build(self, spec: ModelSpec, rngs: nnx.Rngs):
     gen = TwoHeadGenerator(spec.channels, spec.num_classes, features=spec.gen_features,
-                           residual=spec.residual, dtype=spec.dtype, rngs=rngs)
+                           residual=spec.residual, mask=spec.mask, dtype=spec.dtype,
+                           rngs=rngs)
     disc = Discriminator(spec.channels, spec.image_size, spec.num_classes,
                          shared=spec.shared, features=spec.disc_features,
-                         dtype=spec.dtype, rngs=rngs)
+                         kind=spec.disc_kind, dtype=spec.dtype, rngs=rngs)
     return gen, disc
 
   def counterfactuals(self, gen, xs, sources, targets):
@@ -42,6 +43,7 @@ class StableAdversarialExplainer(Method):
         "adv": losses.bce_logits(disc.grouped(adv, targets), real=True),
         "stable_prox": losses.mse_mae(stable, xs),
         "l1": losses.l1(adv, xs),
+        "l0": losses.edited_fraction(adv, xs),
     }
     return weighted_total(terms, w)
 

@@ -3,6 +3,11 @@
 Upsampling is nearest-resize + 3x3 conv: the gradient of ConvTranspose is ~10x slower
 on CPU (DESIGN 5). The residual form `clip(x + 2 tanh(r))` with a zero-initialised last
 conv starts as the identity, which is what makes the maps sparse and well localised.
+
+The mask form `x + m * (g - x)` composites a re-synthesised fill g = tanh(.) into the
+input through a soft mask m = sigmoid(. - 4) that starts almost closed: inside the mask
+the image is redrawn rather than nudged, so removing evidence means painting what lies
+around it, not tinting it, and outside the mask nothing changes.
 """
 
 from __future__ import annotations
@@ -42,8 +47,8 @@ class UNet(nnx.Module):
 
   def __init__(self, channels: int, *, cond_dim: int = 0,
                features: tuple[int, ...] = (16, 32, 64), heads: int = 1,
-               residual: bool = True, dtype=None, rngs: nnx.Rngs):
-    self.channels, self.cond_dim, self.residual = channels, cond_dim, residual
+               residual: bool = True, mask: bool = False, dtype=None, rngs: nnx.Rngs):
+    self.channels, self.cond_dim, self.residual, self.mask = channels, cond_dim, residual, mask
     self.down = nnx.List()
     prev = channels + cond_dim
     for i, f in enumerate(features):
@@ -56,10 +61,15 @@ class UNet(nnx.Module):
       self.up_blocks.append(ConvBlock(2 * f, f, dtype=dtype, rngs=rngs))
       prev = f
     # Residual heads start at zero so the generator starts as the identity map.
-    init = nnx.initializers.zeros_init() if residual else nnx.initializers.lecun_normal()
+    init = (nnx.initializers.zeros_init() if residual and not mask
+            else nnx.initializers.lecun_normal())
     self.heads = nnx.List([
         nnx.Conv(prev, channels, (3, 3), kernel_init=init, dtype=dtype, rngs=rngs)
         for _ in range(heads)])
+    # Mask form: one zero-initialised mask logit per head (the mask starts almost closed).
+    self.mask_heads = nnx.List([
+        nnx.Conv(prev, 1, (3, 3), kernel_init=nnx.initializers.zeros_init(), dtype=dtype,
+                 rngs=rngs) for _ in range(heads if mask else 0)])
 
   def __call__(self, x: jax.Array, cond: jax.Array | None = None):
     """Returns one image per head (a tuple when there are several heads)."""
@@ -77,9 +87,12 @@ class UNet(nnx.Module):
       h = jax.nn.leaky_relu(conv(_upsample(h)), 0.2)
       h = block(jnp.concatenate([h, skip], axis=-1))
     outs = []
-    for head in self.heads:
+    for i, head in enumerate(self.heads):
       r = head(h).astype(jnp.float32)
-      if self.residual:
+      if self.mask:
+        m = jax.nn.sigmoid(self.mask_heads[i](h).astype(jnp.float32) - 4.0)
+        outs.append(x + m * (jnp.tanh(r) - x))
+      elif self.residual:
         outs.append(jnp.clip(x + 2.0 * jnp.tanh(r), -1.0, 1.0))
       else:
         outs.append(jnp.tanh(r))

@@ -37,6 +37,7 @@ def model_spec(config: ml_collections.ConfigDict, image_shape, num_classes: int)
   return ModelSpec(image_size=h, channels=c, num_classes=num_classes,
                    gen_features=tuple(m.gen_features), disc_features=tuple(m.disc_features),
                    residual=bool(m.residual), shared=m.shared,
+                   mask=bool(m.get("mask", False)), disc_kind=m.get("disc_kind", "global"),
                    dtype=None if m.dtype == "float32" else jnp.dtype(m.dtype))
 
 
@@ -75,7 +76,7 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
                                      k, per_class, seed=config.seed)
 
   models, state = gan.init(method, spec, seed=config.seed, lr=config.learning_rate,
-                           b1=config.b1)
+                           b1=config.b1, disc_lr=config.get("disc_learning_rate"))
   layout = mesh_lib.describe(mesh, batch_size)
   meta = {"method": method.name, "image_shape": list(images.shape[1:]),
           "num_classes": k, "classifier_fingerprint": classifier.fingerprint(),
@@ -87,7 +88,10 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
   state = jax.device_put(state, state_sharding)
   clf_params = jax.device_put(classifier.params, replicated)
   step_fn = jax.jit(gan.make_train_step(method, models, classifier.apply,
-                                        dict(config.weights)),
+                                        dict(config.weights),
+                                        disc_steps=int(config.get("disc_steps", 1)),
+                                        disc_jitter=float(config.get("disc_jitter", 0.0)),
+                                        flip_jitter=float(config.get("flip_jitter", 0.0))),
                     in_shardings=(state_sharding, replicated, images_sharding),
                     out_shardings=(state_sharding, replicated), donate_argnums=0)
 

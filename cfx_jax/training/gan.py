@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from cfx_jax.methods import augment
 from cfx_jax.methods.base import Method, ModelSpec
 
 
@@ -45,12 +46,13 @@ def optimizer(lr: float, b1: float, b2: float = 0.999) -> optax.GradientTransfor
   return optax.adam(lr, b1=b1, b2=b2)
 
 
-def init(method: Method, spec: ModelSpec, *, seed: int, lr: float, b1: float):
+def init(method: Method, spec: ModelSpec, *, seed: int, lr: float, b1: float,
+         disc_lr: float | None = None):
   """Build the networks once and split them; returns (models, state)."""
   gen, disc = method.build(spec, nnx.Rngs(seed))
   gen_def, gen_params = nnx.split(gen)
   disc_def, disc_params = nnx.split(disc)
-  gen_tx, disc_tx = optimizer(lr, b1), optimizer(lr, b1)
+  gen_tx, disc_tx = optimizer(lr, b1), optimizer(disc_lr or lr, b1)
   state = GanState(
       step=jnp.zeros((), jnp.int32), gen=gen_params, disc=disc_params,
       gen_opt=gen_tx.init(gen_params), disc_opt=disc_tx.init(disc_params),
@@ -68,32 +70,67 @@ def directions(num_classes: int, key: jax.Array):
   return sources, (jnp.arange(num_classes) + shift) % num_classes, shift
 
 
-def make_train_step(method: Method, models: GanModels, classifier_apply, weights: dict):
+class Jittered:
+  """A discriminator that judges images after a random photometric jitter.
+
+  Every call draws fresh jitter, so real and generated images are jittered alike in
+  distribution but independently: what survives a change of colour decides.
+  """
+
+  def __init__(self, disc, key: jax.Array, strength: float):
+    self.disc, self.key, self.strength, self.calls = disc, key, strength, 0
+
+  def grouped(self, xs, classes):
+    self.calls += 1
+    key = jax.random.fold_in(self.key, self.calls)
+    return self.disc.grouped(augment.jitter(key, xs, self.strength), classes)
+
+
+def make_train_step(method: Method, models: GanModels, classifier_apply, weights: dict, *,
+                    disc_steps: int = 1, disc_jitter: float = 0.0, flip_jitter: float = 0.0):
   """Returns the pure step `(state, classifier_params, images) -> (state, metrics)`.
 
-  `images` is (K, B, H, W, C), grouped by the classifier's prediction.
+  `images` is (K, B, H, W, C), grouped by the classifier's prediction. `disc_steps`
+  discriminator updates (each with its own directions) precede the generator update;
+  `disc_jitter` and `flip_jitter` are the strengths of the photometric jitter the
+  discriminator and the classifier see (0: none).
   """
   w = {**method.default_weights, **weights}
+  if disc_steps < 1:
+    raise ValueError(f"disc_steps must be >= 1, got {disc_steps}")
+
+  def judge(disc, key):
+    return Jittered(disc, key, disc_jitter) if disc_jitter > 0 else disc
 
   def step(state: GanState, clf_params, images):
     num_classes = images.shape[0]
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-    k_dir, k_gp = jax.random.split(key)
+    k_dir, k_gp, k_dj, k_gj, k_fj = jax.random.split(key, 5)
     sources, targets, shift = directions(num_classes, k_dir)
-    f = lambda x: classifier_apply(clf_params, x).astype(jnp.float32)
+    if flip_jitter > 0:
+      f = lambda x: classifier_apply(
+          clf_params, augment.jitter(k_fj, x, flip_jitter)).astype(jnp.float32)
+    else:
+      f = lambda x: classifier_apply(clf_params, x).astype(jnp.float32)
     gen = nnx.merge(models.gen_def, state.gen)
 
-    def d_loss(disc_params):
-      disc = nnx.merge(models.disc_def, disc_params)
-      return method.discriminator_loss(gen, disc, images, sources, targets, shift, k_gp, w)
+    disc_params, disc_opt = state.disc, state.disc_opt
+    for i in range(disc_steps):
+      k_i = jax.random.fold_in(k_gp, i)
+      src_i, tgt_i, shift_i = ((sources, targets, shift) if i == disc_steps - 1 else
+                               directions(num_classes, jax.random.fold_in(k_dir, i + 1)))
 
-    (_, d_metrics), d_grads = jax.value_and_grad(d_loss, has_aux=True)(state.disc)
-    d_updates, disc_opt = models.disc_tx.update(d_grads, state.disc_opt, state.disc)
-    disc_params = optax.apply_updates(state.disc, d_updates)
+      def d_loss(params):
+        disc = judge(nnx.merge(models.disc_def, params), jax.random.fold_in(k_dj, i))
+        return method.discriminator_loss(gen, disc, images, src_i, tgt_i, shift_i, k_i, w)
+
+      (_, d_metrics), d_grads = jax.value_and_grad(d_loss, has_aux=True)(disc_params)
+      d_updates, disc_opt = models.disc_tx.update(d_grads, disc_opt, disc_params)
+      disc_params = optax.apply_updates(disc_params, d_updates)
 
     def g_loss(gen_params):
       g = nnx.merge(models.gen_def, gen_params)
-      d = nnx.merge(models.disc_def, disc_params)
+      d = judge(nnx.merge(models.disc_def, disc_params), k_gj)
       return method.generator_loss(g, d, f, images, sources, targets, w)
 
     (_, g_metrics), g_grads = jax.value_and_grad(g_loss, has_aux=True)(state.gen)

@@ -1,0 +1,104 @@
+"""The training options that make counterfactuals true: patch critic, mask form, jitter."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cfx_jax.classifier import as_classifier
+from cfx_jax.methods import METHODS, ModelSpec, losses
+from cfx_jax.models import Discriminator
+from cfx_jax.models.unet import UNet
+from cfx_jax.training import gan
+
+X = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)), jnp.float32)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_patch_discriminator_gives_one_logit_per_patch(num_classes):
+  d = Discriminator(3, 16, num_classes, kind="patch", features=(8, 16, 16), rngs=nnx.Rngs(0))
+  c = jnp.array([0, 1, 1, 0])
+  logits = d(X, c)
+  assert logits.shape == (4, 4, 4)
+  grouped = d.grouped(X.reshape(2, 2, 16, 16, 3), (0, 1))
+  assert grouped.shape == (2, 2, 4, 4)
+  # Per-class networks: each example is judged by its own class's network.
+  if num_classes == 2:
+    np.testing.assert_allclose(logits[1], d.nets[1](X[1:2])[0], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="kind"):
+    Discriminator(3, 16, 2, kind="pixel", rngs=nnx.Rngs(0))
+
+
+def test_gradient_penalty_averages_patch_logits_per_example():
+  d = Discriminator(3, 16, 2, kind="patch", features=(8, 16, 16), rngs=nnx.Rngs(0))
+  real, fake = X.reshape(2, 2, 16, 16, 3), jnp.flip(X, 0).reshape(2, 2, 16, 16, 3)
+  key = jax.random.key(3)
+  gp = losses.gradient_penalty(lambda z: d.grouped(z, (0, 1)), real, fake, key)
+  eps = jax.random.uniform(key, (2, 2, 1, 1, 1))
+  interp = eps * real + (1 - eps) * fake
+  per_example = lambda z: jnp.mean(d.grouped(z, (0, 1)), axis=(2, 3))
+  g = jax.grad(lambda z: jnp.sum(per_example(z)))(interp)
+  norms = jnp.sqrt(jnp.sum(g ** 2, axis=(2, 3, 4)))
+  np.testing.assert_allclose(gp, jnp.mean((norms - 1) ** 2), rtol=1e-5)
+
+
+def test_mask_form_starts_close_to_the_input_and_stays_in_range():
+  net = UNet(3, features=(8, 16), mask=True, rngs=nnx.Rngs(0))
+  out = net(X)
+  assert out.shape == X.shape
+  assert float(jnp.max(jnp.abs(out))) <= 1.0
+  # The mask starts at sigmoid(-4) ~ 0.018: at most 2 * 0.018 away from the input.
+  assert float(jnp.max(jnp.abs(out - X))) < 0.04
+  # Where the mask opens fully, the output is the redrawn fill.
+  net.mask_heads[0].bias[...] = jnp.full((1,), 40.0)
+  np.testing.assert_allclose(net(X), jnp.tanh(net.heads[0](_features(net, X))), atol=1e-5)
+
+
+def _features(net, x):
+  """The decoder features the heads read (the U-Net's forward pass without its heads)."""
+  skips, h = [], x
+  for block in net.down:
+    h = block(h)
+    skips.append(h)
+  for conv, block, skip in zip(net.up_convs, net.up_blocks, reversed(skips[:-1])):
+    h = jax.nn.leaky_relu(conv(jax.image.resize(h, (h.shape[0], 2 * h.shape[1],
+                                                    2 * h.shape[2], h.shape[3]), "nearest")),
+                          0.2)
+    h = block(jnp.concatenate([h, skip], axis=-1))
+  return h
+
+
+def test_edited_fraction_counts_pixels_not_amounts():
+  x = jnp.zeros((1, 4, 4, 3))
+  small = x.at[0, 0, 0].set(0.01)
+  large = x.at[0, 0, 0].set(1.0)
+  assert float(losses.edited_fraction(x, x)) == 0.0
+  # One edited pixel of 16 costs about 1/16 whatever the amount, unlike L1.
+  assert float(losses.edited_fraction(large, x)) == pytest.approx(1 / 16 * 3 / 3.05, rel=1e-5)
+  assert float(losses.edited_fraction(large, x)) < 3 * float(losses.edited_fraction(small, x))
+  assert float(losses.l1(large, x)) == pytest.approx(100 * float(losses.l1(small, x)))
+
+
+@pytest.mark.parametrize("name", ["syce", "sagen"])
+def test_step_with_every_option_is_finite_and_deterministic(name):
+  w = np.linspace(-1, 1, 16 * 16 * 3).reshape(16, 16, 3).astype(np.float32)
+  clf = as_classifier(lambda x: (x * w).sum(axis=(1, 2, 3)), (16, 16, 3))
+  spec = ModelSpec(16, 3, 2, (8, 16), (8, 16, 16), mask=True, disc_kind="patch")
+  x = X.reshape(2, 2, 16, 16, 3)
+
+  def run():
+    models, state = gan.init(METHODS[name], spec, seed=0, lr=1e-3, b1=0.5, disc_lr=2e-3)
+    step = jax.jit(gan.make_train_step(METHODS[name], models, clf.apply, {"l0": 1.0},
+                                       disc_steps=2, disc_jitter=1.0, flip_jitter=1.0))
+    for _ in range(2):
+      state, metrics = step(state, clf.params, x)
+    return state, metrics
+
+  (s1, m1), (s2, m2) = run(), run()
+  assert all(np.isfinite(float(v)) for v in m1.values())
+  assert int(s1.nonfinite_step) == -1
+  for a, b in zip(jax.tree.leaves(s1.gen), jax.tree.leaves(s2.gen)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="disc_steps"):
+    gan.make_train_step(METHODS[name], None, clf.apply, {}, disc_steps=0)

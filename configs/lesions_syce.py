@@ -9,5 +9,5 @@ from configs import common
 def get_config():
   c = common.experiment(common.lesions(), method="syce")
   c.classifier.steps = 800
-  c.explainer.steps = 800
+  c.explainer.steps = 500
   return c

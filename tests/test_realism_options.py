@@ -88,7 +88,7 @@ def test_step_with_every_option_is_finite_and_deterministic(name):
   x = X.reshape(2, 2, 16, 16, 3)
 
   def run():
-    models, state = gan.init(METHODS[name], spec, seed=0, lr=1e-3, b1=0.5, disc_lr=2e-3)
+    models, state = gan.init(METHODS[name], spec, seed=0, lr=1e-3, b1=0.5, disc_lr_scale=2.0)
     step = jax.jit(gan.make_train_step(METHODS[name], models, clf.apply, {"l0": 1.0},
                                        disc_steps=2, disc_jitter=1.0, flip_jitter=1.0))
     for _ in range(2):

@@ -25,8 +25,15 @@ def mse_mae(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.mean(d * d) + jnp.mean(jnp.abs(d))
 
 
-def l1(a: jax.Array, b: jax.Array) -> jax.Array:
-  return jnp.mean(jnp.abs(a - b))
+def l1(a: jax.Array, b: jax.Array, cap: float = 0.0) -> jax.Array:
+  """Mean |a - b|; with `cap` > 0 each value's cost stops growing at `cap`.
+
+  Capped, the proximity still keeps small, scattered changes away, but no longer
+  charges for going all the way: erasing a lesion down to the background costs what
+  half-fading it costs, so realism, not proximity, decides how far an edit goes.
+  """
+  d = jnp.abs(a - b)
+  return jnp.mean(jnp.minimum(d, cap) if cap > 0 else d)
 
 
 def edited_fraction(a: jax.Array, b: jax.Array, scale: float = 0.05) -> jax.Array:

@@ -76,7 +76,7 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
                                      k, per_class, seed=config.seed)
 
   models, state = gan.init(method, spec, seed=config.seed, lr=config.learning_rate,
-                           b1=config.b1, disc_lr=config.get("disc_learning_rate"))
+                           b1=config.b1, disc_lr_scale=float(config.get("disc_lr_scale", 1.0)))
   layout = mesh_lib.describe(mesh, batch_size)
   meta = {"method": method.name, "image_shape": list(images.shape[1:]),
           "num_classes": k, "classifier_fingerprint": classifier.fingerprint(),

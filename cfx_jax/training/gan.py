@@ -47,12 +47,12 @@ def optimizer(lr: float, b1: float, b2: float = 0.999) -> optax.GradientTransfor
 
 
 def init(method: Method, spec: ModelSpec, *, seed: int, lr: float, b1: float,
-         disc_lr: float | None = None):
+         disc_lr_scale: float = 1.0):
   """Build the networks once and split them; returns (models, state)."""
   gen, disc = method.build(spec, nnx.Rngs(seed))
   gen_def, gen_params = nnx.split(gen)
   disc_def, disc_params = nnx.split(disc)
-  gen_tx, disc_tx = optimizer(lr, b1), optimizer(disc_lr or lr, b1)
+  gen_tx, disc_tx = optimizer(lr, b1), optimizer(disc_lr_scale * lr, b1)
   state = GanState(
       step=jnp.zeros((), jnp.int32), gen=gen_params, disc=disc_params,
       gen_opt=gen_tx.init(gen_params), disc_opt=disc_tx.init(disc_params),

@@ -1,6 +1,7 @@
 """Quick start: classifier + SyCE explainer on the lesion set, scored against the masks.
 
-About 10 minutes on a 2-core CPU. Other methods: --config.explainer.method=cyce|sagen.
+The explainer trains in about 9 minutes on a 2-core CPU. Other methods:
+--config.explainer.method=cyce|sagen.
 """
 
 from configs import common

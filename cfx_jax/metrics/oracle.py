@@ -23,6 +23,7 @@ from cfx_jax import data as data_lib
 from cfx_jax import persistence
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.methods.augment import jitter
+from cfx_jax.training.logging import Progress
 
 
 class OracleNet(nnx.Module):
@@ -90,7 +91,8 @@ def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
 
 
 def train_oracle(train: dict, test: dict, *, steps: int = 1200, batch_size: int = 64,
-                 learning_rate: float = 2e-3, seed: int = 17) -> Oracle:
+                 learning_rate: float = 2e-3, seed: int = 17,
+                 progress: bool = True) -> Oracle:
   """Supervised training on jittered batches; deterministic from `seed`."""
   images, labels = np.asarray(train["image"], np.float32), np.asarray(train["label"])
   num_classes = int(max(labels.max(), np.max(test["label"]))) + 1
@@ -111,16 +113,21 @@ def train_oracle(train: dict, test: dict, *, steps: int = 1200, batch_size: int 
   dataset = data_lib.batches(data_lib.ArraySource({"image": images, "label": labels}),
                              batch_size, seed=seed)
   key = jax.random.key(seed)
+  bar = Progress(steps, desc="oracle", enabled=progress)
   for i in range(steps):
     b = dataset[i]
-    params, opt_state, _ = step(params, opt_state, jax.random.fold_in(key, i),
-                                b["image"], b["label"])
+    params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, i),
+                                   b["image"], b["label"])
+    if (i + 1) % 100 == 0 or i + 1 == steps:
+      bar.update(i + 1, {"loss": float(loss)})
+  bar.close()
   oracle = Oracle(graphdef, params, num_classes, 0.0)
   accuracy = float(np.mean(oracle.predict(test["image"]) == np.asarray(test["label"])))
   return dataclasses.replace(oracle, test_accuracy=accuracy)
 
 
-def load_or_train_oracle(path: str, train: dict, test: dict, **settings) -> Oracle:
+def load_or_train_oracle(path: str, train: dict, test: dict, *, progress: bool = True,
+                         **settings) -> Oracle:
   """The oracle cached at `path` if it was trained on the same data and settings."""
   key = {"data": fingerprint(train["image"], train["label"]),
          "settings": {k: settings[k] for k in sorted(settings)}}
@@ -133,7 +140,7 @@ def load_or_train_oracle(path: str, train: dict, test: dict, **settings) -> Orac
       graphdef, abstract_params = nnx.split(abstract)
       params = persistence.restore(path, "state", abstract_params)
       return Oracle(graphdef, params, k, meta["test_accuracy"])
-  oracle = train_oracle(train, test, **settings)
+  oracle = train_oracle(train, test, progress=progress, **settings)
   persistence.save(path, "oracle.json", {"key": key, "num_classes": oracle.num_classes,
                                          "test_accuracy": oracle.test_accuracy},
                    "state", oracle.params)

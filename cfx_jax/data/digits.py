@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from cfx_jax.data.arguments import check_image_arguments
 from cfx_jax.data.resize import bilinear_matrix
 
 _SPLITS = ("train", "test", "all")
@@ -56,13 +57,7 @@ def make_digits(
   from sklearn.model_selection import train_test_split
 
   resolved = _resolve_classes(classes)
-  if split not in _SPLITS:
-    raise ValueError(f"unknown split {split!r}; expected one of {_SPLITS}")
-  if isinstance(image_size, bool) or not isinstance(
-      image_size, (int, np.integer)) or image_size < 1:
-    raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-  if channels not in (1, 3):
-    raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+  check_image_arguments(split, _SPLITS, image_size, channels)
   if not 0.0 < test_fraction < 1.0:
     raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
 

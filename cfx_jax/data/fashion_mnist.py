@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cfx_jax.data.arguments import check_image_arguments
 from cfx_jax.data.resize import bilinear_matrix
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -155,13 +156,7 @@ def make_fashion_mnist(
     int32}.
   """
   resolved = _resolve_classes(classes)
-  if split not in _SPLITS:
-    raise ValueError(f"unknown split {split!r}; expected one of {_SPLITS}")
-  if isinstance(image_size, bool) or not isinstance(
-      image_size, (int, np.integer)) or image_size < 1:
-    raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-  if channels not in (1, 3):
-    raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+  check_image_arguments(split, _SPLITS, image_size, channels)
   if num is not None and (isinstance(num, bool) or not isinstance(
       num, (int, np.integer)) or num < 0):
     raise ValueError(f"num must be a non-negative integer or None, got {num!r}")

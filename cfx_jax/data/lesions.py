@@ -155,8 +155,8 @@ def make_lesions(
     {"image": (N, H, W, C) float32 in [-1, 1], "label": (N,) int32 (1 = lesion
     present), "mask": (N, H, W) float32 in {0, 1}}. With `twins=True` also
     "twin": every image rendered from the same draws with the other label (the
-    lesion removed from a positive, added to a negative), and "twin_mask": the
-    lesion of each pair, wherever it is. An image and its twin differ only there.
+    lesion removed from a positive, added to a negative). A positive and its twin
+    differ exactly on the positive's mask.
   """
   if isinstance(num, bool) or not isinstance(num, (int, np.integer)):
     raise ValueError(f"num must be an integer, got {num!r}")
@@ -179,7 +179,7 @@ def make_lesions(
   masks = np.empty((num, image_size, image_size), np.float32)
   labels = np.empty((num,), np.int32)
   if twins:
-    twin_images, twin_masks = np.empty_like(images), np.empty_like(masks)
+    twin_images = np.empty_like(images)
   for start in range(0, num, _CHUNK):
     stop = min(start + _CHUNK, num)
     params, coarse, grain_noise = _draw(start, stop, seed, image_size, channels)
@@ -187,11 +187,11 @@ def make_lesions(
     images[start:stop], masks[start:stop] = _render(
         params, coarse, grain_noise, labels[start:stop], image_size, channels)
     if twins:
-      twin_images[start:stop], twin_masks[start:stop] = _render(
+      twin_images[start:stop], _ = _render(
           params, coarse, grain_noise, 1 - labels[start:stop], image_size, channels)
   out = {"image": images, "label": labels, "mask": masks}
   if twins:
-    out.update(twin=twin_images, twin_mask=np.maximum(masks, twin_masks))
+    out["twin"] = twin_images
   return out
 
 

@@ -99,12 +99,13 @@ def realism_in_features(real_features, fake_features) -> dict[str, float]:
   return {"fid": frechet_distance(real_features, fake_features), "kid": kid}
 
 
-def truth_report(test: dict, out, oracle) -> dict:
+def truth_report(test: dict, out, oracle, *, realism: bool = True) -> dict:
   """Every truth score of one explainer's counterfactuals on the first len(out) images.
 
   `test`: "image", "label" and, where the dataset renders them, "twin" and "mask";
   `out`: an Explanation with counterfactuals; `oracle`: `predict(images)` and
-  `features(images)`, e.g. `cfx_jax.metrics.oracle.Oracle`.
+  `features(images)`, e.g. `cfx_jax.metrics.oracle.Oracle`. `realism=False` skips
+  FID/KID, for callers that compute realism in the oracle's features themselves.
   """
   n = len(out)
   x, labels = np.asarray(test["image"][:n]), np.asarray(test["label"][:n])
@@ -115,7 +116,7 @@ def truth_report(test: dict, out, oracle) -> dict:
       "oracle_agreement": float(np.mean(agree)),
       "oracle_agreement_by_direction": by_direction(agree, source, target),
   }
-  reals = class_matched_reals(np.asarray(test["label"]), target)
+  reals = class_matched_reals(np.asarray(test["label"]), target) if realism else []
   if len(reals) >= 2:
     real_features = oracle.features(np.asarray(test["image"])[reals])
     report["oracle_realism"] = realism_in_features(real_features, oracle.features(cf))

@@ -27,7 +27,7 @@ def measure(steps: int, fsdp: int) -> dict:
   from cfx_jax.data import make_lesions
   from cfx_jax.methods import METHODS, ModelSpec
   from cfx_jax.training import gan
-  from cfx_jax.training import mesh as mesh_lib
+  from cfx_jax.engine import mesh as mesh_lib
 
   x = make_lesions(256, image_size=32, channels=3, seed=0)["image"]
   w = np.random.default_rng(0).normal(size=(32 * 32 * 3, 2)).astype(np.float32) * 0.01

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -32,3 +33,18 @@ def restore(path: str, tree_dir: str, abstract):
   """Restore into the structure, shapes and dtypes of `abstract`."""
   with ocp.StandardCheckpointer() as ckpt:
     return ckpt.restore(os.path.join(os.path.abspath(path), tree_dir), abstract)
+
+
+def digest(path: str) -> str:
+  """Content hash of a saved model's directory (names and bytes of every file): a cache
+  keyed on it is invalidated by a new model, not by a copy or a touch."""
+  h = hashlib.sha256()
+  root = os.path.abspath(path)
+  for d, dirs, files in sorted(os.walk(root)):
+    for name in sorted(files):
+      full = os.path.join(d, name)
+      h.update(os.path.relpath(full, root).encode() + b"\0")
+      with open(full, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          h.update(block)
+  return h.hexdigest()[:16]

@@ -12,7 +12,7 @@ import ml_collections
 
 from cfx_jax.methods.latent import latent_config
 from cfx_jax.training.classifier_loop import classifier_config
-from cfx_jax.training.runtime import runtime_config
+from cfx_jax.engine.runtime import runtime_config
 
 
 def get_config(variant: str = ""):

@@ -5,7 +5,7 @@ import ml_collections
 from cfx_jax.config import explainer_config
 from cfx_jax.training.classifier_loop import classifier_config
 from cfx_jax.training.datasets import dataset_config
-from cfx_jax.training.runtime import runtime_config
+from cfx_jax.engine.runtime import runtime_config
 
 
 def experiment(dataset: ml_collections.ConfigDict, method: str | None) -> ml_collections.ConfigDict:

@@ -6,7 +6,7 @@
 import ml_collections
 
 from cfx_jax.training.inpainter_loop import inpainter_config
-from cfx_jax.training.runtime import runtime_config
+from cfx_jax.engine.runtime import runtime_config
 from configs import common
 
 

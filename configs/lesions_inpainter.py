@@ -9,7 +9,7 @@ raise `inpainter.steps`, `inpainter.batch_size` and `inpainter.model.features`.
 import ml_collections
 
 from cfx_jax.training.inpainter_loop import inpainter_config
-from cfx_jax.training.runtime import runtime_config
+from cfx_jax.engine.runtime import runtime_config
 from configs import common
 
 

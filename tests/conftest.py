@@ -8,9 +8,17 @@ _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
-import jax.numpy as jnp  # noqa: E402  (after XLA_FLAGS)
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+# Many tests build the same programs again (a fresh closure per train call); a
+# compilation cache for the session loads them instead of recompiling.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="cfx_jax_xla_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 IMAGE_SHAPE = (16, 16, 3)
 PATCH = (slice(4, 8), slice(4, 8))

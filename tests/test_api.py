@@ -13,7 +13,7 @@ import pytest
 import cfx_jax
 from cfx_jax.methods import METHODS, ModelSpec
 from cfx_jax.training import gan
-from cfx_jax.training.checkpoints import Checkpoints
+from cfx_jax.engine.checkpoints import Checkpoints
 
 from conftest import linear_logits, linear_predict, model_config
 

@@ -332,8 +332,8 @@ def test_autoencoder_training_lowers_reconstruction_loss():
   untrained = metrics.train_autoencoder(images, steps=0, code_dim=8, seed=0)
   trained = metrics.train_autoencoder(images, steps=100, batch_size=32,
                                       code_dim=8, seed=0)
-  assert trained.losses.shape == (100,)
-  assert trained.losses[-10:].mean() < trained.losses[:10].mean()
+  assert trained.losses.shape == (10,)   # one per logging step (every 10)
+  assert trained.losses[-3:].mean() < trained.losses[:3].mean()
   mse = lambda enc: np.mean((enc.reconstruct(images) - images) ** 2)
   assert mse(trained) < 0.6 * mse(untrained)
   codes = trained(images[:10])

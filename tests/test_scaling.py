@@ -18,9 +18,9 @@ from jax.sharding import PartitionSpec as P
 
 import cfx_jax
 from cfx_jax.methods import METHODS, ModelSpec
-from cfx_jax.training import gan, runtime
-from cfx_jax.training import mesh as mesh_lib
-from cfx_jax.training.checkpoints import CheckpointWarning
+from cfx_jax.engine import runtime
+from cfx_jax.training import gan
+from cfx_jax.engine import mesh as mesh_lib
 
 from conftest import IMAGE_SHAPE, linear_logits, linear_predict, model_config
 
@@ -189,25 +189,9 @@ def test_sigterm_then_restart_equals_uninterrupted(tmp_path):
   _assert_close(_generator(cut), _generator(whole), rtol=1e-6, atol=1e-7)
 
 
-def test_corrupt_newest_checkpoint_falls_back_to_previous(images, tmp_path):
-  cfg = fit_config(1)
-  cfx_jax.fit_explainer(linear_logits, images, steps=STEPS, batch_size=8,
-                        workdir=str(tmp_path), config=cfg)
-  newest = tmp_path / "checkpoints" / str(STEPS) / "state"
-  assert newest.exists()
-  for root, _, files in os.walk(newest):
-    for name in files:
-      with open(os.path.join(root, name), "r+b") as f:
-        f.truncate(max(os.path.getsize(f.name) // 3, 1))
-  with pytest.warns(CheckpointWarning, match=f"checkpoint {STEPS} .* previous"):
-    resumed = cfx_jax.fit_explainer(linear_logits, images, steps=STEPS + 2, batch_size=8,
-                                    workdir=str(tmp_path), config=cfg)
-  assert [row["step"] for row in resumed.history] == [STEPS - 1, STEPS, STEPS + 1, STEPS + 2]
-
-
 def test_compilation_cache_is_written(tmp_path):
   code = ("import jax, jax.numpy as jnp\n"
-          "from cfx_jax.training import runtime\n"
+          "from cfx_jax.engine import runtime\n"
           "c = runtime.runtime_config()\n"
           f"c.compilation_cache_dir = {str(tmp_path / 'cache')!r}\n"
           "runtime.setup(c)\n"

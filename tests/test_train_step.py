@@ -9,7 +9,7 @@ import pytest
 import cfx_jax
 from cfx_jax.methods import METHODS, ModelSpec
 from cfx_jax.training import gan
-from cfx_jax.training import mesh as mesh_lib
+from cfx_jax.engine import mesh as mesh_lib
 
 from conftest import IMAGE_SHAPE, linear_logits, linear_predict
 

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import numpy as np  # noqa: E402
 
-from cfx_jax.training import runtime  # noqa: E402
+from cfx_jax.engine import runtime  # noqa: E402
 
 
 def main():

@@ -10,7 +10,7 @@ same command again to resume.
 from absl import app, flags
 from ml_collections import config_flags
 
-from cfx_jax.training import runtime
+from cfx_jax.engine import runtime
 from cfx_jax.training.jobs import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",

@@ -10,7 +10,7 @@ means the job was stopped by SIGTERM after writing a checkpoint: rerun it to res
 from absl import app, flags
 from ml_collections import config_flags
 
-from cfx_jax.training import runtime
+from cfx_jax.engine import runtime
 from cfx_jax.training.causal_study import run_spurious_marker_study
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config file.",

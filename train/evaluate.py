@@ -10,7 +10,7 @@ dataset has masks, leaderboard_iou.png. Rerunning reuses everything already trai
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cfx_jax.training import runtime
+from cfx_jax.engine import runtime
 from cfx_jax.training.leaderboard import run_leaderboard
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Leaderboard config file.",

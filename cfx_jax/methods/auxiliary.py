@@ -33,7 +33,10 @@ import numpy as np
 import optax
 from flax import nnx
 
+from cfx_jax import data as data_lib
 from cfx_jax import persistence, validation
+from cfx_jax.engine import mesh as mesh_lib
+from cfx_jax.engine.loop import LoopConfig, train_loop
 from cfx_jax.batching import map_in_chunks
 
 META_FILE = "auxiliary.json"
@@ -53,6 +56,9 @@ def auxiliary_config(**overrides) -> ml_collections.ConfigDict:
   c.learning_rate = 3e-3
   c.weight_decay = 1e-4
   c.seed = 0
+  c.log_every = 50
+  c.checkpoint_every = 100     # with a workdir, a stopped run resumes from here
+  c.progress = False
   unknown = sorted(set(overrides) - set(c.keys()))
   if unknown:
     raise ValueError(f"unknown auxiliary setting(s) {unknown}; available: {sorted(c.keys())}")
@@ -170,7 +176,8 @@ def train_auxiliary(config: ml_collections.ConfigDict, train: dict, test: dict |
                     workdir: str | None = None) -> tuple[AuxiliaryModel, dict]:
   """Train on the classifier's training data (one jitted AdamW step); optionally save.
 
-  Saved to `<workdir>/auxiliary` when `workdir` is given. Returns the model and metrics
+  Saved to `<workdir>/auxiliary` when `workdir` is given (checkpoints in
+  `<workdir>/auxiliary_checkpoints`: a stopped run resumes). Returns the model and metrics
   (test accuracy of argmax_c K_c and mean uncertainty when `test` is given).
   """
   images = validation.check_images(train["image"], name="train images")
@@ -186,31 +193,40 @@ def train_auxiliary(config: ml_collections.ConfigDict, train: dict, test: dict |
   graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   tx = optax.adamw(optax.cosine_decay_schedule(config.learning_rate, int(config.steps)),
                    weight_decay=config.weight_decay)
-  opt_state = tx.init(params)
+  state = {"params": params, "stats": stats, "opt": tx.init(params),
+           "step": jnp.zeros((), jnp.int32)}
   momentum = float(config.centroid_momentum)
 
-  def train_step(p, s, o, x, y):
-    onehot = jax.nn.one_hot(y, num_classes)
+  def train_step(state, batch):
+    onehot = jax.nn.one_hot(batch["label"], num_classes)
 
     def loss_fn(pp):
-      m = nnx.merge(graphdef, pp, s, copy=True)
-      z = m.embed(x, train=True)
+      m = nnx.merge(graphdef, pp, state["stats"], copy=True)
+      z = m.embed(batch["image"], train=True)
       k = jnp.clip(m.kernels(z), 1e-6, 1.0 - 1e-6)
       bce = -(onehot * jnp.log(k) + (1.0 - onehot) * jnp.log1p(-k))
       m.update_centroids(z, onehot, momentum)
       return jnp.mean(jnp.sum(bce, axis=-1)), nnx.state(m, nnx.BatchStat)
 
-    (loss, new_s), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
-    updates, o = tx.update(grads, o, p)
-    return optax.apply_updates(p, updates), new_s, o, loss
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    return ({"params": optax.apply_updates(state["params"], updates), "stats": new_stats,
+             "opt": opt, "step": state["step"] + 1}, {"loss": loss})
 
-  step_fn = jax.jit(train_step, donate_argnums=(0, 1, 2))
-  rng = np.random.default_rng(int(config.seed))
-  loss = np.nan
   batch = min(int(config.batch_size), len(images))
-  for _ in range(int(config.steps)):
-    idx = rng.choice(len(images), batch, replace=False)
-    params, stats, opt_state, loss = step_fn(params, stats, opt_state, images[idx], labels[idx])
+  dataset = data_lib.batches(data_lib.ArraySource({"image": images, "label": labels}), batch,
+                             seed=int(config.seed))
+  mesh = mesh_lib.make_mesh(1)
+  meta = {"image_shape": list(image_shape), "num_classes": num_classes,
+          "config": {"model": {k: config[k] for k in ("features", "embedding",
+                                                      "length_scale")}}}
+  state, log = train_loop(
+      state, jax.jit(train_step, donate_argnums=0),
+      lambda i: {k: v for k, v in dataset[i].items() if k != "id"},
+      LoopConfig.from_config("auxiliary", config, int(config.steps)), mesh=mesh,
+      workdir=workdir, meta=meta)
+  params, stats = jax.device_get((state["params"], state["stats"]))
+  loss = log.history[-1]["loss"] if log.history else float("nan")
   aux = _wrap(nnx.merge(graphdef, params, stats), image_shape, config)
   metrics = {"final_loss": float(loss), "num_train": int(len(labels))}
   if test is not None:

@@ -39,6 +39,7 @@ Causal scores (PN, PS, PNS of each attribute for the decision): `cfx_jax.methods
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -58,10 +59,8 @@ from cfx_jax.classifier import Classifier
 from cfx_jax.explanation import Explanation
 from cfx_jax.methods import optimised
 from cfx_jax.models.vae import AttributePredictor, ConvVAE, ShiftPredictor, gaussian_kl
-from cfx_jax.training import mesh as mesh_lib
-from cfx_jax.training.checkpoints import Checkpoints
-from cfx_jax.training.logging import MetricsLog, Progress
-from cfx_jax.training.preemption import NonFiniteError, Preemption
+from cfx_jax.engine import mesh as mesh_lib
+from cfx_jax.engine.loop import LoopConfig, train_loop
 
 OUTCOME = "outcome"
 GENERATOR_DIR = "generator"
@@ -204,56 +203,18 @@ def _train(name: str, loss_fn, params, frozen, arrays: dict, cfg, *, steps: int,
   step_fn = jax.jit(train_step, in_shardings=(rep, rep, shardings),
                     out_shardings=(rep, rep), donate_argnums=0)
   dataset = data_lib.batches(data_lib.ArraySource(arrays), batch_size, seed=seed)
-  meta = json.loads(json.dumps({"name": name, **meta}, default=str))
-  ckpts = (Checkpoints(os.path.join(workdir, f"{name}_checkpoints"), keep=2)
-           if workdir else None)
-  log = MetricsLog(os.path.join(workdir, f"{name}_train.jsonl") if workdir else None)
-  preemption = Preemption()
-  metrics: dict = {}
-  try:
-    start = 0
-    state = jax.device_put(state, rep)
-    frozen = jax.device_put(frozen, rep)
-    if ckpts is not None:
-      restored = ckpts.restore_latest_good(
-          state, lambda saved, step: _check_resumable(saved, meta, workdir, name, steps, step))
-      if restored is not None:
-        state = restored[0]
-        start = int(state["step"])
-        log.truncate_after(start)
-    progress = Progress(steps, start, desc=name, enabled=bool(cfg.progress))
-    with jax.set_mesh(mesh):
-      for step in range(start, steps):
-        b = dataset[step]
-        batch = data_lib.to_global({k: b[k] for k in arrays}, shardings)
-        state, out = step_fn(state, frozen, batch)
-        done = step + 1
-        if done % int(cfg.log_every) == 0 or done == steps:
-          metrics = {k: float(v) for k, v in jax.device_get(out).items()}
-          if not np.isfinite(metrics["loss"]):
-            raise NonFiniteError(f"{name} loss became non-finite by step {done}; try a lower "
-                                 "learning_rate")
-          log.write(done, metrics)
-          progress.update(done, {k: metrics[k] for k in shown if k in metrics})
-        preemption.checkpoint_or_stop(ckpts, done, steps, cfg.checkpoint_every, state, meta)
-    progress.close()
-  finally:
-    preemption.restore()
-    if ckpts is not None:
-      ckpts.close()
-  return jax.device_get(state["params"]), metrics
+  frozen = jax.device_put(frozen, rep)
 
+  def batch_at(i):
+    b = dataset[i]
+    return data_lib.to_global({k: b[k] for k in arrays}, shardings)
 
-def _check_resumable(saved: dict, meta: dict, workdir: str, name: str, steps: int,
-                     latest: int) -> None:
-  """Resume only the same networks, trained for the same data shapes and classifier."""
-  if saved != meta:
-    changed = sorted(k for k in set(saved) | set(meta) if saved.get(k) != meta.get(k))
-    raise ValueError(f"the {name} checkpoints in {workdir} were made for another model or "
-                     f"classifier (differences in {changed}); use another workdir")
-  if latest > steps:
-    raise ValueError(f"the {name} checkpoint in {workdir} is at step {latest}, past the "
-                     f"{steps} steps asked for")
+  state, log = train_loop(
+      jax.device_put(state, rep), lambda s, batch: step_fn(s, frozen, batch), batch_at,
+      LoopConfig.from_config(name, cfg, steps, shown=tuple(shown)), mesh=mesh,
+      workdir=workdir, meta={"name": name, **meta})
+  last = log.history[-1] if log.history else {}
+  return jax.device_get(state["params"]), {k: v for k, v in last.items() if k != "step"}
 
 
 # Generator and attribute predictor ------------------------------------------------------
@@ -289,24 +250,40 @@ class LatentGenerator:
 
   def encode(self, images, chunk_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """The encoder's (mean, log-variance) of each image, (N, latent_dim) each."""
-    fn = jax.jit(lambda p, x: nnx.merge(self.vae_def, p).encode(x))
     x = validation.check_images(images, self.image_shape)
-    return map_in_chunks(lambda xb: fn(self.vae_params, xb), [x], chunk_size)
+    return map_in_chunks(lambda xb: _encode_program(self.vae_def, self.vae_params, xb), [x],
+                         chunk_size)
 
   def encode_mean(self, images, chunk_size: int = 256) -> np.ndarray:
     return self.encode(images, chunk_size)[0]
 
   def decode(self, z, chunk_size: int = 256) -> np.ndarray:
-    fn = jax.jit(lambda p, zz: nnx.merge(self.vae_def, p).decode(zz))
-    return map_in_chunks(lambda zb: fn(self.vae_params, zb),
+    return map_in_chunks(lambda zb: _decode_program(self.vae_def, self.vae_params, zb),
                          [np.asarray(z, np.float32)], chunk_size)
 
   def attribute_probs(self, images, chunk_size: int = 256) -> np.ndarray:
     if self.predictor_def is None:
       raise ValueError("this generator has no attribute predictor (fit without attributes)")
-    fn = jax.jit(lambda p, x: jax.nn.sigmoid(nnx.merge(self.predictor_def, p)(x)))
     x = validation.check_images(images, self.image_shape)
-    return map_in_chunks(lambda xb: fn(self.predictor_params, xb), [x], chunk_size)
+    return map_in_chunks(
+        lambda xb: _attribute_program(self.predictor_def, self.predictor_params, xb), [x],
+        chunk_size)
+
+
+# Compiled once per network structure (the graphdef is static), not once per call.
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_program(graphdef, params, images):
+  return nnx.merge(graphdef, params).encode(images)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode_program(graphdef, params, z):
+  return nnx.merge(graphdef, params).decode(z)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _attribute_program(graphdef, params, images):
+  return jax.nn.sigmoid(nnx.merge(graphdef, params)(images))
 
 
 def architecture(cfg, image_shape) -> dict:
@@ -603,6 +580,7 @@ class LatentExplainer(optimised.ClassifierBound):
     self.metrics = dict(metrics or {})
     self._explain_program = jax.jit(self._explain_chunk)
     self._intervene_program = jax.jit(self._intervene_chunk)
+    self._edit_program = jax.jit(self._edit_chunk)
 
   @classmethod
   def fit(cls, classifier, images, *, seed: int = 0, config=None, workdir=None,
@@ -704,8 +682,11 @@ class LatentExplainer(optimised.ClassifierBound):
       raise ValueError(f"t must have shape ({len(z)}, {self.num_attributes + 1}) with entries "
                        f"in {{-1, 0, 1}} (the attributes, then the outcome), got {t.shape}")
     params = self._params()
-    fn = jax.jit(lambda p, zz, tt: _decode(self.generator, p, zz + self._shift(p, zz, tt)))
-    return map_in_chunks(lambda zb, tb: fn(params, zb, tb), [z, t], int(self.config.chunk_size))
+    return map_in_chunks(lambda zb, tb: self._edit_program(params, zb, tb), [z, t],
+                         int(self.config.chunk_size))
+
+  def _edit_chunk(self, params, z, t):
+    return _decode(self.generator, params, z + self._shift(params, z, t))
 
   def _intervene_chunk(self, params, z):
     gen, clf = self.generator, self.classifier

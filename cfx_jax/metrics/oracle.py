@@ -10,8 +10,11 @@ dataset and cached in a directory with a fingerprint of its training data.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +25,10 @@ from flax import nnx
 from cfx_jax import data as data_lib
 from cfx_jax import persistence
 from cfx_jax.batching import map_in_chunks
+from cfx_jax.engine import mesh as mesh_lib
+from cfx_jax.engine.logging import is_main_process
+from cfx_jax.engine.loop import LoopConfig, train_loop
 from cfx_jax.methods.augment import jitter
-from cfx_jax.training.logging import Progress
 
 
 class OracleNet(nnx.Module):
@@ -92,35 +97,40 @@ def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
 
 def train_oracle(train: dict, test: dict, *, steps: int = 1200, batch_size: int = 64,
                  learning_rate: float = 2e-3, seed: int = 17,
-                 progress: bool = True) -> Oracle:
-  """Supervised training on jittered batches; deterministic from `seed`."""
+                 progress: bool = True, workdir: str | None = None,
+                 checkpoint_every: int = 300) -> Oracle:
+  """Supervised training on jittered batches; deterministic from `seed`. With `workdir`,
+  a stopped run resumes from `<workdir>/oracle_checkpoints`."""
   images, labels = np.asarray(train["image"], np.float32), np.asarray(train["label"])
   num_classes = int(max(labels.max(), np.max(test["label"]))) + 1
   model = OracleNet(images.shape[-1], num_classes, rngs=nnx.Rngs(seed))
   graphdef, params = nnx.split(model)
   tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, steps), weight_decay=1e-4)
-  opt_state = tx.init(params)
+  state = {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  key = jax.random.key(seed)
 
-  @jax.jit
-  def step(params, opt_state, key, x, y):
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state, batch):
     def loss_fn(p):
-      logits = nnx.merge(graphdef, p)(jitter(key, x))
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+      x = jitter(jax.random.fold_in(key, state["step"]), batch["image"])
+      logits = nnx.merge(graphdef, p)(x)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    return ({"params": optax.apply_updates(state["params"], updates), "opt": opt,
+             "step": state["step"] + 1}, {"loss": loss})
 
   dataset = data_lib.batches(data_lib.ArraySource({"image": images, "label": labels}),
                              batch_size, seed=seed)
-  key = jax.random.key(seed)
-  bar = Progress(steps, desc="oracle", enabled=progress)
-  for i in range(steps):
-    b = dataset[i]
-    params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, i),
-                                   b["image"], b["label"])
-    if (i + 1) % 100 == 0 or i + 1 == steps:
-      bar.update(i + 1, {"loss": float(loss)})
-  bar.close()
+  meta = {"data": fingerprint(images, labels), "num_classes": num_classes,
+          "settings": {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
+                       "seed": seed}}
+  state, _ = train_loop(
+      state, step, lambda i: {k: v for k, v in dataset[i].items() if k != "id"},
+      LoopConfig("oracle", steps, log_every=100, checkpoint_every=checkpoint_every,
+                 progress=progress),
+      mesh=mesh_lib.make_mesh(1), workdir=workdir, meta=meta)
+  params = jax.device_get(state["params"])
   oracle = Oracle(graphdef, params, num_classes, 0.0)
   accuracy = float(np.mean(oracle.predict(test["image"]) == np.asarray(test["label"])))
   return dataclasses.replace(oracle, test_accuracy=accuracy)
@@ -140,8 +150,13 @@ def load_or_train_oracle(path: str, train: dict, test: dict, *, progress: bool =
       graphdef, abstract_params = nnx.split(abstract)
       params = persistence.restore(path, "state", abstract_params)
       return Oracle(graphdef, params, k, meta["test_accuracy"])
-  oracle = train_oracle(train, test, progress=progress, **settings)
+  # Checkpoints of an interrupted training, kept apart per data and settings.
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+  scratch = os.path.join(path, f"training_{digest}")
+  oracle = train_oracle(train, test, progress=progress, workdir=scratch, **settings)
   persistence.save(path, "oracle.json", {"key": key, "num_classes": oracle.num_classes,
                                          "test_accuracy": oracle.test_accuracy},
                    "state", oracle.params)
+  if is_main_process():
+    shutil.rmtree(scratch, ignore_errors=True)
   return oracle

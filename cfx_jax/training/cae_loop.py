@@ -28,8 +28,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
-import os
 from typing import Any
 
 import jax
@@ -44,13 +42,9 @@ from cfx_jax import validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.models.cae import build_networks
 from cfx_jax.training import gan
-from cfx_jax.training import mesh as mesh_lib
-from cfx_jax.training.checkpoints import Checkpoints
-from cfx_jax.training.preemption import NonFiniteError, Preemption
-from cfx_jax.training.logging import MetricsLog, Progress, is_main_process
+from cfx_jax.engine import mesh as mesh_lib
+from cfx_jax.engine.loop import LoopConfig, train_loop
 
-CHECKPOINT_DIR = "cae_checkpoints"
-METRICS_FILE = "cae_train.jsonl"
 WEIGHT_NAMES = ("recon", "code", "cycle", "cls", "adv", "disc_cls")
 MODEL_INTS = ("style_dim", "content_channels", "mlp_width")
 MODEL_WIDTHS = ("features", "disc_features")
@@ -388,65 +382,11 @@ def train_cae(images, labels, config: ml_collections.ConfigDict, workdir: str | 
   state = jax.device_put(state, mesh_lib.replicated(mesh))
   step_fn = compiled_train_step(models, config, mesh, images_sharding)
 
-  ckpts = Checkpoints(os.path.join(workdir, CHECKPOINT_DIR),
-                      keep=int(config.keep_checkpoints)) if workdir else None
-  log = MetricsLog(os.path.join(workdir, METRICS_FILE) if workdir else None)
-  preemption = Preemption()
-  try:
-    start = 0
-    if ckpts is not None:
-      restored = ckpts.restore_latest_good(
-          state, lambda saved, step: _check_resumable(saved, meta, workdir, steps, step))
-      if restored is not None:
-        state = restored[0]
-        start = int(state.step)
-        log.truncate_after(start)
-    if is_main_process() and config.progress:
-      print(f"cae: {layout}", flush=True)
-    progress = Progress(steps, start, desc="cae", enabled=config.progress)
-    with jax.set_mesh(mesh):
-      for step in range(start, steps):
-        batch = data_lib.to_global({"image": dataset[step]["image"]},
-                                   {"image": images_sharding})
-        state, metrics = step_fn(state, batch["image"])
-        done = step + 1
-        if done % config.log_every == 0 or done == steps:
-          _raise_if_nonfinite(state, mesh)
-          row = log.write(done, mesh_lib.to_host(metrics, mesh))
-          progress.update(done, {k_: row[k_] for k_ in ("g_recon", "g_cls", "d_loss")})
-        preemption.checkpoint_or_stop(ckpts, done, steps, config.checkpoint_every, state,
-                                      meta, lambda: _raise_if_nonfinite(state, mesh))
-    progress.close()
-  finally:
-    preemption.restore()
-    if ckpts is not None:
-      ckpts.close()
+  loop = LoopConfig.from_config("cae", config, steps, shown=("g_recon", "g_cls", "d_loss"))
+  state, log = train_loop(
+      state, step_fn, lambda i: data_lib.to_global(
+          {"image": dataset[i]["image"]}, {"image": images_sharding})["image"],
+      loop, mesh=mesh, workdir=workdir, meta=meta,
+      compare=("image_shape", "num_classes", "labels"))
   return CaeModel(models.gen_def, mesh_lib.to_host(state.gen, mesh), image_shape, k,
                   config.to_dict(), log.history)
-
-
-def _raise_if_nonfinite(state, mesh) -> None:
-  bad = int(mesh_lib.to_host(state.nonfinite_step, mesh))
-  if bad >= 0:
-    raise NonFiniteError(f"CAE losses became non-finite at step {bad}; the last good "
-                         "checkpoint was kept (try a lower learning rate)")
-
-
-def _check_resumable(saved: dict, meta: dict, workdir: str, steps: int, latest: int) -> None:
-  """Resume only the same networks, on images of the same shape with the same labels."""
-  for key in ("image_shape", "num_classes"):
-    if saved.get(key) != meta[key]:
-      raise ValueError(f"CAE checkpoint in {workdir} was made for {key}={saved.get(key)}, "
-                       f"this run has {key}={meta[key]}; use another workdir")
-  old = saved["config"]["model"]
-  new = json.loads(json.dumps(meta["config"]["model"]))  # tuples read back as lists
-  if old != new:
-    raise ValueError(f"CAE checkpoint in {workdir} was made for the model {old}, this run "
-                     f"asks for {new}; use another workdir")
-  if saved.get("labels") != meta["labels"]:
-    raise ValueError(f"CAE checkpoint in {workdir} was trained with other labels (for an "
-                     "explainer: another classifier's decisions or other images); use "
-                     "another workdir")
-  if latest > steps:
-    raise ValueError(f"CAE checkpoint in {workdir} is at step {latest}, past the {steps} "
-                     "steps asked for")

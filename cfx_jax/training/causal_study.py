@@ -26,7 +26,7 @@ from cfx_jax import data as data_lib
 from cfx_jax.data.attributes import ATTRIBUTES
 from cfx_jax.methods import causal, latent
 from cfx_jax.training.classifier_loop import load_classifier, train_classifier
-from cfx_jax.training.logging import is_main_process
+from cfx_jax.engine.logging import is_main_process
 
 # Classifier name -> marker_correlation of its training data.
 CLASSIFIERS = {"spurious": 1.0, "independent": None}

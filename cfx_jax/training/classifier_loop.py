@@ -15,8 +15,8 @@ from cfx_jax import data as data_lib
 from cfx_jax import persistence
 from cfx_jax.classifier import Classifier, from_module
 from cfx_jax.models import CNNClassifier
-from cfx_jax.training import mesh as mesh_lib
-from cfx_jax.training.logging import MetricsLog, Progress
+from cfx_jax.engine import mesh as mesh_lib
+from cfx_jax.engine.loop import LoopConfig, train_loop
 
 
 def classifier_config() -> ml_collections.ConfigDict:
@@ -28,6 +28,8 @@ def classifier_config() -> ml_collections.ConfigDict:
   c.weight_decay = 1e-4
   c.seed = 0
   c.log_every = 100
+  c.checkpoint_every = 200          # a stopped run resumes from here
+  c.keep_checkpoints = 2
   c.num_devices = 0
   c.progress = True
   return c
@@ -40,47 +42,53 @@ def _build(image_shape, num_classes, features, seed=0) -> CNNClassifier:
 
 def train_classifier(config: ml_collections.ConfigDict, train: dict, test: dict,
                      workdir: str | None = None) -> tuple[Classifier, dict]:
-  """Supervised training with BatchNorm; returns the frozen classifier and test metrics."""
+  """Supervised training with BatchNorm; returns the frozen classifier and test metrics.
+
+  With `workdir`, a run stopped by SIGTERM resumes from `<workdir>/classifier_checkpoints`.
+  """
   num_classes = int(max(train["label"].max(), test["label"].max())) + 1
   image_shape = train["image"].shape[1:]
   model = _build(image_shape, num_classes, config.features, config.seed)
   graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   schedule = optax.cosine_decay_schedule(config.learning_rate, config.steps)
   tx = optax.adamw(schedule, weight_decay=config.weight_decay)
-  opt_state = tx.init(params)
+  state = {"params": params, "stats": stats, "opt": tx.init(params),
+           "step": jnp.zeros((), jnp.int32)}
 
-  def train_step(params, stats, opt_state, images, labels):
+  def train_step(state, batch):
     def loss_fn(p, s):
       m = nnx.merge(graphdef, p, s, copy=True)
-      logits = m(images, train=True)
+      logits = m(batch["image"], train=True)
+      labels = batch["label"]
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       return loss, (nnx.state(m, nnx.BatchStat), jnp.mean(jnp.argmax(logits, -1) == labels))
-    (loss, (new_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), new_stats, opt_state, {"loss": loss, "acc": acc}
+    (loss, (new_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], state["stats"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    return ({"params": optax.apply_updates(state["params"], updates), "stats": new_stats,
+             "opt": opt, "step": state["step"] + 1}, {"loss": loss, "acc": acc})
 
   mesh = mesh_lib.make_mesh(config.num_devices)
   rep = mesh_lib.replicated(mesh)
   shard = {"image": mesh_lib.batch_sharding(mesh, 4), "label": mesh_lib.batch_sharding(mesh, 1)}
-  step_fn = jax.jit(train_step, in_shardings=(rep, rep, rep, shard["image"], shard["label"]),
-                    out_shardings=(rep, rep, rep, rep), donate_argnums=(0, 1, 2))
+  step_fn = jax.jit(train_step, in_shardings=(rep, shard), out_shardings=(rep, rep),
+                    donate_argnums=0)
   dataset = data_lib.batches(data_lib.ArraySource({"image": train["image"],
                                                    "label": train["label"]}),
                              config.batch_size, seed=config.seed)
-  log = MetricsLog(os.path.join(workdir, "classifier_metrics.jsonl") if workdir else None)
-  progress = Progress(config.steps, desc="classifier", enabled=config.progress)
-  params, stats, opt_state = jax.device_put((params, stats, opt_state), rep)
-  with jax.set_mesh(mesh):
-    for step in range(config.steps):
-      b = dataset[step]
-      batch = data_lib.to_global({"image": b["image"], "label": b["label"]}, shard)
-      params, stats, opt_state, metrics = step_fn(params, stats, opt_state,
-                                                  batch["image"], batch["label"])
-      if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-        row = log.write(step + 1, mesh_lib.to_host(metrics, mesh))
-        progress.update(step + 1, {"loss": row["loss"], "acc": row["acc"]})
-  progress.close()
-  params, stats = mesh_lib.to_host((params, stats), mesh)
+
+  def batch_at(i):
+    b = dataset[i]
+    return data_lib.to_global({"image": b["image"], "label": b["label"]}, shard)
+
+  meta = {"image_shape": list(image_shape), "num_classes": num_classes,
+          "features": list(config.features), "num_train": int(len(train["label"]))}
+  state, _ = train_loop(jax.device_put(state, rep), step_fn, batch_at,
+                        LoopConfig.from_config("classifier", config, config.steps,
+                                               metrics_file="classifier_metrics.jsonl",
+                                               shown=("loss", "acc")),
+                        mesh=mesh, workdir=workdir, meta=meta)
+  params, stats = mesh_lib.to_host((state["params"], state["stats"]))
   clf = from_module(nnx.merge(graphdef, params, stats), image_shape)
   metrics = {"test_accuracy": float(np.mean(clf.predict(test["image"]) == test["label"])),
              "num_train": int(len(train["label"])), "num_test": int(len(test["label"]))}

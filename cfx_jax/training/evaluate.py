@@ -13,7 +13,7 @@ import numpy as np
 
 from cfx_jax import report
 from cfx_jax.metrics import counterfactual_report, iou_curve, localization_report, truth_report
-from cfx_jax.training.logging import is_main_process
+from cfx_jax.engine.logging import is_main_process
 
 
 def evaluate_explainer(explainer, test: dict, *, num_images: int = 512,

@@ -7,7 +7,6 @@ holds the same number of images of each predicted class. The jitted step is the 
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -21,12 +20,9 @@ from cfx_jax.classifier import Classifier
 from cfx_jax.explainer import Explainer, check_fingerprint
 from cfx_jax.methods import ModelSpec, get_method
 from cfx_jax.training import gan
-from cfx_jax.training import mesh as mesh_lib
-from cfx_jax.training.checkpoints import Checkpoints
-from cfx_jax.training.logging import MetricsLog, Progress, is_main_process
-from cfx_jax.training.preemption import NonFiniteError, Preemption
-
-
+from cfx_jax.engine import mesh as mesh_lib
+from cfx_jax.engine.logging import MetricsLog
+from cfx_jax.engine.loop import LoopConfig, train_loop
 
 
 def model_spec(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> ModelSpec:
@@ -95,45 +91,25 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
                     in_shardings=(state_sharding, replicated, images_sharding),
                     out_shardings=(state_sharding, replicated), donate_argnums=0)
 
-  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints) \
-      if workdir else None
-  log = MetricsLog(os.path.join(workdir, "explainer_metrics.jsonl") if workdir else None)
   ids_log = MetricsLog(os.path.join(workdir, "example_ids.jsonl")
                        if workdir and config.get("log_example_ids") else None)
-  preemption = Preemption()
-  try:
-    start = 0
-    if ckpts is not None:
-      restored = ckpts.restore_latest_good(
-          state, lambda saved, step: _check_resumable(saved, meta, workdir, classifier,
-                                                      steps, step))
-      if restored is not None:
-        state = restored[0]
-        start = int(state.step)
-        log.truncate_after(start)
-        ids_log.truncate_after(start)
-    if is_main_process():
-      print(f"explainer/{method.name}: {layout}", flush=True)
-    progress = Progress(steps, start, desc=f"explainer/{method.name}", enabled=config.progress)
-    with jax.set_mesh(mesh):
-      for step in range(start, steps):
-        local = dataset[step]
-        batch = data_lib.to_global({"image": local["image"]}, {"image": images_sharding})
-        state, metrics = step_fn(state, clf_params, batch["image"])
-        done = step + 1
-        if ids_log.path:
-          ids_log.write(done, {}, ids=np.asarray(local["id"]).tolist())
-        if done % config.log_every == 0 or done == steps:
-          _raise_if_nonfinite(state, mesh)
-          row = log.write(done, mesh_lib.to_host(metrics, mesh))
-          progress.update(done, {k_: row[k_] for k_ in ("d_loss", "g_loss", "g_flip")})
-        preemption.checkpoint_or_stop(ckpts, done, steps, config.checkpoint_every, state,
-                                      meta, lambda: _raise_if_nonfinite(state, mesh))
-    progress.close()
-  finally:
-    preemption.restore()
-    if ckpts is not None:
-      ckpts.close()
+
+  def batch_at(step):
+    local = dataset[step]
+    if ids_log.path:
+      ids_log.write(step + 1, {}, ids=np.asarray(local["id"]).tolist())
+    return data_lib.to_global({"image": local["image"]}, {"image": images_sharding})["image"]
+
+  loop = LoopConfig.from_config(f"explainer/{method.name}", config, steps,
+                                checkpoint_dir="checkpoints",
+                                metrics_file="explainer_metrics.jsonl",
+                                shown=("d_loss", "g_loss", "g_flip"))
+  state, log = train_loop(
+      state, lambda s, images: step_fn(s, clf_params, images), batch_at, loop, mesh=mesh,
+      workdir=workdir, meta=meta, compare=("method", "image_shape", "num_classes"),
+      check_saved=lambda saved: check_fingerprint(saved["classifier_fingerprint"],
+                                                  classifier, f"checkpoint in {workdir}"),
+      extra_logs=(ids_log,))
   explainer = Explainer(method, spec, models.gen_def, mesh_lib.to_host(state.gen, mesh), classifier,
                         chunk_size=config.chunk_size, map_reference=map_reference(config),
                         config=config.to_dict())
@@ -148,28 +124,3 @@ def map_reference(config) -> str:
   if config.map_reference != "auto":
     return config.map_reference
   return get_method(config.method).default_map_reference(bool(config.model.residual))
-
-
-def _raise_if_nonfinite(state, mesh) -> None:
-  bad = int(mesh_lib.to_host(state.nonfinite_step, mesh))
-  if bad >= 0:
-    raise NonFiniteError(f"losses became non-finite at step {bad}; training stopped and "
-                         "the last good checkpoint was kept (try a lower learning rate)")
-
-
-def _check_resumable(saved: dict, meta: dict, workdir: str, classifier, steps: int,
-                     latest_step: int) -> None:
-  """A work directory resumes only the same model against the same classifier."""
-  for key in ("method", "image_shape", "num_classes"):
-    if saved.get(key) != meta[key]:
-      raise ValueError(f"checkpoint in {workdir} was made for {key}={saved.get(key)}, "
-                       f"this run has {key}={meta[key]}; use another workdir")
-  old_model = saved["config"]["model"]
-  new_model = json.loads(json.dumps(meta["config"]["model"]))  # tuples read back as lists
-  if old_model != new_model:
-    raise ValueError(f"checkpoint in {workdir} was made for the model {old_model}, this "
-                     f"run asks for {new_model}; use another workdir")
-  check_fingerprint(saved["classifier_fingerprint"], classifier, f"checkpoint in {workdir}")
-  if latest_step > steps:
-    raise ValueError(f"checkpoint in {workdir} is at step {latest_step}, past the {steps} "
-                     "steps asked for; ask for at least that many or use another workdir")

@@ -13,7 +13,6 @@ like the explainers'.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -32,10 +31,9 @@ from cfx_jax.methods.fido import upsample
 from cfx_jax.models import inpainter as inpainter_lib
 from cfx_jax.models.inpainter import Inpainter, composite, disc_logits
 from cfx_jax.training import gan
-from cfx_jax.training import mesh as mesh_lib
-from cfx_jax.training.checkpoints import Checkpoints
-from cfx_jax.training.preemption import NonFiniteError, Preemption
-from cfx_jax.training.logging import MetricsLog, Progress, is_main_process
+from cfx_jax.engine import mesh as mesh_lib
+from cfx_jax.engine.logging import is_main_process
+from cfx_jax.engine.loop import LoopConfig, train_loop
 
 META_FILE = "inpainter.json"
 TREE_DIR = "network"
@@ -305,66 +303,17 @@ def train_inpainter(images: np.ndarray, config: ml_collections.ConfigDict,
   state = jax.device_put(state, state_sharding)
   step_fn = compiled_train_step(models, config, spec, mesh, state_sharding, images_sharding)
 
-  ckpts = Checkpoints(os.path.join(workdir, "inpainter_checkpoints"),
-                      keep=config.keep_checkpoints) if workdir else None
-  log = MetricsLog(os.path.join(workdir, "inpainter_train.jsonl") if workdir else None)
-  preemption = Preemption()
-  try:
-    start = 0
-    if ckpts is not None:
-      restored = ckpts.restore_latest_good(
-          state, lambda saved, step: _check_resumable(saved, meta, workdir, steps, step))
-      if restored is not None:
-        state = restored[0]
-        start = int(state.step)
-        log.truncate_after(start)
-    if is_main_process():
-      print(f"inpainter: {layout}", flush=True)
-    progress = Progress(steps, start, desc="inpainter", enabled=config.progress)
-    with jax.set_mesh(mesh):
-      for step in range(start, steps):
-        batch = data_lib.to_global({"image": dataset[step]["image"]},
-                                   {"image": images_sharding})
-        state, metrics = step_fn(state, batch["image"])
-        done = step + 1
-        if done % config.log_every == 0 or done == steps:
-          _raise_if_nonfinite(state, mesh)
-          row = log.write(done, mesh_lib.to_host(metrics, mesh))
-          progress.update(done, {k: row[k] for k in ("d_loss", "g_recon", "g_adv")})
-        preemption.checkpoint_or_stop(ckpts, done, steps, config.checkpoint_every, state,
-                                      meta, lambda: _raise_if_nonfinite(state, mesh))
-    progress.close()
-  finally:
-    preemption.restore()
-    if ckpts is not None:
-      ckpts.close()
+  loop = LoopConfig.from_config("inpainter", config, steps,
+                                shown=("d_loss", "g_recon", "g_adv"))
+  state, log = train_loop(
+      state, step_fn, lambda i: data_lib.to_global(
+          {"image": dataset[i]["image"]}, {"image": images_sharding})["image"],
+      loop, mesh=mesh, workdir=workdir, meta=meta, compare=("image_shape",))
   inpainter = Inpainter(models.gen_def, mesh_lib.to_host(state.gen, mesh), image_shape,
                         config.to_dict(), log.history)
   if workdir:
     save_inpainter(os.path.join(workdir, "inpainter"), inpainter)
   return inpainter
-
-
-def _raise_if_nonfinite(state, mesh) -> None:
-  bad = int(mesh_lib.to_host(state.nonfinite_step, mesh))
-  if bad >= 0:
-    raise NonFiniteError(f"in-painter losses became non-finite at step {bad}; the last "
-                         "good checkpoint was kept (try a lower learning rate)")
-
-
-def _check_resumable(saved: dict, meta: dict, workdir: str, steps: int, latest: int) -> None:
-  """Resume only the same networks on images of the same shape."""
-  if saved.get("image_shape") != meta["image_shape"]:
-    raise ValueError(f"in-painter checkpoint in {workdir} is for images of shape "
-                     f"{saved.get('image_shape')}, this run has {meta['image_shape']}")
-  old = saved["config"]["model"]
-  new = json.loads(json.dumps(meta["config"]["model"]))  # tuples read back as lists
-  if old != new:
-    raise ValueError(f"in-painter checkpoint in {workdir} was made for the model {old}, "
-                     f"this run asks for {new}; use another workdir")
-  if latest > steps:
-    raise ValueError(f"in-painter checkpoint in {workdir} is at step {latest}, past the "
-                     f"{steps} steps asked for")
 
 
 # Persistence --------------------------------------------------------------------------

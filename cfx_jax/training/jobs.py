@@ -29,7 +29,7 @@ from cfx_jax.training.datasets import load_split
 from cfx_jax.training.evaluate import evaluate_explainer, write_outputs
 from cfx_jax.training.explainer_loop import train_explainer
 from cfx_jax.training.inpainter_loop import run_inpainter_stage
-from cfx_jax.training.logging import is_main_process
+from cfx_jax.engine.logging import is_main_process
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -115,6 +115,5 @@ def standalone_explainer(c: ml_collections.ConfigDict, clf, train: dict, workdir
   explainer = fit_explainer(clf, train["image"], method=c.method, seed=int(c.get("seed", 0)),
                             workdir=workdir, config=settings,
                             attributes=attributes)
-  if is_main_process():
-    explainer.save(path)
+  explainer.save(path)  # collective: every process takes part in the save
   return explainer

@@ -28,7 +28,7 @@ import numpy as np
 from scipy import stats
 
 from cfx_jax import metrics as M
-from cfx_jax import report
+from cfx_jax import persistence, report
 from cfx_jax.api import fit_explainer, trainable_methods
 from cfx_jax.baselines import BASELINES, explain_baseline
 from cfx_jax.config import explainer_config
@@ -37,7 +37,7 @@ from cfx_jax.methods import OPTIMISERS, STANDALONE
 from cfx_jax.metrics.oracle import load_or_train_oracle
 from cfx_jax.training import classifier_loop
 from cfx_jax.training.datasets import load_split
-from cfx_jax.training.logging import is_main_process
+from cfx_jax.engine.logging import is_main_process
 
 # Scores where a lower value is better; every other score is better higher.
 LOWER_IS_BETTER = {"deletion_auc", "proximity_l1", "proximity_l2", "sparsity",
@@ -153,12 +153,12 @@ def _mean_ci(values: np.ndarray) -> dict:
 def _score_key(config, name: str, num_images: int, workdir: str) -> dict:
   """What a method's scores depend on; a cached row is reused only when this matches."""
   key = {"num_images": int(num_images), "eval": config.eval.to_dict(),
-         "classifier": os.path.getmtime(os.path.join(workdir, "classifier", "classifier.json"))}
+         "classifier": persistence.digest(os.path.join(workdir, "classifier"))}
   if name in BASELINES:
     key["seed"] = int(config.baselines.seed)
-  else:  # the explainers it was computed from, by when they were saved
-    key["explainers"] = [os.path.getmtime(_saved_explainer(workdir, name, seed))
-                         for seed in config.trained.seeds]
+  else:  # the explainers it was computed from, by content
+    key["explainers"] = [persistence.digest(os.path.dirname(_saved_explainer(workdir, name, s)))
+                         for s in config.trained.seeds]
   return json.loads(json.dumps(key))
 
 

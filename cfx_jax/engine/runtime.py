@@ -73,7 +73,7 @@ def run_job(argv, job, config: ml_collections.ConfigDict, workdir: str) -> None:
 
   from absl import app, logging
 
-  from cfx_jax.training.preemption import EXIT_PREEMPTED, Preempted
+  from cfx_jax.engine.preemption import EXIT_PREEMPTED, Preempted
 
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -1,0 +1,1 @@
+"""What every trained model shares: device mesh, checkpoints, preemption, logging, one loop."""

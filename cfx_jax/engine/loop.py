@@ -1,0 +1,152 @@
+"""The one train loop every trained model runs on.
+
+A model supplies its initial state, a jitted `step(state, batch) -> (state, metrics)` and
+the global batch of each step; the loop owns everything a long job needs around that:
+resume from the newest good checkpoint (refusing one made for another model), metrics
+fetched to the host only on logging steps, a stop on non-finite losses that keeps the
+last good checkpoint, a checkpoint on SIGTERM with the "run me again" exit, and a
+progress line. The step is the iterator state: batch `i` is a pure function of `i`, so a
+resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cfx_jax.engine import mesh as mesh_lib
+from cfx_jax.engine.checkpoints import Checkpoints
+from cfx_jax.engine.logging import MetricsLog, Progress, is_main_process
+from cfx_jax.engine.preemption import NonFiniteError, Preemption
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  """Where a model's run is written and how often; `name` labels files and messages."""
+  name: str
+  steps: int
+  log_every: int = 100
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 2
+  progress: bool = True
+  checkpoint_dir: str | None = None   # default <name>_checkpoints
+  metrics_file: str | None = None     # default <name>_train.jsonl
+  shown: tuple[str, ...] = ("loss",)  # metrics on the progress line
+
+  @classmethod
+  def from_config(cls, name: str, config, steps: int, **fields) -> "LoopConfig":
+    """Cadence fields read from a model's ConfigDict (missing ones keep their defaults)."""
+    kw = {f: type(getattr(cls, f))(config[f]) for f in
+          ("log_every", "checkpoint_every", "keep_checkpoints", "progress") if f in config}
+    return cls(name=name, steps=int(steps), **{**kw, **fields})
+
+
+def step_of(state) -> int:
+  return int(state["step"] if isinstance(state, dict) else state.step)
+
+
+def check_finite(state, metrics: dict | None, name: str, step: int) -> None:
+  """States that record their first non-finite step (the GAN states) are checked by it;
+  others by their logged metrics."""
+  bad = getattr(state, "nonfinite_step", None)
+  if bad is not None:
+    bad = int(mesh_lib.to_host(bad))
+    if bad >= 0:
+      raise NonFiniteError(f"{name} losses became non-finite at step {bad}; training "
+                           "stopped and the last good checkpoint was kept (try a lower "
+                           "learning rate)")
+  elif metrics is None:  # before a save: never checkpoint a non-finite state
+    if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(state)
+               if jnp.issubdtype(a.dtype, jnp.inexact)):
+      raise NonFiniteError(f"{name} weights became non-finite by step {step}; the last "
+                           "good checkpoint was kept (try a lower learning rate)")
+  else:
+    nonfinite = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
+    if nonfinite:
+      raise NonFiniteError(f"{name} losses ({', '.join(nonfinite)}) became non-finite by "
+                           f"step {step}; the last good checkpoint was kept (try a lower "
+                           "learning rate)")
+
+
+def check_resumable(saved: dict, meta: dict, *, name: str, where: str, latest: int,
+                    steps: int, compare: tuple[str, ...] | None = None) -> None:
+  """A work directory resumes only the same model: the `compare` keys of the metadata
+  (all but config and layout when None) and the config's `model` must match."""
+  keys = compare if compare is not None else [k for k in meta if k not in ("config",
+                                                                              "layout")]
+  normal = json.loads(json.dumps(meta, default=str))  # tuples read back as lists
+  for key in keys:
+    if saved.get(key) != normal.get(key):
+      raise ValueError(f"{name} checkpoint in {where} was made for other {key} "
+                       f"({saved.get(key)}; this run has {normal.get(key)}); use another "
+                       "workdir")
+  if "config" in meta and "model" in meta["config"]:
+    old, new = saved["config"]["model"], normal["config"]["model"]
+    if old != new:
+      raise ValueError(f"{name} checkpoint in {where} was made for the model {old}, this "
+                       f"run asks for {new}; use another workdir")
+  if latest > steps:
+    raise ValueError(f"{name} checkpoint in {where} is at step {latest}, past the {steps} "
+                     "steps asked for; ask for at least that many or use another workdir")
+
+
+def train_loop(state, step: Callable, batch_at: Callable[[int], Any], loop: LoopConfig, *,
+               mesh, workdir: str | None, meta: dict, compare: tuple[str, ...] | None = None,
+               check_saved: Callable[[dict], None] | None = None,
+               extra_logs: tuple[MetricsLog, ...] = ()) -> tuple[Any, MetricsLog]:
+  """Run `state` from its newest good checkpoint in `workdir` (or from the start) to
+  `loop.steps`; returns the final state (still on device) and the metrics log.
+
+  `meta` is saved with every checkpoint; a checkpoint whose metadata differs (see
+  `check_resumable`) or that `check_saved(saved_meta)` rejects is refused with an error.
+  `extra_logs` are cut back to the resumed step like the metrics log.
+  """
+  where = workdir
+  ckpts = (Checkpoints(os.path.join(workdir, loop.checkpoint_dir or f"{loop.name}_checkpoints"),
+                       keep=loop.keep_checkpoints) if workdir else None)
+  log = MetricsLog(os.path.join(workdir, loop.metrics_file or f"{loop.name}_train.jsonl")
+                   if workdir else None)
+  meta = json.loads(json.dumps(meta, default=str))
+
+  def resumable(saved, latest):
+    check_resumable(saved, meta, name=loop.name, where=where, latest=latest,
+                    steps=loop.steps, compare=compare)
+    if check_saved is not None:
+      check_saved(saved)
+
+  preemption = Preemption()
+  try:
+    start = 0
+    if ckpts is not None:
+      restored = ckpts.restore_latest_good(state, resumable)
+      if restored is not None:
+        state = restored[0]
+        start = step_of(state)
+        for lg in (log, *extra_logs):
+          lg.truncate_after(start)
+    if is_main_process() and loop.progress and "layout" in meta:
+      print(f"{loop.name}: {meta['layout']}", flush=True)
+    progress = Progress(loop.steps, start, desc=loop.name, enabled=loop.progress)
+    with jax.set_mesh(mesh):
+      for i in range(start, loop.steps):
+        state, metrics = step(state, batch_at(i))
+        done = i + 1
+        if done % loop.log_every == 0 or done == loop.steps:
+          host = mesh_lib.to_host(metrics)
+          check_finite(state, host, loop.name, done)
+          row = log.write(done, host)
+          progress.update(done, {k: row[k] for k in loop.shown if k in row})
+        preemption.checkpoint_or_stop(ckpts, done, loop.steps, loop.checkpoint_every, state,
+                                      meta, lambda: check_finite(state, None, loop.name, done))
+    progress.close()
+  finally:
+    preemption.restore()
+    if ckpts is not None:
+      ckpts.close()
+  return state, log

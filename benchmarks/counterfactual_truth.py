@@ -6,8 +6,8 @@ person would check: does the counterfactual reach its class (flip), does an inde
 oracle agree, is the evidence actually gone (twin removal, lesions only), is the rest
 left alone, and do the maps still localise.
 
-  python benchmarks/counterfactual_truth.py --task lesions --variants default,patch
-  python benchmarks/counterfactual_truth.py --task sneaker_boot --variants default,truth
+  python benchmarks/counterfactual_truth.py --task lesions --variants detach_adv1_lr4,default_mask
+  python benchmarks/counterfactual_truth.py --task sneaker_boot --variants detach_adv1_lr4
 
 Results go to benchmarks/results/counterfactual_truth_<task>.json (merged by variant).
 """
@@ -36,7 +36,10 @@ from configs import common
 PREVIOUS_DEFAULTS = {"weights.cycle_grad": 1.0, "weights.adv": 0.25,
                      "disc_lr_scale": 1.0}
 
-# Overrides of those defaults for each variant (detach_adv1_lr4 is SyCE's default now).
+# SyCE's default now (the variant detach_adv1_lr4).
+NEW_DEFAULT = {"weights.cycle_grad": 0.0, "weights.adv": 1.0, "disc_lr_scale": 4.0}
+
+# Overrides of the previous defaults for each variant.
 VARIANTS = {
     "previous_default": {},
     "paper": {"model.residual": False, "weights.l1": 0.0},
@@ -62,6 +65,14 @@ VARIANTS = {
     "detach_adv1_lr4_cap": {"weights.cycle_grad": 0.0, "weights.adv": 1.0,
                             "disc_lr_scale": 4.0, "weights.l1_cap": 0.1},
     "mask": {"model.mask": True},
+    # On top of the new default:
+    "default_mask": {**NEW_DEFAULT, "model.mask": True},
+    "default_flipjitter": {**NEW_DEFAULT, "flip_jitter": 1.0},
+    "default_patch": {**NEW_DEFAULT, "model.disc_kind": "patch", "disc_jitter": 1.0},
+    "default_flipjitter_patch": {**NEW_DEFAULT, "flip_jitter": 1.0,
+                                 "model.disc_kind": "patch", "disc_jitter": 1.0},
+    "default_flipjitter_disc2": {**NEW_DEFAULT, "flip_jitter": 1.0, "disc_steps": 2},
+    "default_disc2": {**NEW_DEFAULT, "disc_steps": 2},
     "mask_patch_jitter": {"model.mask": True, "model.disc_kind": "patch", "disc_jitter": 1.0},
     "mask_patch_jitter_flip": {"model.mask": True, "model.disc_kind": "patch",
                                "disc_jitter": 1.0, "flip_jitter": 1.0},
@@ -86,7 +97,7 @@ def apply_overrides(c, overrides: dict):
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--task", choices=sorted(TASKS), default="lesions")
-  p.add_argument("--variants", default="default")
+  p.add_argument("--variants", default="detach_adv1_lr4")
   p.add_argument("--method", default="syce")
   p.add_argument("--steps", type=int, default=800)
   p.add_argument("--classifier_steps", type=int, default=800)

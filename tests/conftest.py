@@ -20,14 +20,6 @@ import pytest  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="cfx_jax_xla_"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
-
-
-def pytest_collection_modifyitems(items):
-  """Tests marked `long` (whole train jobs) start first, so that the other worker runs
-  the rest of the suite beside them instead of both waiting for them at the end."""
-  items.sort(key=lambda item: item.get_closest_marker("long") is None)
-
-
 IMAGE_SHAPE = (16, 16, 3)
 PATCH = (slice(4, 8), slice(4, 8))
 # Confident enough that the flip term outweighs the proximity terms at the start.

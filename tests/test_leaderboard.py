@@ -33,7 +33,6 @@ def tiny_config():
   return c
 
 
-@pytest.mark.long
 def test_leaderboard_job_writes_every_method(tmp_path):
   result = leaderboard.run_leaderboard(tiny_config(), str(tmp_path))
   assert set(result["methods"]) == {"cyce", "fido", "gradient", "random"}

@@ -3,13 +3,10 @@
 import json
 import os
 
-import pytest
-
 from configs import lesions_syce
 from cfx_jax.training.jobs import train_and_evaluate
 
 
-@pytest.mark.long
 def test_short_run_localizes_the_lesion(tmp_path):
   c = lesions_syce.get_config()
   c.dataset.num_train, c.dataset.num_test = 2000, 256

@@ -95,7 +95,7 @@ def test_step_with_every_option_is_finite_and_deterministic(name):
       state, metrics = step(state, clf.params, x)
     return state, metrics
 
-  (s1, m1), (s2, _) = run(), run()
+  (s1, m1), (s2, m2) = run(), run()
   assert all(np.isfinite(float(v)) for v in m1.values())
   assert int(s1.nonfinite_step) == -1
   for a, b in zip(jax.tree.leaves(s1.gen), jax.tree.leaves(s2.gen)):

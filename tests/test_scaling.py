@@ -94,7 +94,6 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.long
 def test_two_processes_agree_and_restore_on_one_device(images, tmp_path):
   workdir = tmp_path / "two"
   workdir.mkdir()
@@ -162,7 +161,6 @@ def _generator(workdir):
     return _leaves(ckpt.restore(os.path.abspath(workdir / "explainer" / "generator")))
 
 
-@pytest.mark.long
 def test_sigterm_then_restart_equals_uninterrupted(tmp_path):
   whole, cut = tmp_path / "whole", tmp_path / "cut"
   p = _train_job(whole)

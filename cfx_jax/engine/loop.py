@@ -107,7 +107,6 @@ def train_loop(state, step: Callable, batch_at: Callable[[int], Any], loop: Loop
   `check_resumable`) or that `check_saved(saved_meta)` rejects is refused with an error.
   `extra_logs` are cut back to the resumed step like the metrics log.
   """
-  where = workdir
   ckpts = (Checkpoints(os.path.join(workdir, loop.checkpoint_dir or f"{loop.name}_checkpoints"),
                        keep=loop.keep_checkpoints) if workdir else None)
   log = MetricsLog(os.path.join(workdir, loop.metrics_file or f"{loop.name}_train.jsonl")
@@ -115,7 +114,7 @@ def train_loop(state, step: Callable, batch_at: Callable[[int], Any], loop: Loop
   meta = json.loads(json.dumps(meta, default=str))
 
   def resumable(saved, latest):
-    check_resumable(saved, meta, name=loop.name, where=where, latest=latest,
+    check_resumable(saved, meta, name=loop.name, where=workdir, latest=latest,
                     steps=loop.steps, compare=compare)
     if check_saved is not None:
       check_saved(saved)

@@ -36,6 +36,7 @@ from flax import nnx
 from cfx_jax import data as data_lib
 from cfx_jax import persistence, validation
 from cfx_jax.engine import mesh as mesh_lib
+from cfx_jax.engine import state as state_lib
 from cfx_jax.engine.loop import LoopConfig, train_loop
 from cfx_jax.batching import map_in_chunks
 
@@ -193,8 +194,7 @@ def train_auxiliary(config: ml_collections.ConfigDict, train: dict, test: dict |
   graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   tx = optax.adamw(optax.cosine_decay_schedule(config.learning_rate, int(config.steps)),
                    weight_decay=config.weight_decay)
-  state = {"params": params, "stats": stats, "opt": tx.init(params),
-           "step": jnp.zeros((), jnp.int32)}
+  state = state_lib.init(params, tx, stats=stats)
   momentum = float(config.centroid_momentum)
 
   def train_step(state, batch):
@@ -209,9 +209,7 @@ def train_auxiliary(config: ml_collections.ConfigDict, train: dict, test: dict |
       return jnp.mean(jnp.sum(bce, axis=-1)), nnx.state(m, nnx.BatchStat)
 
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    return ({"params": optax.apply_updates(state["params"], updates), "stats": new_stats,
-             "opt": opt, "step": state["step"] + 1}, {"loss": loss})
+    return state_lib.apply_gradients(state, tx, grads, stats=new_stats), {"loss": loss}
 
   batch = min(int(config.batch_size), len(images))
   dataset = data_lib.batches(data_lib.ArraySource({"image": images, "label": labels}), batch,

@@ -60,6 +60,7 @@ from cfx_jax.explanation import Explanation
 from cfx_jax.methods import optimised
 from cfx_jax.models.vae import AttributePredictor, ConvVAE, ShiftPredictor, gaussian_kl
 from cfx_jax.engine import mesh as mesh_lib
+from cfx_jax.engine import state as state_lib
 from cfx_jax.engine.loop import LoopConfig, train_loop
 
 OUTCOME = "outcome"
@@ -186,17 +187,14 @@ def _train(name: str, loss_fn, params, frozen, arrays: dict, cfg, *, steps: int,
   if n < batch_size:
     raise ValueError(f"{name}: batch_size {batch_size} exceeds the {n} training images")
   tx = optax.adam(optax.cosine_decay_schedule(float(cfg.learning_rate), steps, alpha=0.05))
-  state = {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  state = state_lib.init(params, tx)
   base_key = jax.random.key(seed)
 
   def train_step(state, frozen, batch):
     key = jax.random.fold_in(base_key, state["step"])
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], frozen, batch, key, state["step"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    new = {"params": optax.apply_updates(state["params"], updates), "opt": opt,
-           "step": state["step"] + 1}
-    return new, {"loss": loss, **metrics}
+    return state_lib.apply_gradients(state, tx, grads), {"loss": loss, **metrics}
 
   rep = mesh_lib.replicated(mesh)
   shardings = {k: mesh_lib.batch_sharding(mesh, np.ndim(v)) for k, v in arrays.items()}

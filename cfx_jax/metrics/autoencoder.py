@@ -20,6 +20,7 @@ from flax import nnx
 
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.engine import mesh as mesh_lib
+from cfx_jax.engine import state as state_lib
 from cfx_jax.engine.loop import LoopConfig, train_loop
 
 
@@ -113,7 +114,7 @@ def train_autoencoder(images, *, steps: int = 500, batch_size: int = 64,
   model = ConvAutoencoder(data.shape[1:], code_dim, rngs=nnx.Rngs(seed))
   graphdef, params = nnx.split(model)
   tx = optax.adam(learning_rate)
-  state = {'params': params, 'opt': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
+  state = state_lib.init(params, tx)
 
   def loss_fn(p, batch):
     recon = nnx.merge(graphdef, p)(batch)
@@ -123,9 +124,7 @@ def train_autoencoder(images, *, steps: int = 500, batch_size: int = 64,
   def step(state, data, key):
     idx = jax.random.randint(key, (batch_size,), 0, data.shape[0])
     loss, grads = jax.value_and_grad(loss_fn)(state['params'], data[idx])
-    updates, opt = tx.update(grads, state['opt'], state['params'])
-    return ({'params': optax.apply_updates(state['params'], updates), 'opt': opt,
-             'step': state['step'] + 1}, {'loss': loss})
+    return state_lib.apply_gradients(state, tx, grads), {'loss': loss}
 
   key = jax.random.key(seed + 1)
   meta = {'image_shape': list(data.shape[1:]), 'num_images': int(data.shape[0]),

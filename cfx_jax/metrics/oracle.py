@@ -26,6 +26,7 @@ from cfx_jax import data as data_lib
 from cfx_jax import persistence
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.engine import mesh as mesh_lib
+from cfx_jax.engine import state as state_lib
 from cfx_jax.engine.logging import is_main_process
 from cfx_jax.engine.loop import LoopConfig, train_loop
 from cfx_jax.methods.augment import jitter
@@ -106,7 +107,7 @@ def train_oracle(train: dict, test: dict, *, steps: int = 1200, batch_size: int 
   model = OracleNet(images.shape[-1], num_classes, rngs=nnx.Rngs(seed))
   graphdef, params = nnx.split(model)
   tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, steps), weight_decay=1e-4)
-  state = {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  state = state_lib.init(params, tx)
   key = jax.random.key(seed)
 
   @functools.partial(jax.jit, donate_argnums=0)
@@ -116,9 +117,7 @@ def train_oracle(train: dict, test: dict, *, steps: int = 1200, batch_size: int 
       logits = nnx.merge(graphdef, p)(x)
       return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    return ({"params": optax.apply_updates(state["params"], updates), "opt": opt,
-             "step": state["step"] + 1}, {"loss": loss})
+    return state_lib.apply_gradients(state, tx, grads), {"loss": loss}
 
   dataset = data_lib.batches(data_lib.ArraySource({"image": images, "label": labels}),
                              batch_size, seed=seed)

@@ -16,6 +16,7 @@ from cfx_jax import persistence
 from cfx_jax.classifier import Classifier, from_module
 from cfx_jax.models import CNNClassifier
 from cfx_jax.engine import mesh as mesh_lib
+from cfx_jax.engine import state as state_lib
 from cfx_jax.engine.loop import LoopConfig, train_loop
 
 
@@ -52,8 +53,7 @@ def train_classifier(config: ml_collections.ConfigDict, train: dict, test: dict,
   graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   schedule = optax.cosine_decay_schedule(config.learning_rate, config.steps)
   tx = optax.adamw(schedule, weight_decay=config.weight_decay)
-  state = {"params": params, "stats": stats, "opt": tx.init(params),
-           "step": jnp.zeros((), jnp.int32)}
+  state = state_lib.init(params, tx, stats=stats)
 
   def train_step(state, batch):
     def loss_fn(p, s):
@@ -64,9 +64,8 @@ def train_classifier(config: ml_collections.ConfigDict, train: dict, test: dict,
       return loss, (nnx.state(m, nnx.BatchStat), jnp.mean(jnp.argmax(logits, -1) == labels))
     (loss, (new_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], state["stats"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    return ({"params": optax.apply_updates(state["params"], updates), "stats": new_stats,
-             "opt": opt, "step": state["step"] + 1}, {"loss": loss, "acc": acc})
+    return (state_lib.apply_gradients(state, tx, grads, stats=new_stats),
+            {"loss": loss, "acc": acc})
 
   mesh = mesh_lib.make_mesh(config.num_devices)
   rep = mesh_lib.replicated(mesh)

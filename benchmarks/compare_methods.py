@@ -18,10 +18,10 @@ import jax
 
 from cfx_jax import report
 from cfx_jax.config import explainer_config, paper_form
-from cfx_jax.training import classifier_loop
-from cfx_jax.training.datasets import load_split
-from cfx_jax.training.evaluate import evaluate_explainer
-from cfx_jax.training.explainer_loop import train_explainer
+from cfx_jax.jobs import classifier_training
+from cfx_jax.jobs.datasets import load_split
+from cfx_jax.jobs.evaluate import evaluate_explainer
+from cfx_jax.methods.conditional.train import train_explainer
 from configs import lesions_syce
 
 VARIANTS = {
@@ -45,9 +45,9 @@ def main():
   train, test = load_split(config.dataset, "train"), load_split(config.dataset, "test")
   clf_dir = os.path.join(args.workdir, "classifier")
   if os.path.exists(os.path.join(clf_dir, "classifier.json")):
-    clf = classifier_loop.load_classifier(clf_dir)
+    clf = classifier_training.load_classifier(clf_dir)
   else:
-    clf, _ = classifier_loop.train_classifier(config.classifier, train, test, args.workdir)
+    clf, _ = classifier_training.train_classifier(config.classifier, train, test, args.workdir)
   accuracy = float((clf.predict(test["image"]) == test["label"]).mean())
 
   rows = {}

@@ -6,8 +6,8 @@ person would check: does the counterfactual reach its class (flip), does an inde
 oracle agree, is the evidence actually gone (twin removal, lesions only), is the rest
 left alone, and do the maps still localise.
 
-  python benchmarks/counterfactual_truth.py --task lesions --variants detach_adv1_lr4,default_mask
-  python benchmarks/counterfactual_truth.py --task sneaker_boot --variants detach_adv1_lr4
+  python -m benchmarks.counterfactual_truth --task lesions --variants detach_adv1_lr4,default_mask
+  python -m benchmarks.counterfactual_truth --task sneaker_boot --variants detach_adv1_lr4
 
 Results go to benchmarks/results/counterfactual_truth_<task>.json (merged by variant).
 """
@@ -26,9 +26,9 @@ from cfx_jax import report
 from cfx_jax.config import explainer_config
 from cfx_jax.metrics import localization_report, truth_report
 from cfx_jax.metrics.oracle import load_or_train_oracle
-from cfx_jax.training import classifier_loop
-from cfx_jax.training.datasets import load_split
-from cfx_jax.training.explainer_loop import train_explainer
+from cfx_jax.jobs import classifier_training
+from cfx_jax.jobs.datasets import load_split
+from cfx_jax.methods.conditional.train import train_explainer
 from configs import common
 
 # Every variant starts from the defaults before this study (residual generator, direct
@@ -73,6 +73,8 @@ VARIANTS = {
                                  "model.disc_kind": "patch", "disc_jitter": 1.0},
     "default_flipjitter_disc2": {**NEW_DEFAULT, "flip_jitter": 1.0, "disc_steps": 2},
     "default_disc2": {**NEW_DEFAULT, "disc_steps": 2},
+    "default_flip1": {**NEW_DEFAULT, "weights.flip": 1.0},
+    "default_flipjitter_flip1": {**NEW_DEFAULT, "flip_jitter": 1.0, "weights.flip": 1.0},
     "mask_patch_jitter": {"model.mask": True, "model.disc_kind": "patch", "disc_jitter": 1.0},
     "mask_patch_jitter_flip": {"model.mask": True, "model.disc_kind": "patch",
                                "disc_jitter": 1.0, "flip_jitter": 1.0},
@@ -113,11 +115,11 @@ def main():
   workdir = os.path.abspath(os.path.join(args.workdir, args.task))
   clf_dir = os.path.join(workdir, "classifier")
   if os.path.exists(os.path.join(clf_dir, "classifier.json")):
-    clf = classifier_loop.load_classifier(clf_dir)
+    clf = classifier_training.load_classifier(clf_dir)
   else:
     cc = common.experiment(dataset, None).classifier
     cc.steps, cc.progress = args.classifier_steps, False
-    clf, _ = classifier_loop.train_classifier(cc, train, test, workdir)
+    clf, _ = classifier_training.train_classifier(cc, train, test, workdir)
   accuracy = float(np.mean(clf.predict(test["image"]) == test["label"]))
   oracle = load_or_train_oracle(os.path.join(workdir, "oracle"), train, test)
   print(f"classifier accuracy {accuracy:.3f}, oracle accuracy {oracle.test_accuracy:.3f}",

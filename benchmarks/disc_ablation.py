@@ -25,10 +25,10 @@ import numpy as np
 
 from cfx_jax import report
 from cfx_jax.data import make_lesions
-from cfx_jax.methods import auxiliary as aux_lib
-from cfx_jax.methods.disc import DiscExplainer, disc_config
+from cfx_jax.methods.disc import auxiliary as aux_lib
+from cfx_jax.methods.disc.explainer import DiscExplainer, disc_config
 from cfx_jax.metrics import pixel_auroc
-from cfx_jax.training import classifier_loop
+from cfx_jax.jobs import classifier_training
 
 VARIANTS = {
     "disc": {},
@@ -41,7 +41,7 @@ DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "results", "disc_ablation_
 def load_data(args):
   if args.smoke:
     return (make_lesions(256, image_size=16, seed=0), make_lesions(64, image_size=16, seed=1))
-  from cfx_jax.training.datasets import load_split
+  from cfx_jax.jobs.datasets import load_split
   from configs import lesions_classifier
   config = lesions_classifier.get_config()
   return load_split(config.dataset, "train"), load_split(config.dataset, "test")
@@ -52,7 +52,7 @@ def classifier_and_auxiliary(args, train, test):
   clf_dir = os.path.join(args.workdir, "classifier") if args.workdir else None
   sources = {}
   if clf_dir and os.path.exists(os.path.join(clf_dir, "classifier.json")):
-    clf = classifier_loop.load_classifier(clf_dir)
+    clf = classifier_training.load_classifier(clf_dir)
     sources["classifier"] = f"loaded from {os.path.abspath(clf_dir)}"
   else:
     from configs import lesions_classifier
@@ -60,7 +60,7 @@ def classifier_and_auxiliary(args, train, test):
     c.steps, c.progress, c.num_devices = args.classifier_steps, False, 1
     if args.smoke:
       c.features, c.batch_size, c.log_every = (8, 16), 32, args.classifier_steps
-    clf, _ = classifier_loop.train_classifier(c, train, test, args.workdir)
+    clf, _ = classifier_training.train_classifier(c, train, test, args.workdir)
     sources["classifier"] = f"trained for {args.classifier_steps} steps"
   aux_dir = os.path.join(args.workdir, "auxiliary") if args.workdir else None
   if aux_dir and os.path.exists(os.path.join(aux_dir, aux_lib.META_FILE)):

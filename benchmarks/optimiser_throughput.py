@@ -5,7 +5,7 @@
     python -m benchmarks.optimiser_throughput --method fido --smoke          # tiny (tests)
 
 Both sides run the same optimisation (`fido.optimise_masks` or
-`disc.optimise_counterfactuals`) on the same images, keys and classifier (a randomly
+`disc_optimise.optimise_counterfactuals`) on the same images, keys and classifier (a randomly
 initialised CNNClassifier; throughput does not depend on trained weights):
 (a) "batched": all images in one compiled call (vmap over images of a scan over steps);
 (b) "loop": the papers' pattern, one image at a time: a compiled single-image
@@ -31,7 +31,10 @@ from flax import nnx
 
 from benchmarks.step_time import environment, write_result
 from cfx_jax.classifier import from_module
-from cfx_jax.methods import auxiliary, disc, fido
+from cfx_jax.methods.disc import auxiliary
+from cfx_jax.methods.disc import explainer as disc
+from cfx_jax.methods.disc import optimise as disc_optimise
+from cfx_jax.methods.fido import explainer as fido
 from cfx_jax.models import CNNClassifier
 
 
@@ -65,7 +68,7 @@ def disc_program(clf, args, key):
                         clf.image_shape, auxiliary.auxiliary_config())
 
   def program(params, x, t, ids):
-    return disc.optimise_counterfactuals(
+    return disc_optimise.optimise_counterfactuals(
         x, t, key, cfg, logits_fn=lambda im: clf.apply(params, im),
         bn_fn=lambda im: clf.bn_features(params, im),
         uncertainty_fn=lambda im: aux.uncertainty_fn(aux.params, im), ids=ids)[0]

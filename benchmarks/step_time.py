@@ -25,9 +25,9 @@ import numpy as np
 from flax import nnx
 
 from cfx_jax.classifier import from_module
-from cfx_jax.methods import METHODS, ModelSpec
+from cfx_jax.methods import GENERATORS, ModelSpec
 from cfx_jax.models import CNNClassifier
-from cfx_jax.training import gan
+from cfx_jax.methods.conditional import gan
 
 
 def environment() -> dict:
@@ -57,7 +57,7 @@ def write_result(result: dict, name: str, out: str | None = None) -> dict:
 
 def build(image_size: int, channels: int, dtype: str):
   spec = ModelSpec(image_size, channels, 2, dtype=None if dtype == "float32" else jnp.dtype(dtype))
-  method = METHODS["syce"]
+  method = GENERATORS["syce"]
   models, state = gan.init(method, spec, seed=0, lr=1e-4, b1=0.5)
   clf = from_module(CNNClassifier(channels, 2, rngs=nnx.Rngs(0)), (image_size, image_size, channels))
   return method, models, state, clf

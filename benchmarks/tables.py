@@ -108,7 +108,7 @@ def leaderboards() -> str:
              "fid_classifier"]
   lines = []
   for name, r in _load("leaderboard_*/leaderboard.json"):
-    from cfx_jax.training.leaderboard import table
+    from cfx_jax.jobs.leaderboard import table
     lines += [f"`{name}` ({r['dataset']}, {r['num_images']} test images)", "",
               table(r, columns), ""]
   return "\n".join(lines)

@@ -9,9 +9,10 @@ from cfx_jax.api import fit_explainer, load_explainer, trainable_methods
 from cfx_jax.baselines import BASELINES, explain_baseline
 from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.config import explainer_config, paper_form
-from cfx_jax.explainer import Explainer
 from cfx_jax.explanation import Explanation
-from cfx_jax.methods import METHODS
+from cfx_jax.methods import REGISTRY, Explainer
+
+METHODS = tuple(sorted(REGISTRY))  # every method fit_explainer accepts
 
 __all__ = ["BASELINES", "METHODS", "Classifier", "Explainer", "Explanation",
            "as_classifier", "explain_baseline", "explainer_config", "fit_explainer",

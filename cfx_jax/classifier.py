@@ -25,6 +25,7 @@ from flax import nnx
 from cfx_jax.batching import map_in_chunks
 
 PROBE_SIZE = 8
+FINGERPRINT_TOLERANCE = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,3 +138,13 @@ def _checked(apply, params, image_shape, **cut) -> Classifier:
   if not np.all(np.isfinite(clf.fingerprint())):
     raise ValueError("classifier returned non-finite logits on random images in [-1, 1]")
   return clf
+
+
+def check_fingerprint(saved, classifier: Classifier, what: str) -> None:
+  """Refuse `what` (a saved explainer or checkpoint) made for another classifier."""
+  now = np.asarray(classifier.fingerprint())
+  saved = np.asarray(saved)
+  if now.shape != saved.shape or not np.allclose(now, saved, atol=FINGERPRINT_TOLERANCE,
+                                                 rtol=FINGERPRINT_TOLERANCE):
+    raise ValueError(f"{what} was made for another classifier: its outputs on the probe "
+                     "images differ from this classifier's")

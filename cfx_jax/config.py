@@ -33,7 +33,7 @@ def explainer_config(method: str = "syce") -> ml_collections.ConfigDict:
       mask=False, disc_kind="global", dtype="float32"))
   # Realism and validity that a tint cannot satisfy (0 = off): the discriminator sees
   # real and generated images under the same random colour, contrast and noise jitter,
-  # and the flip loss is an expectation over jittered copies (methods/augment.py).
+  # and the flip loss is an expectation over jittered copies (data/augment.py).
   c.disc_jitter = 0.0
   c.flip_jitter = 0.0
   c.disc_steps = 1                 # discriminator updates per generator update

@@ -4,14 +4,14 @@
     python -m train.causal --config configs/attributes_causal.py:smoke --workdir /tmp/smoke
 
 A classifier trained where a corner marker appears exactly with the lesion, one trained
-where it is independent; one VAE explains both (see cfx_jax/training/causal_study.py).
+where it is independent; one VAE explains both (see cfx_jax/jobs/causal_study.py).
 About 10 minutes on a 2-core CPU; ":smoke" is a tiny variant that runs in seconds.
 """
 
 import ml_collections
 
-from cfx_jax.methods.latent import latent_config
-from cfx_jax.training.classifier_loop import classifier_config
+from cfx_jax.methods.latent.config import latent_config
+from cfx_jax.jobs.classifier_training import classifier_config
 from cfx_jax.engine.runtime import runtime_config
 
 

@@ -9,7 +9,7 @@ classifier changes its mind. The spurious-marker study is `python -m train.causa
 """
 
 from configs import common
-from cfx_jax.training.datasets import dataset_config
+from cfx_jax.jobs.datasets import dataset_config
 
 
 def get_config():
@@ -17,6 +17,6 @@ def get_config():
   d.num_train, d.num_test = 6000, 1000
   c = common.experiment(d, method=None)
   c.classifier.steps = 600
-  c.explainer = common.standalone("latent", vae_steps=6000, shift_steps=1500,
+  c.explainer = common.method_config("latent", vae_steps=6000, shift_steps=1500,
                                   warn_failures=False)
   return c

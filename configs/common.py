@@ -3,8 +3,8 @@
 import ml_collections
 
 from cfx_jax.config import explainer_config
-from cfx_jax.training.classifier_loop import classifier_config
-from cfx_jax.training.datasets import dataset_config
+from cfx_jax.jobs.classifier_training import classifier_config
+from cfx_jax.jobs.datasets import dataset_config
 from cfx_jax.engine.runtime import runtime_config
 
 
@@ -20,9 +20,10 @@ def experiment(dataset: ml_collections.ConfigDict, method: str | None) -> ml_col
   return c
 
 
-def standalone(method: str, seed: int = 0, **settings) -> ml_collections.ConfigDict:
-  """`config.explainer` of a method with its own explainer class (fido, disc, cae, ...)."""
-  return ml_collections.ConfigDict({"method": method, "seed": seed, "settings": settings})
+def method_config(method: str, seed: int = 0, **settings) -> ml_collections.ConfigDict:
+  """`config.explainer` of a method whose settings are not an `explainer_config` (fido,
+  disc, cae, latent): its name, seed and settings side by side."""
+  return ml_collections.ConfigDict({"method": method, "seed": seed, **settings})
 
 
 def lesions(num_train: int = 6000, num_test: int = 1000) -> ml_collections.ConfigDict:
@@ -45,16 +46,17 @@ def leaderboard(dataset: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   c = ml_collections.ConfigDict()
   c.dataset = dataset
   c.classifier = classifier_config()
+  generator = {"steps": 600}
   c.trained = ml_collections.ConfigDict(dict(
-      methods=None, seeds=(0, 1, 2), steps=600,
-      # Settings of the methods with their own explainer class, by name. Optimisation
-      # methods keep their paper settings but explain fewer images (each image costs
-      # an optimisation).
-      standalone_settings={"fido": {"warn_failures": False},
-                           "disc": {"warn_failures": False},
-                           "cae": {"steps": 600},
-                           "latent": {"vae_steps": 3000, "shift_steps": 1000,
-                                      "progress": False, "warn_failures": False}},
+      methods=None, seeds=(0, 1, 2),
+      # Settings of every method, by name. Optimisation methods keep their paper
+      # settings but explain fewer images (each image costs an optimisation).
+      settings={"syce": generator, "cyce": generator, "sagen": generator,
+                "fido": {"warn_failures": False},
+                "disc": {"warn_failures": False},
+                "cae": {"steps": 600},
+                "latent": {"vae_steps": 3000, "shift_steps": 1000,
+                           "progress": False, "warn_failures": False}},
       optimiser_images=32))
   c.baselines = ml_collections.ConfigDict(dict(methods=None, seed=0))
   c.eval = ml_collections.ConfigDict(dict(

@@ -9,5 +9,6 @@ from configs import common
 def get_config():
   c = common.leaderboard(common.digits())
   c.classifier.steps = 600
-  c.trained.steps = 400
+  for name in ("syce", "cyce", "sagen"):
+    c.trained.settings[name].steps = 400
   return c

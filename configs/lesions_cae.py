@@ -16,6 +16,6 @@ from configs import common
 def get_config():
   c = common.experiment(common.lesions(), method=None)
   c.classifier.steps = 800
-  c.explainer = common.standalone("cae", steps=1500, batch_size=32, learning_rate=5e-4,
+  c.explainer = common.method_config("cae", steps=1500, batch_size=32, learning_rate=5e-4,
                                   path_step=0.2, max_fraction=2.0, model={"style_dim": 8})
   return c

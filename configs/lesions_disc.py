@@ -12,6 +12,6 @@ from configs import common
 def get_config():
   c = common.experiment(common.lesions(), method=None)
   c.classifier.steps = 800
-  c.explainer = common.standalone("disc", warn_failures=False)
+  c.explainer = common.method_config("disc", warn_failures=False)
   c.eval.num_images = 64
   return c

@@ -13,7 +13,7 @@ from configs import common
 def get_config():
   c = common.experiment(common.lesions(), method=None)
   c.classifier.steps = 800
-  c.explainer = common.standalone("fido", objective="sdr", infiller="blur",
+  c.explainer = common.method_config("fido", objective="sdr", infiller="blur",
                                   warn_failures=False)
   c.eval.num_images = 64
   return c

@@ -8,7 +8,7 @@ raise `inpainter.steps`, `inpainter.batch_size` and `inpainter.model.features`.
 
 import ml_collections
 
-from cfx_jax.training.inpainter_loop import inpainter_config
+from cfx_jax.methods.fido.inpainter_train import inpainter_config
 from cfx_jax.engine.runtime import runtime_config
 from configs import common
 

@@ -12,5 +12,4 @@ from configs import common
 def get_config():
   c = common.leaderboard(common.lesions())
   c.classifier.steps = 800
-  c.trained.steps = 600
   return c

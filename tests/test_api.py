@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import cfx_jax
-from cfx_jax.methods import METHODS, ModelSpec
-from cfx_jax.training import gan
+from cfx_jax.methods import GENERATORS, ModelSpec
+from cfx_jax.methods.conditional import gan
+from cfx_jax.methods.conditional.explainer import GeneratorExplainer
 from cfx_jax.engine.checkpoints import Checkpoints
 
 from conftest import linear_logits, linear_predict, model_config
@@ -89,14 +90,14 @@ def test_explanation_shapes_and_semantics(explainer, images):
 
 def test_stable_map_reference(explainer, images):
   """SyCE's paper map |stable - counterfactual| on the same generator."""
-  e = cfx_jax.Explainer(explainer.method, explainer.spec, explainer.gen_def,
-                        explainer.gen_params, explainer.classifier, map_reference="stable")
+  e = GeneratorExplainer(explainer.method, explainer.spec, explainer.gen_def,
+                         explainer.gen_params, explainer.classifier, map_reference="stable")
   out = e.explain(images[:5])
   np.testing.assert_allclose(out.maps, np.abs(out.stable - out.counterfactual).sum(-1),
                              rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="map_reference"):
-    cfx_jax.Explainer(explainer.method, explainer.spec, explainer.gen_def,
-                      explainer.gen_params, explainer.classifier, map_reference="both")
+    GeneratorExplainer(explainer.method, explainer.spec, explainer.gen_def,
+                       explainer.gen_params, explainer.classifier, map_reference="both")
 
 
 def test_history_and_saved_explainer(fitted):
@@ -327,7 +328,7 @@ def test_nonfinite_training_stops_and_keeps_good_checkpoint(images, tmp_path):
   assert latest is not None and 1 <= latest <= bad
   spec = ModelSpec(image_size=16, channels=3, num_classes=2, gen_features=(8, 16),
                    disc_features=(8, 16))
-  _, like = gan.init(METHODS["syce"], spec, seed=0, lr=1e8, b1=0.5)
+  _, like = gan.init(GENERATORS["syce"], spec, seed=0, lr=1e8, b1=0.5)
   state = ckpts.restore(like)
   ckpts.close()
   assert int(state.nonfinite_step) == -1 and int(state.step) == latest

@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 import cfx_jax
-from cfx_jax.methods.cae import (
+from cfx_jax.methods.cae.explainer import (
   CaeExplainer,
   cae_config,
   chosen_point,
@@ -32,7 +32,7 @@ from cfx_jax.models.cae import (
   build_networks,
   instance_norm,
 )
-from cfx_jax.training import cae_loop
+from cfx_jax.methods.cae import train as cae_train
 
 SIZE = 16
 SHAPE = (SIZE, SIZE, 3)
@@ -98,7 +98,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def untrained(clf, train_images):
-  return cae_loop.train_cae(train_images, clf.predict(train_images),
+  return cae_train.train_cae(train_images, clf.predict(train_images),
                             training_config(cae_config(**tiny(steps=0))))
 
 
@@ -141,10 +141,10 @@ def np_cross_entropy(logits, labels):
 
 
 def test_swap_partners_pair_every_image_with_another_class():
-  np.testing.assert_array_equal(cae_loop.swap_partners(2, 3, 1), [3, 4, 5, 0, 1, 2])
-  np.testing.assert_array_equal(cae_loop.swap_partners(3, 2, 2), [4, 5, 0, 1, 2, 3])
+  np.testing.assert_array_equal(cae_train.swap_partners(2, 3, 1), [3, 4, 5, 0, 1, 2])
+  np.testing.assert_array_equal(cae_train.swap_partners(3, 2, 2), [4, 5, 0, 1, 2, 3])
   for k, shift in ((2, 1), (3, 1), (3, 2), (4, 3)):
-    partner = np.asarray(cae_loop.swap_partners(k, 5, shift))
+    partner = np.asarray(cae_train.swap_partners(k, 5, shift))
     labels = np.repeat(np.arange(k), 5)
     assert (labels[partner] != labels).all()
     assert sorted(partner.tolist()) == list(range(5 * k))  # every image donates once
@@ -154,10 +154,10 @@ def test_loss_terms_match_numpy():
   rng = np.random.default_rng(0)
   x = rng.uniform(-1, 1, (6, 8, 8, 3)).astype(np.float32)
   labels = np.repeat(np.arange(2), 3).astype(np.int32)
-  partner = np.asarray(cae_loop.swap_partners(2, 3, 1))
+  partner = np.asarray(cae_train.swap_partners(2, 3, 1))
   np_enc, np_dec, np_disc = toy_networks(np, np.random.default_rng(1))
   j_enc, j_dec, j_disc = toy_networks(jnp, np.random.default_rng(1))
-  terms, swapped = cae_loop.generator_terms(j_enc, j_dec, j_disc, jnp.asarray(x),
+  terms, swapped = cae_train.generator_terms(j_enc, j_dec, j_disc, jnp.asarray(x),
                                             jnp.asarray(labels), jnp.asarray(partner))
   x64 = x.astype(np.float64)
   s, c = np_enc(x64)
@@ -177,25 +177,25 @@ def test_loss_terms_match_numpy():
   for name, value in expected.items():
     np.testing.assert_allclose(terms[name], value, rtol=1e-4, err_msg=name)
   w = {"recon": 10.0, "code": 1.0, "cycle": 1.0, "cls": 10.0, "adv": 1.0, "disc_cls": 2.0}
-  np.testing.assert_allclose(cae_loop.generator_total(terms, w),
+  np.testing.assert_allclose(cae_train.generator_total(terms, w),
                              sum(w[k] * v for k, v in expected.items()), rtol=1e-4)
 
   fake = ref_swapped[::-1].copy()
-  d = cae_loop.discriminator_terms(j_disc, jnp.asarray(x), jnp.asarray(labels),
+  d = cae_train.discriminator_terms(j_disc, jnp.asarray(x), jnp.asarray(labels),
                                    jnp.asarray(fake, jnp.float32))
   real_rf, real_cls = np_disc(x64)
   fake_rf, _ = np_disc(fake)
   np.testing.assert_allclose(d["adv"], np.mean(np_softplus(-real_rf))
                              + np.mean(np_softplus(fake_rf)), rtol=1e-4)
   np.testing.assert_allclose(d["cls"], np_cross_entropy(real_cls, labels), rtol=1e-4)
-  np.testing.assert_allclose(cae_loop.discriminator_total(d, w), d["adv"] + 2.0 * d["cls"],
+  np.testing.assert_allclose(cae_train.discriminator_total(d, w), d["adv"] + 2.0 * d["cls"],
                              rtol=1e-6)
 
 
 def test_code_targets_are_held_fixed():
   """The code term moves the re-encoding, not the codes it is compared with."""
   s_target = jnp.array([[1.0, -2.0]])
-  grad = jax.grad(lambda t: cae_loop.code_loss(jnp.zeros((1, 2)), jnp.zeros((1, 2, 2, 1)),
+  grad = jax.grad(lambda t: cae_train.code_loss(jnp.zeros((1, 2)), jnp.zeros((1, 2, 2, 1)),
                                                t, jnp.ones((1, 2, 2, 1))))(s_target)
   np.testing.assert_array_equal(grad, 0.0)
 
@@ -341,10 +341,8 @@ def test_save_load_round_trip(fitted, clf, test_images, tmp_path):
   np.testing.assert_array_equal(again.counterfactual, first.counterfactual)
   np.testing.assert_array_equal(again.maps, first.maps)
   np.testing.assert_array_equal(loaded.prototypes, fitted.prototypes)
-  from cfx_jax.methods import STANDALONE
-  if "cae" in STANDALONE:
-    viaapi = cfx_jax.load_explainer(path, clf)
-    np.testing.assert_array_equal(quiet(viaapi.explain, test_images).maps, first.maps)
+  viaapi = cfx_jax.load_explainer(path, clf)
+  np.testing.assert_array_equal(quiet(viaapi.explain, test_images).maps, first.maps)
 
 
 def test_report_writes_the_code_space_figure(fitted, test_images, tmp_path):
@@ -383,12 +381,12 @@ def test_bad_inputs_raise(fitted, clf, train_images, test_images):
   cfg = training_config(cae_config(**tiny()))
   labels = clf.predict(train_images)
   with pytest.raises(ValueError, match="labels must have shape"):
-    cae_loop.train_cae(train_images, labels[:-1], cfg)
+    cae_train.train_cae(train_images, labels[:-1], cfg)
   with pytest.raises(ValueError, match=r"no image has label\(s\) \[1\]"):
-    cae_loop.train_cae(train_images, np.zeros(len(train_images), np.int32), cfg,
+    cae_train.train_cae(train_images, np.zeros(len(train_images), np.int32), cfg,
                        num_classes=2)
   with pytest.raises(ValueError, match="multiple of the 3 classes"):
-    cae_loop.train_cae(train_images, np.arange(len(train_images)) % 3, cfg)
+    cae_train.train_cae(train_images, np.arange(len(train_images)) % 3, cfg)
   dark = cfx_jax.as_classifier(lambda im: brightness_logits(im) - jnp.array([0.0, 1e3]), SHAPE)
   with pytest.raises(ValueError, match="must predict every class"):
     CaeExplainer.fit(dark, train_images, config=tiny())
@@ -406,23 +404,23 @@ def test_resume_refuses_another_model_or_labels(clf, train_images, tmp_path):
     return training_config(cae_config(**tiny(steps=steps, checkpoint_every=2, log_every=1,
                                               **kw)))
 
-  cae_loop.train_cae(train_images, labels, cfg(2), a)
+  cae_train.train_cae(train_images, labels, cfg(2), a)
   with pytest.raises(ValueError, match="model"):
-    cae_loop.train_cae(train_images, labels, cfg(6, model={**tiny()["model"],
+    cae_train.train_cae(train_images, labels, cfg(6, model={**tiny()["model"],
                                                            "style_dim": 3}), a)
   with pytest.raises(ValueError, match="other labels"):
-    cae_loop.train_cae(train_images, 1 - labels, cfg(6), a)
+    cae_train.train_cae(train_images, 1 - labels, cfg(6), a)
 
 
 def test_sharded_step_matches_one_device(clf, train_images):
   """The batch split over two devices (params replicated) trains like one device."""
   labels = clf.predict(train_images)
-  runs = [cae_loop.train_cae(train_images, labels, training_config(cae_config(
+  runs = [cae_train.train_cae(train_images, labels, training_config(cae_config(
       **tiny(steps=2, num_devices=d)))) for d in (1, 2)]
   for x, y in zip(leaves(runs[0].params), leaves(runs[1].params), strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
   assert runs[1].history[-1]["step"] == 2
   with pytest.raises(ValueError, match=r"per batch \(6\) must be divisible by the 4 devices"):
-    cae_loop.train_cae(train_images, labels, training_config(cae_config(
+    cae_train.train_cae(train_images, labels, training_config(cae_config(
         **tiny(steps=2, batch_size=12, num_devices=4))))
 

@@ -17,23 +17,17 @@ from flax import nnx
 import cfx_jax
 from cfx_jax.classifier import Classifier, from_module
 from cfx_jax.data import make_lesions
-from cfx_jax.methods.auxiliary import (
+from cfx_jax.methods.disc.auxiliary import (
   auxiliary_config,
   kernel_uncertainty,
   load_auxiliary,
   train_auxiliary,
 )
-from cfx_jax.methods.disc import (
-  DiscExplainer,
-  augment,
-  bn_statistics_loss,
-  conv_same,
-  disc_config,
-  l2_norm,
-  total_variation,
-)
+from cfx_jax.methods.disc.explainer import DiscExplainer, disc_config
+from cfx_jax.methods.disc.optimise import (augment, bn_statistics_loss, conv_same, l2_norm,
+                                          total_variation)
 from cfx_jax.models import CNNClassifier
-from cfx_jax.training.classifier_loop import classifier_config, train_classifier
+from cfx_jax.jobs.classifier_training import classifier_config, train_classifier
 
 # A short schedule that still flips the 16 px lesion CNN.
 FAST = {"fit_steps": 100, "steps": 150, "chunk_size": 8}

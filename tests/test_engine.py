@@ -34,34 +34,35 @@ def _explainer(data, workdir):
 
 
 def _cae(data, workdir):
-  from cfx_jax.methods.cae import cae_config, training_config
-  from cfx_jax.training import cae_loop
+  from cfx_jax.methods.cae.explainer import cae_config, training_config
+  from cfx_jax.methods.cae import train as cae_train
   c = training_config(cae_config(
       steps=STEPS, batch_size=8, num_devices=1, progress=False, log_every=1,
       checkpoint_every=2, model={"features": (8, 16), "content_channels": 8,
                                  "mlp_width": 16, "disc_features": (8, 16),
                                  "style_dim": 4}))
-  return cae_loop.train_cae(data["image"], data["label"], c, workdir).params
+  return cae_train.train_cae(data["image"], data["label"], c, workdir).params
 
 
 def _inpainter(data, workdir):
-  from cfx_jax.training import inpainter_loop
-  c = inpainter_loop.inpainter_config()
+  from cfx_jax.methods.fido import inpainter_train
+  c = inpainter_train.inpainter_config()
   c.steps, c.batch_size, c.num_devices, c.progress = STEPS, 8, 1, False
   c.log_every, c.checkpoint_every = 1, 2
   c.model.features, c.model.disc_features = (8, 16), (8, 16)
-  return inpainter_loop.train_inpainter(data["image"], c, workdir).params
+  return inpainter_train.train_inpainter(data["image"], c, workdir).params
 
 
 def _latent_vae(data, workdir):
-  from cfx_jax.methods import latent
-  cfg = latent.latent_config(latent_dim=4, vae_features=(8, 16), vae_steps=STEPS,
-                             batch_size=8, progress=False, log_every=1, checkpoint_every=2)
-  return latent.train_vae(data["image"], cfg, workdir)[1]
+  from cfx_jax.methods.latent.config import latent_config
+  from cfx_jax.methods.latent.generator import train_vae
+  cfg = latent_config(latent_dim=4, vae_features=(8, 16), vae_steps=STEPS, batch_size=8,
+                      progress=False, log_every=1, checkpoint_every=2)
+  return train_vae(data["image"], cfg, workdir)[1]
 
 
 def _classifier(data, workdir):
-  from cfx_jax.training.classifier_loop import classifier_config, train_classifier
+  from cfx_jax.jobs.classifier_training import classifier_config, train_classifier
   c = classifier_config()
   c.features, c.steps, c.batch_size, c.num_devices = (8, 16), STEPS, 8, 1
   c.progress, c.log_every, c.checkpoint_every = False, 1, 2
@@ -69,7 +70,7 @@ def _classifier(data, workdir):
 
 
 def _auxiliary(data, workdir):
-  from cfx_jax.methods.auxiliary import auxiliary_config, train_auxiliary
+  from cfx_jax.methods.disc.auxiliary import auxiliary_config, train_auxiliary
   c = auxiliary_config(features=(8, 8, 8), steps=STEPS, batch_size=8, log_every=1,
                        checkpoint_every=2)
   return train_auxiliary(c, data, None, workdir)[0].params

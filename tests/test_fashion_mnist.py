@@ -209,7 +209,7 @@ def test_real_splits():
 @needs_real_files
 def test_real_config_split():
   from configs import fashion_sneaker_boot
-  from cfx_jax.training.datasets import load_split
+  from cfx_jax.jobs.datasets import load_split
 
   c = fashion_sneaker_boot.get_config()
   c.dataset.num_test = 64

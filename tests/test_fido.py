@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import BIAS, IMAGE_SHAPE, PATCH, WEIGHT, linear_logits, random_images
 
-from cfx_jax.methods import infillers
-from cfx_jax.methods.fido import (
+from cfx_jax.methods.fido import infillers
+from cfx_jax.methods.fido.explainer import (
   FidoExplainer,
   fido_config,
   fido_loss,

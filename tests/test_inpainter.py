@@ -14,10 +14,12 @@ from conftest import random_images
 from flax import nnx
 
 from cfx_jax.data import make_lesions
-from cfx_jax.methods import infillers
-from cfx_jax.methods.fido import FidoExplainer, fido_config, upsample
-from cfx_jax.models.inpainter import as_infiller, build_net, register_inpainter
-from cfx_jax.training import inpainter_loop as loop
+from cfx_jax.methods.fido import infillers
+from cfx_jax.methods.fido.explainer import FidoExplainer, fido_config, upsample
+from cfx_jax.methods.fido.infillers import as_infiller, register_inpainter
+from cfx_jax.models.inpainter import build_net
+from cfx_jax.jobs import inpainter_stage as stage
+from cfx_jax.methods.fido import inpainter_train as loop
 
 SIZE = 16
 SHAPE = (SIZE, SIZE, 3)
@@ -96,7 +98,7 @@ def test_untrained_residual_net_is_the_visible_mean_fill(held_out):
 def test_network_shapes_and_composite_keeps_kept_pixels(trained, held_out):
   inp, _ = trained
   x = held_out[:8]
-  keep, _, _ = loop.held_out_masks(inp, 8, seed=0)
+  keep, _, _ = stage.held_out_masks(inp, 8, seed=0)
   binary = (keep > 0.5).astype(np.float32)
   fills = inp.fills(x, binary)
   assert fills.shape == x.shape and np.isfinite(fills).all()
@@ -157,7 +159,7 @@ def test_loss_terms_match_numpy():
   # The mask-aware reference fill of the evaluation: the mean of the kept pixels.
   hard = (keep > 0.5).astype(np.float32)
   np.testing.assert_allclose(
-      loop.kept_mean_fill(x, hard)[:, 0, 0],
+      stage.kept_mean_fill(x, hard)[:, 0, 0],
       (x * hard).sum(axis=(1, 2)) / hard.sum(axis=(1, 2)), rtol=1e-5)
 
   g_loss, g = loop.generator_loss(disc_fn, fills, x, keep, w)
@@ -173,8 +175,8 @@ def test_loss_terms_match_numpy():
 def test_short_training_lowers_reconstruction_loss(trained, data, held_out):
   inp, workdir = trained
   untrained = loop.train_inpainter(data, tiny_config(steps=0))
-  before, _ = loop.evaluate_inpainter(untrained, held_out, seed=5, baselines=())
-  after, _ = loop.evaluate_inpainter(inp, held_out, seed=5, baselines=())
+  before, _ = stage.evaluate_inpainter(untrained, held_out, seed=5, baselines=())
+  after, _ = stage.evaluate_inpainter(inp, held_out, seed=5, baselines=())
   assert after["l1_dropped"]["inpainter"] < 0.9 * before["l1_dropped"]["inpainter"]
   assert [r["step"] for r in inp.history] == [5, 10, 15, 20, 25, 30]
   assert all(np.isfinite(r[k]) for r in inp.history for k in ("d_loss", "g_loss"))
@@ -198,7 +200,7 @@ def test_save_load_round_trip(trained, held_out, tmp_path):
   assert loaded.image_shape == SHAPE
   for x, y in zip(_leaves(inp.params), _leaves(loaded.params), strict=True):
     np.testing.assert_array_equal(x, y)
-  keep, _, _ = loop.held_out_masks(inp, 8, seed=2)
+  keep, _, _ = stage.held_out_masks(inp, 8, seed=2)
   np.testing.assert_array_equal(loaded.fills(held_out[:8], keep), inp.fills(held_out[:8], keep))
   loop.save_inpainter(str(tmp_path / "copy"), loaded)
   again = loop.load_inpainter(str(tmp_path / "copy"))
@@ -207,11 +209,11 @@ def test_save_load_round_trip(trained, held_out, tmp_path):
 
 def test_evaluation_and_figure(trained, held_out, tmp_path):
   inp, _ = trained
-  metrics, samples = loop.evaluate_inpainter(inp, held_out[:16], seed=1, baselines=("blur",))
+  metrics, samples = stage.evaluate_inpainter(inp, held_out[:16], seed=1, baselines=("blur",))
   assert set(metrics["l1_dropped"]) == {"inpainter", "blur"}
   assert set(metrics["l1_dropped_by_mask"]) <= {"grid4", "grid2", "rect"}
   assert all(np.isfinite(v) for v in metrics["l1_dropped"].values())
-  path = loop.save_inpainting_figure(str(tmp_path / "fig.png"), samples, rows=2)
+  path = stage.save_inpainting_figure(str(tmp_path / "fig.png"), samples, rows=2)
   assert os.path.getsize(path) > 0
 
 

@@ -18,9 +18,11 @@ import cfx_jax
 from cfx_jax.data import load_source, make_attribute_images
 from cfx_jax.data.attributes import ATTRIBUTES
 from cfx_jax.explanation import Explanation
-from cfx_jax.methods import causal, latent
-from cfx_jax.methods.causal import necessity_sufficiency
-from cfx_jax.methods.latent import LatentExplainer, latent_config
+from cfx_jax.methods.latent import causal
+from cfx_jax.methods.latent import generator as latent_generator
+from cfx_jax.methods.latent.causal import necessity_sufficiency
+from cfx_jax.methods.latent import LatentExplainer
+from cfx_jax.methods.latent.config import latent_config
 from cfx_jax.models.vae import AttributePredictor, ConvVAE, ShiftPredictor
 
 TINY = dict(latent_dim=4, vae_features=(8, 16), predictor_features=(8, 16), shift_hidden=(32,),
@@ -72,11 +74,11 @@ def test_network_shapes():
 def test_short_vae_training_lowers_the_loss(attribute_data):
   cfg = latent_config(**TINY)
   images = attribute_data["image"][:64]
-  graphdef, params, _ = latent.train_vae(images, cfg)
-  fresh = nnx.split(latent._build_vae(latent.architecture(cfg, images.shape[1:]), 0))[1]
+  graphdef, params, _ = latent_generator.train_vae(images, cfg)
+  fresh = nnx.split(latent_generator.build_vae(latent_generator.architecture(cfg, images.shape[1:]), 0))[1]
   key = jax.random.key(3)
-  before = latent.vae_loss(nnx.merge(graphdef, fresh), images, key, 1.0)[0]
-  after = latent.vae_loss(nnx.merge(graphdef, params), images, key, 1.0)[0]
+  before = latent_generator.vae_loss(nnx.merge(graphdef, fresh), images, key, 1.0)[0]
+  after = latent_generator.vae_loss(nnx.merge(graphdef, params), images, key, 1.0)[0]
   assert float(after) < 0.7 * float(before)
 
 
@@ -199,16 +201,13 @@ def test_causal_scores_structure(fitted):
 
 
 def test_save_load_round_trip(fitted, attribute_data, classifier, tmp_path):
-  from cfx_jax.methods import STANDALONE
-
   ex, _ = fitted
   ex.save(str(tmp_path))
   with open(tmp_path / "explainer.json") as f:
     meta = json.load(f)
   assert meta["method"] == "latent"
-  loaded = LatentExplainer.from_meta(meta, classifier, str(tmp_path))
-  if "latent" in STANDALONE:
-    loaded = cfx_jax.load_explainer(str(tmp_path), classifier)
+  loaded = cfx_jax.load_explainer(str(tmp_path), classifier)
+  assert isinstance(loaded, LatentExplainer)
   x = attribute_data["image"][:8]
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -256,7 +255,7 @@ def test_bad_inputs_raise_before_training(attribute_data, classifier):
 
 def test_causal_study_job_end_to_end(tmp_path):
   from configs.attributes_causal import get_config
-  from cfx_jax.training.causal_study import run_spurious_marker_study
+  from cfx_jax.jobs.causal_study import run_spurious_marker_study
 
   result = run_spurious_marker_study(get_config("smoke"), str(tmp_path))
   for name in ("causal_scores.md", "causal_scores.json", "causal_scores.png",

@@ -1,58 +1,34 @@
-"""The space-to-depth stride-2 conv computes what the plain strided conv computes."""
+"""The import layers (pyproject.toml, [tool.importlinter]) hold, and the check can fail."""
 
-from __future__ import annotations
+import os
+import textwrap
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
-from flax import nnx
-from jax import lax
+from importlinter.cli import lint_imports
 
-from cfx_jax.models.layers import strided_conv
-
-DN = ("NHWC", "HWIO", "NHWC")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _plain(x, k):
-  return lax.conv_general_dilated(x, k, (2, 2), "SAME", dimension_numbers=DN)
+def test_imports_only_go_down(monkeypatch):
+  monkeypatch.chdir(ROOT)
+  assert lint_imports(config_filename=os.path.join(ROOT, "pyproject.toml"), no_cache=True,
+                      no_logo=True) == 0
 
 
-def _fast(x, k):
-  return strided_conv(x, k, (2, 2), "SAME", dimension_numbers=DN)
+def test_an_upward_import_breaks_the_contract(tmp_path, monkeypatch):
+  # The same package against the layers in reverse order: the methods import the
+  # engine and the models, so the check must fail.
+  config = tmp_path / "upside_down.ini"
+  config.write_text(textwrap.dedent("""\
+      [importlinter]
+      root_package = cfx_jax
 
-
-def _inputs(h, w, c=3, o=5, seed=0):
-  rng = np.random.default_rng(seed)
-  return (jnp.asarray(rng.normal(size=(2, h, w, c)), jnp.float32),
-          jnp.asarray(rng.normal(size=(3, 3, c, o)), jnp.float32))
-
-
-@pytest.mark.parametrize("shape", [(8, 8), (6, 10), (7, 8), (5, 5)])
-def test_forward_matches_plain_conv(shape):
-  x, k = _inputs(*shape)
-  np.testing.assert_allclose(_fast(x, k), _plain(x, k), atol=1e-5)
-
-
-def test_first_and_second_derivatives_match():
-  """The gradient penalty differentiates through the input gradient."""
-  x, k = _inputs(8, 8)
-
-  def penalty(conv):
-    def loss(k, x):
-      g = jax.grad(lambda z: jnp.sum(jnp.tanh(conv(z, k))))(x)
-      return jnp.sum(g ** 2)
-    return loss
-
-  for argnum in (0, 1):
-    fast = jax.grad(penalty(_fast), argnum)(k, x)
-    plain = jax.grad(penalty(_plain), argnum)(k, x)
-    np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-4)
-
-
-def test_nnx_conv_uses_it_with_unchanged_parameters():
-  a = nnx.Conv(3, 4, (3, 3), strides=2, rngs=nnx.Rngs(0))
-  b = nnx.Conv(3, 4, (3, 3), strides=2, conv_general_dilated=strided_conv, rngs=nnx.Rngs(0))
-  x, _ = _inputs(8, 8)
-  assert a.kernel.shape == b.kernel.shape == (3, 3, 3, 4)
-  np.testing.assert_allclose(a(x), b(x), atol=1e-5)
+      [importlinter:contract:reversed]
+      name = reversed layers
+      type = layers
+      layers =
+          cfx_jax.models
+          cfx_jax.engine
+          cfx_jax.methods
+      """))
+  monkeypatch.chdir(ROOT)
+  assert lint_imports(config_filename=str(config), no_cache=True, no_logo=True) == 1

@@ -6,12 +6,11 @@ import json
 import math
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 from scipy import stats
 
-from cfx_jax.training import leaderboard
+from cfx_jax.jobs import leaderboard
 from configs import common
 
 
@@ -21,11 +20,12 @@ def tiny_config():
   c = common.leaderboard(d)
   c.classifier.steps, c.classifier.num_devices, c.classifier.progress = 30, 1, False
   c.classifier.features = (8, 16)
-  c.trained.methods, c.trained.seeds, c.trained.steps = ("cyce", "fido"), (0, 1), 2
-  c.trained.explainer = ml_collections.ConfigDict({
-      "batch_size": 8, "num_devices": 1, "progress": False, "checkpoint_every": 2,
-      "model": {"gen_features": (8, 16), "disc_features": (8, 16)}})
-  c.trained.standalone_settings = {"fido": {"steps": 2, "samples": 2, "warn_failures": False}}
+  c.trained.methods, c.trained.seeds = ("cyce", "fido"), (0, 1)
+  c.trained.settings = {
+      "cyce": {"steps": 2, "batch_size": 8, "num_devices": 1, "progress": False,
+               "checkpoint_every": 2,
+               "model": {"gen_features": (8, 16), "disc_features": (8, 16)}},
+      "fido": {"steps": 2, "samples": 2, "warn_failures": False}}
   c.trained.optimiser_images = 16
   c.baselines.methods = ("gradient", "random")
   c.eval.num_images, c.eval.sanity_images, c.eval.faithfulness_steps = 32, 8, 4

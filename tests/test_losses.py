@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import cfx_jax
-from cfx_jax.methods import METHODS, ModelSpec, losses
+from cfx_jax.methods import GENERATORS, ModelSpec, losses
 from cfx_jax.models import Discriminator, Generator
 
 RTOL, ATOL = 2e-5, 1e-6
@@ -191,7 +191,7 @@ def _random_modules(make, seed=0):
 
 
 def _setup(name, k):
-  method = METHODS[name]
+  method = GENERATORS[name]
   spec = ModelSpec(image_size=16, channels=3, num_classes=k, gen_features=(8, 16),
                    disc_features=(8, 16))
   gen, disc = _random_modules(lambda: method.build(spec, nnx.Rngs(3)), seed=10 * k)
@@ -316,8 +316,8 @@ def test_discriminator_loss_terms(name, k):
 
 def test_default_weights_follow_design():
   """DESIGN 2.1: the papers' weights, plus the direct L1 proximity term."""
-  syce, cyce, sagen = METHODS["syce"].default_weights, METHODS["cyce"].default_weights, \
-      METHODS["sagen"].default_weights
+  syce, cyce, sagen = GENERATORS["syce"].default_weights, GENERATORS["cyce"].default_weights, \
+      GENERATORS["sagen"].default_weights
   for w in (syce, cyce):
     assert w["flip"] == 0.2 and w["adv"] == 0.25
     assert w["cycle_cls"] == 0.005 and w["gp"] == 1.0 and w["l1"] == 1.0

@@ -4,7 +4,7 @@ import json
 import os
 
 from configs import lesions_syce
-from cfx_jax.training.jobs import train_and_evaluate
+from cfx_jax.jobs.train import train_and_evaluate
 
 
 def test_short_run_localizes_the_lesion(tmp_path):

@@ -7,10 +7,10 @@ import pytest
 from flax import nnx
 
 from cfx_jax.classifier import as_classifier
-from cfx_jax.methods import METHODS, ModelSpec, losses
+from cfx_jax.methods import GENERATORS, ModelSpec, losses
 from cfx_jax.models import Discriminator
 from cfx_jax.models.unet import UNet
-from cfx_jax.training import gan
+from cfx_jax.methods.conditional import gan
 
 X = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)), jnp.float32)
 
@@ -88,17 +88,17 @@ def test_step_with_every_option_is_finite_and_deterministic(name):
   x = X.reshape(2, 2, 16, 16, 3)
 
   def run():
-    models, state = gan.init(METHODS[name], spec, seed=0, lr=1e-3, b1=0.5, disc_lr_scale=2.0)
-    step = jax.jit(gan.make_train_step(METHODS[name], models, clf.apply, {"l0": 1.0},
+    models, state = gan.init(GENERATORS[name], spec, seed=0, lr=1e-3, b1=0.5, disc_lr_scale=2.0)
+    step = jax.jit(gan.make_train_step(GENERATORS[name], models, clf.apply, {"l0": 1.0},
                                        disc_steps=2, disc_jitter=1.0, flip_jitter=1.0))
     for _ in range(2):
       state, metrics = step(state, clf.params, x)
     return state, metrics
 
-  (s1, m1), (s2, m2) = run(), run()
+  (s1, m1), (s2, _) = run(), run()
   assert all(np.isfinite(float(v)) for v in m1.values())
   assert int(s1.nonfinite_step) == -1
   for a, b in zip(jax.tree.leaves(s1.gen), jax.tree.leaves(s2.gen)):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match="disc_steps"):
-    gan.make_train_step(METHODS[name], None, clf.apply, {}, disc_steps=0)
+    gan.make_train_step(GENERATORS[name], None, clf.apply, {}, disc_steps=0)

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 import cfx_jax
-from cfx_jax.methods import METHODS, ModelSpec
-from cfx_jax.training import gan
+from cfx_jax.methods import GENERATORS, ModelSpec
+from cfx_jax.methods.conditional import gan
 from cfx_jax.engine import mesh as mesh_lib
 
 from conftest import IMAGE_SHAPE, linear_logits, linear_predict
 
 SPEC = ModelSpec(image_size=16, channels=3, num_classes=2, gen_features=(8, 16),
                  disc_features=(8, 16))
-METHOD = METHODS["syce"]
+METHOD = GENERATORS["syce"]
 PER_CLASS = 8   # divisible by the 8 devices of the sharded mesh
 LR = 1e-3
 

@@ -111,7 +111,7 @@ def test_oracle_cache_is_keyed_on_data_and_settings(tmp_path, monkeypatch):
 
 
 def test_jitter_changes_colour_but_keeps_shape_and_range():
-  from cfx_jax.methods.augment import jitter
+  from cfx_jax.data.augment import jitter
   x = make_lesions(8, seed=2)["image"]
   y = np.asarray(jitter(jax.random.key(0), x))
   assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1

@@ -26,12 +26,16 @@ def main():
   assert jax.process_count() == 2 and jax.device_count() == 4  # backend up before conftest
   import cfx_jax
   from conftest import linear_logits, random_images
-  from test_scaling import STEPS, fit_config
+  from test_scaling import CAE_SETTINGS, STEPS, fit_config
 
   explainer = cfx_jax.fit_explainer(linear_logits, random_images(32, seed=0), steps=STEPS,
                                     batch_size=8, workdir=workdir, config=fit_config(0))
   leaves = [np.asarray(a) for a in jax.tree.leaves(explainer.gen_params)]
   np.savez(os.path.join(workdir, f"params_{process_id}.npz"), *leaves)
+  # A method with its own explainer class saves collectively too (orbax needs every
+  # process): the fit returns only once `<workdir>/cae/explainer` is written.
+  cfx_jax.fit_explainer(linear_logits, random_images(32, seed=0), method="cae",
+                        workdir=os.path.join(workdir, "cae"), config=CAE_SETTINGS)
   jax.distributed.shutdown()
 
 

@@ -11,7 +11,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cfx_jax.engine import runtime
-from cfx_jax.training.jobs import train_and_evaluate
+from cfx_jax.jobs.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)

@@ -1,4 +1,4 @@
-"""Run the spurious-marker causal study (cfx_jax.training.causal_study).
+"""Run the spurious-marker causal study (cfx_jax.jobs.causal_study).
 
     python -m train.causal --config configs/attributes_causal.py --workdir runs/causal_study
 
@@ -11,7 +11,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cfx_jax.engine import runtime
-from cfx_jax.training.causal_study import run_spurious_marker_study
+from cfx_jax.jobs.causal_study import run_spurious_marker_study
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config file.",
                                           lock_config=True)

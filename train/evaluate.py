@@ -11,7 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cfx_jax.engine import runtime
-from cfx_jax.training.leaderboard import run_leaderboard
+from cfx_jax.jobs.leaderboard import run_leaderboard
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Leaderboard config file.",
                                           lock_config=True)

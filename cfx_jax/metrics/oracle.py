@@ -29,7 +29,7 @@ from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine import state as state_lib
 from cfx_jax.engine.logging import is_main_process
 from cfx_jax.engine.loop import LoopConfig, train_loop
-from cfx_jax.methods.augment import jitter
+from cfx_jax.data.augment import jitter
 
 
 class OracleNet(nnx.Module):

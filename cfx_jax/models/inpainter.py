@@ -1,9 +1,10 @@
-"""A mask-conditioned in-painter G(visible image, keep mask) and its use as a FIDO in-filler.
+"""A mask-conditioned in-painter G(visible image, keep mask), FIDO's learned in-filler.
 
 FIDO's counterfactuals are only as plausible as the in-filler: a blur or a mean leaves
 an obviously artificial region that the classifier may react to for its own sake. A
 generator trained to fill random holes of real images (reconstruction + adversarial
-realism, see `training/inpainter_loop.py`) replaces the region with content that looks
+realism, see `methods/fido/inpainter_train.py`; `methods/fido/infillers.py` makes it an
+in-filler) replaces the region with content that looks
 like the rest of the data set.
 
 The network is the project's U-Net on `C + 1` input channels: the image with the hidden
@@ -25,7 +26,6 @@ import numpy as np
 from flax import nnx
 
 from cfx_jax.batching import map_in_chunks
-from cfx_jax.methods import infillers as infillers_lib
 from cfx_jax.models.discriminator import Discriminator
 from cfx_jax.models.unet import UNet
 
@@ -151,20 +151,3 @@ class Inpainter:
     images = np.asarray(images, np.float32)
     keep = np.asarray(keep, np.float32)
     return keep * images + (1.0 - keep) * self.fills(images, keep, chunk_size)
-
-
-def as_infiller(inpainter: Inpainter, name: str = "inpainter") -> infillers_lib.Infiller:
-  """A FIDO in-filler `(images, keep_mask, key) -> fills` backed by the in-painter.
-
-  It returns the network's fill, not the composite: FIDO blends `keep * x + (1 - keep)
-  * fills` itself, and blending twice would change the soft edges of its masks. The
-  network is deterministic, so the key is unused and FIDO may skip drawing one.
-  """
-  return infillers_lib.Infiller(lambda images, keep, key: inpainter.fill(images, keep),
-                                name, uses_mask=True, uses_key=False)
-
-
-def register_inpainter(inpainter: Inpainter, name: str = "inpainter") -> infillers_lib.Infiller:
-  """Register the in-painter so configs can name it: `fido_config(infiller=name)`."""
-  fill = as_infiller(inpainter, name)
-  return infillers_lib.register_infiller(name, fill.fn, uses_mask=True, uses_key=False)

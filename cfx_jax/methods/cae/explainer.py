@@ -2,7 +2,7 @@
 
 CAE learns, without the classifier's gradients, to split an image x into a short
 class-associated code s and a spatial individual code c (`models/cae.py`, trained by
-`training/cae_loop.py`). Only labels are needed; here they are the classifier's decisions
+`methods/cae/train.py`). Only labels are needed; here they are the classifier's decisions
 on the training images, so s encodes what *the classifier* treats as each class, not
 what the ground truth says.
 
@@ -44,10 +44,10 @@ from cfx_jax import persistence, validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
-from cfx_jax.methods import optimised
-from cfx_jax.methods.fido import other_class_on
+from cfx_jax.methods import common
+from cfx_jax.methods.fido.explainer import other_class_on
 from cfx_jax.models.cae import build_autoencoder
-from cfx_jax.training import cae_loop
+from cfx_jax.methods.cae import train as cae_train
 
 META_FILE = "cae.json"
 TREE_DIR = "network"
@@ -57,11 +57,11 @@ PATH_SETTINGS = ("path_step", "max_fraction", "warn_failures")
 
 
 def cae_config(**overrides) -> ml_collections.ConfigDict:
-  """Training settings of `cae_loop.cae_train_config` plus the path; overrides on top.
+  """Training settings of `cae_train.cae_train_config` plus the path; overrides on top.
 
   Nested settings (`weights`, `model`) take dicts of the entries to change.
   """
-  c = cae_loop.cae_train_config()
+  c = cae_train.cae_train_config()
   c.chunk_size = 64            # images per compiled explain call (each decodes every point)
   c.path_step = 0.2            # fraction of the way from s to the reference per path point
   c.max_fraction = 2.0         # last point: 1.0 is the reference code, beyond it exaggerates
@@ -72,12 +72,12 @@ def cae_config(**overrides) -> ml_collections.ConfigDict:
       if extra:
         raise ValueError(f"unknown CAE {group} setting(s) {extra}; available: "
                          f"{sorted(c[group].keys())}")
-  return optimised.settings("CAE", c, overrides, check_config)
+  return common.settings("CAE", c, overrides, check_config)
 
 
 def check_config(cfg) -> None:
   """Fail before training or compiling on settings CAE cannot use."""
-  cae_loop.check_train_config(cfg)
+  cae_train.check_train_config(cfg)
   if not cfg.path_step > 0:
     raise ValueError(f"path_step must be positive, got {cfg.path_step}")
   if not cfg.max_fraction >= cfg.path_step:
@@ -95,8 +95,8 @@ def path_fractions(cfg) -> np.ndarray:
 
 
 def training_config(cfg) -> ml_collections.ConfigDict:
-  """The training part of the explainer's settings, as `cae_loop.train_cae` takes it."""
-  train = cae_loop.cae_train_config()
+  """The training part of the explainer's settings, as `cae_train.train_cae` takes it."""
+  train = cae_train.cae_train_config()
   train.update({k: cfg[k] for k in train.keys()})
   return train
 
@@ -171,7 +171,7 @@ class CaePath:
     return np.where(self.flip >= 0, self.fractions[np.maximum(self.flip, 0)], np.nan)
 
 
-class CaeExplainer(optimised.ClassifierBound):
+class CaeExplainer(common.ClassifierBound):
   """CAE counterfactuals: the class code moved towards the target class's prototype.
 
   counterfactual: the decoded image at the first path point the classifier assigns to
@@ -182,11 +182,11 @@ class CaeExplainer(optimised.ClassifierBound):
   lists those.
   """
 
-  def __init__(self, classifier, config=None, *, model: cae_loop.CaeModel,
+  def __init__(self, classifier, config=None, *, model: cae_train.CaeModel,
                prototypes, image_shape=None):
-    config = optimised.as_settings(config, cae_config)
+    config = common.as_settings(config, cae_config)
     check_config(config)
-    self.classifier = optimised.bind_classifier(classifier, image_shape)
+    self.classifier = common.bind_classifier(classifier, image_shape)
     self.config = config
     if tuple(model.image_shape) != self.image_shape:
       raise ValueError(f"CAE networks were trained on images of shape {model.image_shape}, "
@@ -211,13 +211,13 @@ class CaeExplainer(optimised.ClassifierBound):
     With `workdir`, training checkpoints go to `<workdir>/cae_checkpoints` and an
     interrupted fit resumes from them.
     """
-    cfg = optimised.as_settings(config, cae_config)
+    cfg = common.as_settings(config, cae_config)
     cfg.seed = int(seed)
     check_config(cfg)
     x = validation.check_images(images)
     clf = as_classifier(classifier, x.shape[1:])
     labels = clf.predict(x, int(cfg.chunk_size))
-    model = cae_loop.train_cae(x, labels, training_config(cfg), workdir,
+    model = cae_train.train_cae(x, labels, training_config(cfg), workdir,
                                num_classes=clf.num_classes)
     codes, _ = model.encode(x, int(cfg.chunk_size))
     return cls(clf, cfg, model=model, prototypes=class_prototypes(codes, labels,
@@ -230,7 +230,7 @@ class CaeExplainer(optimised.ClassifierBound):
             "final_metrics": self.model.history[-1] if self.model.history else {}}
     persistence.save(path, META_FILE, meta, TREE_DIR,
                      {"autoencoder": self.model.params, "prototypes": self.prototypes})
-    optimised.save_settings(path, "cae", self)
+    common.save_settings(path, "cae", self)
 
   @classmethod
   def from_meta(cls, meta: dict, classifier: Classifier, path: str) -> CaeExplainer:
@@ -243,7 +243,7 @@ class CaeExplainer(optimised.ClassifierBound):
     tree = persistence.restore(path, TREE_DIR, {
         "autoencoder": abstract,
         "prototypes": jax.ShapeDtypeStruct((k, int(cfg.model.style_dim)), jnp.float32)})
-    model = cae_loop.CaeModel(graphdef, tree["autoencoder"], shape, k,
+    model = cae_train.CaeModel(graphdef, tree["autoencoder"], shape, k,
                               training_config(cfg).to_dict())
     return cls(classifier, cfg, model=model, prototypes=np.asarray(tree["prototypes"]))
 
@@ -311,7 +311,7 @@ class CaeExplainer(optimised.ClassifierBound):
 
   def report_failures(self, explanation: Explanation, *, stacklevel: int = 2) -> np.ndarray:
     """Indices whose path never reached the target class, with a warning."""
-    return optimised.report_failures(
+    return common.report_failures(
         "CAE", explanation,
         f"did not reach the target class by fraction {float(self.fractions[-1]):g} of the "
         "path", stacklevel)

@@ -6,7 +6,7 @@ masks it will meet) mixed with random rectangles (large contiguous holes). The
 discriminator learns to tell real (image, mask) pairs from in-filled ones; the generator
 minimises the L1 error on the dropped pixels plus a small adversarial term that keeps
 its fills sharp instead of the blurry mean the L1 alone converges to. Both updates are
-one compiled, sharded program; the state is `gan.GanState`, checkpointed and resumed
+one compiled, sharded program; the state is `GanState`, checkpointed and resumed
 like the explainers'.
 """
 
@@ -24,25 +24,16 @@ from flax import nnx
 
 from cfx_jax import data as data_lib
 from cfx_jax import persistence
-from cfx_jax.batching import map_in_chunks
-from cfx_jax.methods import infillers as infillers_lib
 from cfx_jax.methods import losses
-from cfx_jax.methods.fido import upsample
+from cfx_jax.methods.fido.explainer import upsample
 from cfx_jax.models import inpainter as inpainter_lib
 from cfx_jax.models.inpainter import Inpainter, composite, disc_logits
-from cfx_jax.training import gan
+from cfx_jax.engine.state import GanModels, GanState, commit_if_finite, optimizer
 from cfx_jax.engine import mesh as mesh_lib
-from cfx_jax.engine.logging import is_main_process
 from cfx_jax.engine.loop import LoopConfig, train_loop
 
 META_FILE = "inpainter.json"
 TREE_DIR = "network"
-# Fillers the in-painter is compared with. FIDO's registered ones ignore the mask, so
-# they read the very pixels they replace; the "kept_" ones see only the kept pixels,
-# like the in-painter, and are the fair reference for reconstruction error.
-BASELINE_FILLERS = ("blur", "mean", "local_mean", "kept_mean", "kept_blur")
-# Sigma of `kept_blur` as a fraction of the image side: wide enough to bridge FIDO's holes.
-KEPT_BLUR_FRACTION = 0.1
 
 
 def inpainter_config() -> ml_collections.ConfigDict:
@@ -192,24 +183,24 @@ def generator_loss(disc_fn, fills, images, keep, w):
 
 
 def init(image_shape, config):
-  """Build the networks once and split them; returns (gan.GanModels, gan.GanState)."""
+  """Build the networks once and split them; returns (GanModels, GanState)."""
   net, disc = inpainter_lib.build_networks(image_shape, config.model, nnx.Rngs(config.seed))
   gen_def, gen_params = nnx.split(net)
   disc_def, disc_params = nnx.split(disc)
-  tx = gan.optimizer(config.learning_rate, config.b1)
-  state = gan.GanState(
+  tx = optimizer(config.learning_rate, config.b1)
+  state = GanState(
       step=jnp.zeros((), jnp.int32), gen=gen_params, disc=disc_params,
       gen_opt=tx.init(gen_params), disc_opt=tx.init(disc_params),
       key=jax.random.key_data(jax.random.key(config.seed + 1)),
       nonfinite_step=jnp.full((), -1, jnp.int32))
-  return gan.GanModels(gen_def, disc_def, tx, tx), state
+  return GanModels(gen_def, disc_def, tx, tx), state
 
 
-def make_train_step(models: gan.GanModels, weights: dict, spec: MaskSpec):
+def make_train_step(models: GanModels, weights: dict, spec: MaskSpec):
   """The pure step `(state, images (B, H, W, C)) -> (state, metrics)`: D, then G."""
   w = dict(weights)
 
-  def step(state: gan.GanState, images):
+  def step(state: GanState, images):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     k_mask, k_gp = jax.random.split(key)
     keep, _ = sample_masks(k_mask, images.shape[0], images.shape[1:], spec)
@@ -237,16 +228,9 @@ def make_train_step(models: gan.GanModels, weights: dict, spec: MaskSpec):
     gen_params = optax.apply_updates(state.gen, g_updates)
 
     metrics = {**d_metrics, **g_metrics, "drop_fraction": 1.0 - jnp.mean(keep)}
-    # A non-finite step keeps the old state and records its index (as in gan.py).
-    ok = (jnp.isfinite(metrics["d_loss"]) & jnp.isfinite(metrics["g_loss"])
-          & (state.nonfinite_step < 0))
-    updated = state.replace(gen=gen_params, disc=disc_params, gen_opt=gen_opt,
-                            disc_opt=disc_opt)
-    new = jax.tree.map(lambda x, y: jnp.where(ok, x, y), updated, state).replace(
-        step=state.step + 1,
-        nonfinite_step=jnp.where(ok | (state.nonfinite_step >= 0),
-                                 state.nonfinite_step, state.step))
-    return new, metrics
+    finite = jnp.isfinite(metrics["d_loss"]) & jnp.isfinite(metrics["g_loss"])
+    return commit_if_finite(state, finite, gen=gen_params, disc=disc_params, gen_opt=gen_opt,
+                            disc_opt=disc_opt), metrics
 
   return step
 
@@ -258,7 +242,7 @@ def make_train_step(models: gan.GanModels, weights: dict, spec: MaskSpec):
 _STEPS: dict = {}
 
 
-def compiled_train_step(models: gan.GanModels, config, spec: MaskSpec, mesh,
+def compiled_train_step(models: GanModels, config, spec: MaskSpec, mesh,
                         state_sharding, images_sharding):
   """The jitted, sharded, state-donating step for these networks, settings and mesh."""
   weights = tuple(sorted((k, float(v)) for k, v in dict(config.weights).items()))
@@ -333,139 +317,3 @@ def load_inpainter(path: str) -> Inpainter:
       lambda: inpainter_lib.build_net(shape, model, nnx.Rngs(0))))
   params = persistence.restore(path, TREE_DIR, abstract)
   return Inpainter(graphdef, params, shape, meta["config"])
-
-
-# Evaluation ---------------------------------------------------------------------------
-
-
-def held_out_masks(inpainter: Inpainter, n: int, seed: int):
-  """The training mask distribution, drawn with a fixed seed: (keep, kind) as NumPy."""
-  spec = mask_spec(inpainter.config["masks"], inpainter.image_shape[0])
-  keep, kind = jax.jit(sample_masks, static_argnums=(1, 2, 3))(
-      jax.random.key(seed), n, inpainter.image_shape, spec)
-  return np.asarray(keep), np.asarray(kind), spec
-
-
-def kept_mean_fill(images, keep, key=None):
-  """Per-image, per-channel mean of the kept pixels only."""
-  del key
-  total = jnp.sum(images * keep, axis=(1, 2), keepdims=True)
-  count = jnp.sum(keep, axis=(1, 2), keepdims=True)
-  mean = jnp.where(count > 1e-6, total / jnp.maximum(count, 1e-6), 0.0)
-  return jnp.broadcast_to(mean, images.shape)
-
-
-def kept_blur_fill(images, keep, key=None):
-  """Normalised convolution: blur(x * keep) / blur(keep), the kept mean where nothing is near."""
-  sigma = KEPT_BLUR_FRACTION * min(images.shape[1], images.shape[2])
-  num = infillers_lib.gaussian_blur(images * keep, sigma)
-  den = infillers_lib.gaussian_blur(jnp.broadcast_to(keep, images.shape[:3] + (1,)), sigma)
-  return jnp.where(den > 1e-3, num / jnp.maximum(den, 1e-3), kept_mean_fill(images, keep))
-
-
-_EVAL_FILLERS = {"kept_mean": kept_mean_fill, "kept_blur": kept_blur_fill}
-
-
-def baseline_fills(images: np.ndarray, keep: np.ndarray, name: str,
-                   chunk_size: int = 256) -> np.ndarray:
-  """Fills of a registered in-filler or of a `kept_` reference, in compiled chunks."""
-  fill = _EVAL_FILLERS.get(name) or infillers_lib.get_infiller(name)
-  # Run op by op: jitted, XLA spends seconds constant-folding `local_mean`'s window counts.
-  fn = lambda x, k: fill(jnp.asarray(x), jnp.asarray(k), jax.random.key(0))  # noqa: E731
-  return map_in_chunks(fn, [images, keep], chunk_size)
-
-
-def evaluate_inpainter(inpainter: Inpainter, images: np.ndarray, *, seed: int = 1,
-                       chunk_size: int = 256, baselines=BASELINE_FILLERS):
-  """Dropped-pixel L1 of the in-painter and of mask-free in-fillers on the same masks.
-
-  Returns (metrics, samples): metrics per filler overall and per mask kind; samples
-  holds the images, masks and fills for a figure.
-  """
-  images = np.asarray(images, np.float32)
-  keep, kind, spec = held_out_masks(inpainter, len(images), seed)
-  fills = {"inpainter": inpainter.fills(images, keep, chunk_size)}
-  for name in baselines:
-    fills[name] = baseline_fills(images, keep, name, chunk_size)
-
-  def l1(f, rows):
-    return float(dropped_l1(jnp.asarray(f[rows]), jnp.asarray(images[rows]),
-                            jnp.asarray(keep[rows])))
-
-  everything = np.arange(len(images))
-  metrics = {
-      "num_images": len(images),
-      "mask_seed": seed,
-      "drop_fraction": float(1.0 - keep.mean()),
-      "l1_dropped": {name: l1(f, everything) for name, f in fills.items()},
-      "l1_dropped_by_mask": {},
-  }
-  for i, kind_name in enumerate(spec.kinds):
-    rows = np.flatnonzero(kind == i)
-    if rows.size:
-      metrics["l1_dropped_by_mask"][kind_name] = {
-          "count": int(rows.size), **{name: l1(f, rows) for name, f in fills.items()}}
-  samples = {"images": images, "keep": keep, "kind": kind, "fills": fills}
-  return metrics, samples
-
-
-def _display(image: np.ndarray):
-  img = np.clip((np.asarray(image, np.float32) + 1.0) / 2.0, 0.0, 1.0)
-  return (img[..., 0], "gray") if img.shape[-1] == 1 else (img, None)
-
-
-def save_inpainting_figure(path: str, samples: dict, rows: int = 6,
-                           columns=("blur", "inpainter")) -> str:
-  """Rows of: masked input | each named fill composited | original."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  images, keep = samples["images"], samples["keep"]
-  rows = min(rows, len(images))
-  titles = ["masked input"] + [f"{c} fill" for c in columns] + ["original"]
-  fig, axes = plt.subplots(rows, len(titles), figsize=(1.8 * len(titles), 1.8 * rows),
-                           squeeze=False)
-  for r in range(rows):
-    panels = [images[r] * keep[r]]
-    panels += [keep[r] * images[r] + (1.0 - keep[r]) * samples["fills"][c][r] for c in columns]
-    panels.append(images[r])
-    for ax, panel, title in zip(axes[r], panels, titles):
-      img, cmap = _display(panel)
-      ax.imshow(img, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if r == 0:
-        ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
-
-
-def run_inpainter_stage(config: ml_collections.ConfigDict, train: dict, test: dict,
-                        workdir: str) -> dict:
-  """Train (or reuse `<workdir>/inpainter`), evaluate on held-out images, write outputs.
-
-  Writes `<workdir>/inpainter_metrics.json` and `<workdir>/inpainter.png`.
-  """
-  from cfx_jax import report
-
-  path = os.path.join(workdir, "inpainter")
-  if os.path.exists(os.path.join(path, META_FILE)):
-    inpainter = load_inpainter(path)
-    print(f"inpainter: reusing {path}", flush=True)
-  else:
-    inpainter = train_inpainter(train["image"], config, workdir)
-  held_out = np.asarray(test["image"][:int(config.eval.num_images)], np.float32)
-  metrics, samples = evaluate_inpainter(inpainter, held_out, seed=int(config.eval.seed),
-                                        chunk_size=int(config.chunk_size))
-  if is_main_process():
-    report.save_json(os.path.join(workdir, "inpainter_metrics.json"), metrics)
-    save_inpainting_figure(os.path.join(workdir, "inpainter.png"), samples,
-                           rows=int(config.eval.figure_rows))
-  print("inpainter dropped-pixel L1: " + ", ".join(
-      f"{k}={v:.4f}" for k, v in metrics["l1_dropped"].items()), flush=True)
-  return metrics

@@ -16,10 +16,11 @@ import numpy as np
 
 from cfx_jax import config as config_lib
 from cfx_jax import data as data_lib
-from cfx_jax.classifier import Classifier
-from cfx_jax.explainer import Explainer, check_fingerprint
-from cfx_jax.methods import ModelSpec, get_method
-from cfx_jax.training import gan
+from cfx_jax.classifier import Classifier, as_classifier, check_fingerprint
+from cfx_jax.methods.base import ModelSpec
+from cfx_jax.methods.conditional import get_generator
+from cfx_jax.methods.conditional.explainer import GeneratorExplainer
+from cfx_jax.methods.conditional import gan
 from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine.logging import MetricsLog
 from cfx_jax.engine.loop import LoopConfig, train_loop
@@ -37,14 +38,54 @@ def model_spec(config: ml_collections.ConfigDict, image_shape, num_classes: int)
                    dtype=None if m.dtype == "float32" else jnp.dtype(m.dtype))
 
 
+def fit(name: str, classifier: Classifier, images: np.ndarray, *, config=None, seed: int = 0,
+        steps: int | None = None, batch_size: int | None = None,
+        workdir: str | None = None) -> GeneratorExplainer:
+  """The registry's entry point: `config` is None, a ConfigDict from
+  `cfx_jax.explainer_config` or a nested dict of overrides; the keywords win."""
+  if config is None:
+    cfg = config_lib.explainer_config(name)
+  elif isinstance(config, ml_collections.ConfigDict):
+    cfg = config.copy_and_resolve_references()
+  elif isinstance(config, dict):
+    cfg = config_lib.explainer_config(name)
+    cfg.update_from_flattened_dict(_flatten(config))
+  else:
+    raise TypeError(f"config must be a ConfigDict or a dict, got {type(config).__name__}")
+  cfg.method = name
+  if steps is not None:
+    if int(steps) < 1:
+      raise ValueError(f"steps must be >= 1, got {steps}")
+    cfg.steps = int(steps)
+  if batch_size is not None:
+    cfg.batch_size = int(batch_size)
+  cfg.seed = int(seed)
+  return train_explainer(as_classifier(classifier, images.shape[1:]), images, cfg, workdir)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  """{"model": {"residual": False}} -> {"model.residual": False}; `weights` stays a dict
+  of its own entries, which may name terms the defaults do not list."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict) and k != "weights":
+      out.update(_flatten(v, f"{prefix}{k}."))
+    elif isinstance(v, dict):
+      for wk, wv in v.items():
+        out[f"{prefix}{k}.{wk}"] = wv
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
 def train_explainer(classifier: Classifier, images: np.ndarray,
-                    config: ml_collections.ConfigDict, workdir: str | None = None) -> Explainer:
+                    config: ml_collections.ConfigDict, workdir: str | None = None) -> GeneratorExplainer:
   """Fit `config.method` to explain `classifier` on `images` (validated, in [-1, 1]).
 
   In a multi-process job every process passes the same `images`; each reads only its
   own slice of every global batch.
   """
-  method = get_method(config.method)
+  method = get_generator(config.method)
   k = classifier.num_classes
   spec = model_spec(config, images.shape[1:], k)
   steps = config.steps or config_lib.default_steps(spec.image_size)
@@ -110,9 +151,9 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
       check_saved=lambda saved: check_fingerprint(saved["classifier_fingerprint"],
                                                   classifier, f"checkpoint in {workdir}"),
       extra_logs=(ids_log,))
-  explainer = Explainer(method, spec, models.gen_def, mesh_lib.to_host(state.gen, mesh), classifier,
-                        chunk_size=config.chunk_size, map_reference=map_reference(config),
-                        config=config.to_dict())
+  explainer = GeneratorExplainer(method, spec, models.gen_def, mesh_lib.to_host(state.gen, mesh),
+                                 classifier, chunk_size=config.chunk_size,
+                                 map_reference=map_reference(config), config=config.to_dict())
   explainer.history = log.history
   if workdir:
     explainer.save(os.path.join(workdir, "explainer"))
@@ -123,4 +164,4 @@ def map_reference(config) -> str:
   """The config's choice, or the method's default for its generator form."""
   if config.map_reference != "auto":
     return config.map_reference
-  return get_method(config.method).default_map_reference(bool(config.model.residual))
+  return get_generator(config.method).default_map_reference(bool(config.model.residual))

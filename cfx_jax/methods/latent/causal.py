@@ -30,7 +30,8 @@ import jax
 import numpy as np
 
 if TYPE_CHECKING:
-  from cfx_jax.methods.latent import LatentExplainer, LatentGenerator
+  from cfx_jax.methods.latent.explainer import LatentExplainer
+  from cfx_jax.methods.latent.generator import LatentGenerator
 
 SCORES = ("pn", "ps", "pns")
 SCORE_LABELS = {"pn": "PN", "ps": "PS", "pns": "PNS"}

@@ -6,9 +6,9 @@ are never redone; an interrupted explainer resumes from its last checkpoint. A c
 with an `inpainter` section first trains (or reuses) a generative in-filler for FIDO and
 scores it against the blur and mean fills; with `classifier = None` that is all it does.
 
-`config.explainer` is either an `explainer_config` (the generator methods) or, for a
-method with its own explainer class (`cfx_jax.methods.STANDALONE`: fido, disc, cae, ...),
-`{"method": name, "seed": int, "settings": {...}}` with that method's settings.
+`config.explainer` holds `method`, `seed` and that method's settings: an
+`explainer_config` for the generator methods, `configs.common.method_config` for the
+others.
 """
 
 from __future__ import annotations
@@ -21,14 +21,12 @@ import ml_collections
 
 from cfx_jax import persistence, report
 from cfx_jax.api import fit_explainer
-from cfx_jax.explainer import load_explainer
-from cfx_jax.methods import STANDALONE
+from cfx_jax.methods import registry
 from cfx_jax.metrics.oracle import load_or_train_oracle
-from cfx_jax.training import classifier_loop
-from cfx_jax.training.datasets import load_split
-from cfx_jax.training.evaluate import evaluate_explainer, write_outputs
-from cfx_jax.training.explainer_loop import train_explainer
-from cfx_jax.training.inpainter_loop import run_inpainter_stage
+from cfx_jax.jobs import classifier_training
+from cfx_jax.jobs.datasets import load_split
+from cfx_jax.jobs.evaluate import evaluate_explainer, write_outputs
+from cfx_jax.jobs.inpainter_stage import run_inpainter_stage
 from cfx_jax.engine.logging import is_main_process
 
 
@@ -59,11 +57,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   clf_dir = os.path.join(workdir, "classifier")
   t0 = time.time()
   if os.path.exists(os.path.join(clf_dir, "classifier.json")):
-    clf = classifier_loop.load_classifier(clf_dir)
+    clf = classifier_training.load_classifier(clf_dir)
     clf_metrics = persistence.read_meta(clf_dir, "classifier.json", "classifier")["metrics"]
     print(f"classifier: reusing {clf_dir}", flush=True)
   else:
-    clf, clf_metrics = classifier_loop.train_classifier(config.classifier, train, test, workdir)
+    clf, clf_metrics = classifier_training.train_classifier(config.classifier, train, test, workdir)
   timings["classifier_s"] = time.time() - t0
   print(f"classifier test accuracy: {clf_metrics['test_accuracy']:.4f}", flush=True)
   results = {"dataset": config.dataset.name, "classifier": clf_metrics}
@@ -77,10 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   t0 = time.time()
   name = config.explainer.method
-  if name in STANDALONE:
-    explainer = standalone_explainer(config.explainer, clf, train, workdir)
-  else:
-    explainer = train_explainer(clf, train["image"], config.explainer, workdir)
+  explainer = fit_job_explainer(config.explainer, clf, train, workdir)
   timings["explainer_s"] = time.time() - t0
   t0 = time.time()
   oracle = None
@@ -104,16 +99,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def standalone_explainer(c: ml_collections.ConfigDict, clf, train: dict, workdir: str):
-  """Fit (or reload from `<workdir>/explainer`) a method with its own explainer class."""
-  path = os.path.join(workdir, "explainer")
-  if os.path.exists(os.path.join(path, "explainer.json")):
-    print(f"explainer: reusing {path}", flush=True)
-    return load_explainer(path, clf)
-  attributes = train.get("attributes") if c.method == "latent" else None
-  settings = c.settings.to_dict() if c.get("settings") is not None else {}
-  explainer = fit_explainer(clf, train["image"], method=c.method, seed=int(c.get("seed", 0)),
-                            workdir=workdir, config=settings,
-                            attributes=attributes)
-  explainer.save(path)  # collective: every process takes part in the save
-  return explainer
+def fit_job_explainer(c: ml_collections.ConfigDict, clf, train: dict, workdir: str):
+  """Fit `c.method` with the rest of `c` as its settings; a rerun resumes from the
+  checkpoints in `workdir` and saves the explainer to `<workdir>/explainer` again."""
+  settings = {k: v for k, v in c.to_dict().items() if k not in ("method", "seed")}
+  attributes = train.get("attributes") if registry.get(c.method).uses_attributes else None
+  return fit_explainer(clf, train["image"], method=c.method, seed=int(c.get("seed", 0)),
+                       workdir=workdir, config=settings, attributes=attributes)

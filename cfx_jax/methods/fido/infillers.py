@@ -20,6 +20,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from cfx_jax.models.inpainter import Inpainter
+
 # The Gaussian blur of the FIDO paper is sigma = 10 on 224-pixel images.
 BLUR_SIGMA_AT_224 = 10.0
 # Side of the local-mean window, as a fraction of the image side.
@@ -159,3 +161,20 @@ def get_infiller(infiller) -> Infiller:
     return Infiller(infiller, getattr(infiller, "__name__", "custom"))
   raise ValueError(f"in-filler must be a name ({sorted(INFILLERS)}) or a callable "
                    f"(images, keep_mask, key) -> fills, got {type(infiller).__name__}")
+
+
+def as_infiller(inpainter: Inpainter, name: str = "inpainter") -> Infiller:
+  """A FIDO in-filler `(images, keep_mask, key) -> fills` backed by the in-painter.
+
+  It returns the network's fill, not the composite: FIDO blends `keep * x + (1 - keep)
+  * fills` itself, and blending twice would change the soft edges of its masks. The
+  network is deterministic, so the key is unused and FIDO may skip drawing one.
+  """
+  return Infiller(lambda images, keep, key: inpainter.fill(images, keep),
+                                name, uses_mask=True, uses_key=False)
+
+
+def register_inpainter(inpainter: Inpainter, name: str = "inpainter") -> Infiller:
+  """Register the in-painter so configs can name it: `fido_config(infiller=name)`."""
+  fill = as_infiller(inpainter, name)
+  return register_infiller(name, fill.fn, uses_mask=True, uses_key=False)

@@ -1,9 +1,8 @@
-"""A trained generative explainer: batched, compiled explanations; save and load."""
+"""A trained conditional-generator explainer: batched, compiled explanations; save and load."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -13,15 +12,14 @@ from flax import nnx
 
 from cfx_jax import persistence, validation
 from cfx_jax.batching import map_in_chunks
-from cfx_jax.classifier import Classifier, as_classifier
+from cfx_jax.classifier import Classifier, as_classifier, check_fingerprint
 from cfx_jax.explanation import Explanation
-from cfx_jax.methods import Method, ModelSpec, get_method, other_class
+from cfx_jax.methods.base import Method, ModelSpec, other_class
 from cfx_jax.methods.losses import change_map
 
-FINGERPRINT_TOLERANCE = 1e-3
 
-
-class Explainer:
+class GeneratorExplainer:
+  """A generator that maps an image to its counterfactual toward a target class."""
 
   def __init__(self, method: Method, spec: ModelSpec, gen_def, gen_params,
                classifier: Classifier, *, chunk_size: int = 256, map_reference: str = "input",
@@ -117,25 +115,9 @@ def spec_from_json(d: dict[str, Any]) -> ModelSpec:
   return ModelSpec(**d)
 
 
-def check_fingerprint(saved, classifier: Classifier, what: str) -> None:
-  now = np.asarray(classifier.fingerprint())
-  saved = np.asarray(saved)
-  if now.shape != saved.shape or not np.allclose(now, saved, atol=FINGERPRINT_TOLERANCE,
-                                                 rtol=FINGERPRINT_TOLERANCE):
-    raise ValueError(f"{what} was made for another classifier: its outputs on the probe "
-                     "images differ from this classifier's")
-
-
-def load_explainer(path: str, classifier) -> Explainer:
-  """Load an explainer saved with `Explainer.save`; checks it matches `classifier`."""
-  from cfx_jax.methods import STANDALONE
-
-  path = os.path.abspath(path)
-  meta = persistence.read_meta(path, "explainer.json", "explainer")
-  if meta.get("method") in STANDALONE:
-    clf = as_classifier(classifier, meta["image_shape"])
-    check_fingerprint(meta["classifier_fingerprint"], clf, f"explainer at {path}")
-    return STANDALONE[meta["method"]].from_meta(meta, clf, path)
+def load(method: Method, meta: dict, classifier, path: str) -> GeneratorExplainer:
+  """The explainer saved at `path` (its explainer.json is `meta`), checked against
+  `classifier`."""
   spec = spec_from_json(meta["spec"])
   image_shape = (spec.image_size, spec.image_size, spec.channels)
   if isinstance(classifier, Classifier) and classifier.image_shape != image_shape:
@@ -146,8 +128,7 @@ def load_explainer(path: str, classifier) -> Explainer:
     raise ValueError(f"explainer at {path} explains {spec.num_classes} classes, the "
                      f"classifier has {clf.num_classes}")
   check_fingerprint(meta["classifier_fingerprint"], clf, f"explainer at {path}")
-  method = get_method(meta["method"])
   gen_def, abstract = nnx.split(nnx.eval_shape(lambda: method.build(spec, nnx.Rngs(0))[0]))
   params = persistence.restore(path, "generator", abstract)
-  return Explainer(method, spec, gen_def, params, clf, chunk_size=meta["chunk_size"],
-                   map_reference=meta["map_reference"], config=meta["config"])
+  return GeneratorExplainer(method, spec, gen_def, params, clf, chunk_size=meta["chunk_size"],
+                            map_reference=meta["map_reference"], config=meta["config"])

@@ -19,8 +19,8 @@ pulled towards them, so the term cannot be lowered by shrinking every code.
 
 Both updates are computed from the same forward pass with the parameters the step
 started from (simultaneous gradient steps), so the networks run once per step; the
-state is `gan.GanState`, donated to the step, replicated on the mesh, with the batch
-sharded along the per-class axis. Checkpoints and resume follow `inpainter_loop`.
+state is `GanState`, donated to the step, replicated on the mesh, with the batch
+sharded along the per-class axis. Checkpoints and resume follow `inpainter_train`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from cfx_jax import data as data_lib
 from cfx_jax import validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.models.cae import build_networks
-from cfx_jax.training import gan
+from cfx_jax.engine.state import GanModels, GanState, commit_if_finite, optimizer
 from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine.loop import LoopConfig, train_loop
 
@@ -200,24 +200,24 @@ def discriminator_total(terms: dict, weights: dict) -> jax.Array:
 
 
 def init(image_shape, num_classes: int, config):
-  """Build the networks once and split them; returns (gan.GanModels, gan.GanState)."""
+  """Build the networks once and split them; returns (GanModels, GanState)."""
   auto, disc = build_networks(image_shape, num_classes, config.model, nnx.Rngs(config.seed))
   gen_def, gen_params = nnx.split(auto)
   disc_def, disc_params = nnx.split(disc)
-  tx = gan.optimizer(config.learning_rate, config.b1, config.b2)
-  state = gan.GanState(
+  tx = optimizer(config.learning_rate, config.b1, config.b2)
+  state = GanState(
       step=jnp.zeros((), jnp.int32), gen=gen_params, disc=disc_params,
       gen_opt=tx.init(gen_params), disc_opt=tx.init(disc_params),
       key=jax.random.key_data(jax.random.key(config.seed + 1)),
       nonfinite_step=jnp.full((), -1, jnp.int32))
-  return gan.GanModels(gen_def, disc_def, tx, tx), state
+  return GanModels(gen_def, disc_def, tx, tx), state
 
 
-def make_train_step(models: gan.GanModels, weights: dict):
+def make_train_step(models: GanModels, weights: dict):
   """The pure step `(state, images (K, P, H, W, C)) -> (state, metrics)`, row k class k."""
   w = {k: float(v) for k, v in dict(weights).items()}
 
-  def step(state: gan.GanState, images):
+  def step(state: GanState, images):
     num_classes, per_class = images.shape[:2]
     x = images.reshape((num_classes * per_class,) + images.shape[2:])
     labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), per_class)
@@ -244,16 +244,10 @@ def make_train_step(models: gan.GanModels, weights: dict):
     d_updates, disc_opt = models.disc_tx.update(d_grads, state.disc_opt, state.disc)
     metrics = {**{f"g_{k}": v for k, v in g_terms.items()}, "g_loss": g_total,
                **{f"d_{k}": v for k, v in d_terms.items()}, "d_loss": d_total}
-    # A non-finite step keeps the old state and records its index (as in gan.py).
-    ok = jnp.isfinite(g_total) & jnp.isfinite(d_total) & (state.nonfinite_step < 0)
-    updated = state.replace(gen=optax.apply_updates(state.gen, g_updates),
+    return commit_if_finite(state, jnp.isfinite(g_total) & jnp.isfinite(d_total),
+                            gen=optax.apply_updates(state.gen, g_updates),
                             disc=optax.apply_updates(state.disc, d_updates),
-                            gen_opt=gen_opt, disc_opt=disc_opt)
-    new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), updated, state).replace(
-        step=state.step + 1,
-        nonfinite_step=jnp.where(ok | (state.nonfinite_step >= 0),
-                                 state.nonfinite_step, state.step))
-    return new, metrics
+                            gen_opt=gen_opt, disc_opt=disc_opt), metrics
 
   return step
 
@@ -263,7 +257,7 @@ def make_train_step(models: gan.GanModels, weights: dict):
 _STEPS: dict = {}
 
 
-def compiled_train_step(models: gan.GanModels, config, mesh, images_sharding):
+def compiled_train_step(models: GanModels, config, mesh, images_sharding):
   """The jitted step: state replicated and donated, batch sharded along the class rows."""
   weights = tuple(sorted((k, float(v)) for k, v in dict(config.weights).items()))
   key = (models.gen_def, models.disc_def, float(config.learning_rate), float(config.b1),

@@ -31,12 +31,11 @@ from cfx_jax import metrics as M
 from cfx_jax import persistence, report
 from cfx_jax.api import fit_explainer, trainable_methods
 from cfx_jax.baselines import BASELINES, explain_baseline
-from cfx_jax.config import explainer_config
-from cfx_jax.explainer import load_explainer
-from cfx_jax.methods import OPTIMISERS, STANDALONE
+from cfx_jax.api import load_explainer
+from cfx_jax.methods import registry
 from cfx_jax.metrics.oracle import load_or_train_oracle
-from cfx_jax.training import classifier_loop
-from cfx_jax.training.datasets import load_split
+from cfx_jax.jobs import classifier_training
+from cfx_jax.jobs.datasets import load_split
 from cfx_jax.engine.logging import is_main_process
 
 # Scores where a lower value is better; every other score is better higher.
@@ -48,8 +47,8 @@ LOWER_IS_BETTER = {"deletion_auc", "proximity_l1", "proximity_l2", "sparsity",
 def _classifier(config, train, test, workdir):
   clf_dir = os.path.join(workdir, "classifier")
   if os.path.exists(os.path.join(clf_dir, "classifier.json")):
-    return classifier_loop.load_classifier(clf_dir)
-  clf, _ = classifier_loop.train_classifier(config.classifier, train, test, workdir)
+    return classifier_training.load_classifier(clf_dir)
+  clf, _ = classifier_training.train_classifier(config.classifier, train, test, workdir)
   return clf
 
 
@@ -68,16 +67,11 @@ def trained_explainers(config, clf, train_images, workdir) -> dict[str, list]:
       if os.path.exists(_saved_explainer(workdir, name, seed)):
         out[name].append(load_explainer(os.path.join(path, "explainer"), clf))
         continue
-      if name in STANDALONE:
-        cfg = dict(config.trained.standalone_settings.get(name, {}))
-      else:
-        cfg = explainer_config(name)
-        cfg.steps = config.trained.steps
-        cfg.update(config.trained.get("explainer") or {})  # nested settings, merged
+      settings = config.trained.settings.get(name) or {}
+      if isinstance(settings, ml_collections.ConfigDict):
+        settings = settings.to_dict()
       explainer = fit_explainer(clf, train_images, method=name, seed=seed, workdir=path,
-                                config=cfg)
-      if name in STANDALONE:  # generator explainers saved themselves into `path`
-        explainer.save(os.path.join(path, "explainer"))
+                                config=settings)
       out[name].append(explainer)
   return out
 
@@ -221,7 +215,8 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rows, examples, curves, counterfactuals = {}, {}, {}, {}
   for name, explainers in trained.items():
     # Optimisation methods cost a full optimisation per image: they may use fewer.
-    m = min(n, config.trained.optimiser_images) if name in OPTIMISERS else n
+    per_image = registry.get(name).optimises_per_image
+    m = min(n, config.trained.optimiser_images) if per_image else n
     xm, mm = x[:m], None if masks is None else masks[:m]
     key = _score_key(config, name, m, workdir)
     cached = _cached_scores(workdir, name, key)
@@ -247,7 +242,7 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if name not in examples:
         examples[name] = out.maps
         counterfactuals[name] = out.counterfactual
-    rows[name] = {"kind": "optimised" if name in OPTIMISERS else "trained",
+    rows[name] = {"kind": "optimised" if per_image else "trained",
                   "samples": "seeds", "num_images": int(m),
                   "scores": {k: _mean_ci([s[k] for s in per_seed]) for k in per_seed[0]}}
     _save_scores(workdir, name, key, rows[name], examples[name], counterfactuals[name])
@@ -275,7 +270,8 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   result = {"dataset": config.dataset.name, "num_images": int(n),
             "oracle_test_accuracy": None if oracle is None else oracle.test_accuracy,
-            "seeds": list(config.trained.seeds), "trained_steps": config.trained.steps,
+            "seeds": list(config.trained.seeds),
+            "trained_settings": config.trained.settings.to_dict(),
             "classifier_test_accuracy": float(np.mean(clf.predict(test["image"])
                                                       == test["label"])),
             "methods": rows, "seconds": time.time() - t_start}
@@ -384,8 +380,8 @@ def markdown(result: dict, figures: list[str]) -> str:
   parts = [f"# Leaderboard: {result['dataset']}", "",
            (f"{result['num_images']} test images; classifier test accuracy "
             f"{result['classifier_test_accuracy']:.3f}. Mean ± 95% confidence half-width: "
-            f"over {seeds} seeds for trained and optimised explainers (trained ones "
-            f"{result['trained_steps']} steps each), over images for baselines. "
+            f"over {seeds} seeds for trained and optimised explainers (their settings are "
+            "in leaderboard.json), over images for baselines. "
             "↑ higher is better, ↓ lower is better."
             + (f" Oracle test accuracy {result['oracle_test_accuracy']:.3f}."
                if result.get("oracle_test_accuracy") is not None else "")),

@@ -24,8 +24,8 @@ import numpy as np
 
 from cfx_jax import data as data_lib
 from cfx_jax.data.attributes import ATTRIBUTES
-from cfx_jax.methods import causal, latent
-from cfx_jax.training.classifier_loop import load_classifier, train_classifier
+from cfx_jax.methods.latent import LatentExplainer, causal
+from cfx_jax.jobs.classifier_training import load_classifier, train_classifier
 from cfx_jax.engine.logging import is_main_process
 
 # Classifier name -> marker_correlation of its training data.
@@ -97,7 +97,7 @@ def run_spurious_marker_study(config: ml_collections.ConfigDict, workdir: str) -
   explainers, edits, flips = {}, {}, {}
   scores: dict = {kind: {} for kind in kinds}
   for name, clf in classifiers.items():
-    ex = latent.LatentExplainer.fit(
+    ex = LatentExplainer.fit(
         clf, independent["image"], seed=int(config.seed), config=config.latent.to_dict(),
         workdir=latent_dir, attributes=independent["attributes"], attribute_names=ATTRIBUTES)
     ex.save(os.path.join(workdir, f"explainer_{name}"))

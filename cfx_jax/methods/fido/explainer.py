@@ -29,8 +29,8 @@ from cfx_jax import validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.classifier import Classifier
 from cfx_jax.explanation import Explanation
-from cfx_jax.methods import optimised
-from cfx_jax.methods.infillers import INFILLERS, Infiller, get_infiller
+from cfx_jax.methods import common
+from cfx_jax.methods.fido.infillers import INFILLERS, Infiller, get_infiller
 
 OBJECTIVES = ("ssr", "sdr")
 # The paper's lambda = 1e-3 multiplies a *sum* over a 56 x 56 grid (224-pixel images, grid
@@ -61,7 +61,7 @@ def fido_config(**overrides) -> ml_collections.ConfigDict:
   c.chunk_size = 64            # images per compiled call; each carries `samples` copies
   c.seed = 0
   c.warn_failures = True       # warn, listing indices, when a counterfactual misses its target
-  return optimised.settings("FIDO", c, overrides, check_config)
+  return common.settings("FIDO", c, overrides, check_config)
 
 
 def check_config(cfg) -> None:
@@ -201,7 +201,7 @@ def other_class_on(probs: jax.Array, c: jax.Array) -> jax.Array:
   return jnp.argmax(masked, axis=-1).astype(jnp.int32)
 
 
-class FidoExplainer(optimised.ClassifierBound):
+class FidoExplainer(common.ClassifierBound):
   """FIDO saliency maps and in-filled counterfactuals for a batch of images.
 
   maps: the keep probability (SSR) or drop probability (SDR), upsampled to (N, H, W).
@@ -217,9 +217,9 @@ class FidoExplainer(optimised.ClassifierBound):
   """
 
   def __init__(self, classifier, config=None, *, image_shape=None, infiller=None):
-    config = optimised.as_settings(config, fido_config)
+    config = common.as_settings(config, fido_config)
     check_config(config)
-    self.classifier = optimised.bind_classifier(classifier, image_shape)
+    self.classifier = common.bind_classifier(classifier, image_shape)
     self.config = config
     self.infiller = get_infiller(config.infiller if infiller is None else infiller)
     self._programs = jax.jit(self._program, static_argnames="targeted")
@@ -227,7 +227,7 @@ class FidoExplainer(optimised.ClassifierBound):
   @classmethod
   def fit(cls, classifier, images, *, seed: int = 0, config=None, workdir=None) -> FidoExplainer:
     """Nothing to train: binds the classifier and the in-filler; `explain` optimises."""
-    cfg = optimised.as_settings(config, fido_config)
+    cfg = common.as_settings(config, fido_config)
     cfg.seed = int(seed)
     return cls(classifier, cfg, image_shape=np.asarray(images).shape[1:])
 
@@ -236,7 +236,7 @@ class FidoExplainer(optimised.ClassifierBound):
     if self.config.infiller not in INFILLERS:
       raise ValueError("an explainer with a custom in-filler cannot be saved by name; "
                        "save the in-filler itself and pass it again when loading")
-    optimised.save_settings(path, "fido", self)
+    common.save_settings(path, "fido", self)
 
   @classmethod
   def from_meta(cls, meta: dict, classifier: Classifier, path: str) -> FidoExplainer:
@@ -281,7 +281,7 @@ class FidoExplainer(optimised.ClassifierBound):
     """
     x = validation.check_images(images, self.image_shape)
     n = len(x)
-    ids = optimised.image_ids(ids, n)
+    ids = common.image_ids(ids, n)
     if target is None:
       c = np.full((n,), -1, np.int32)
     elif self.config.objective == "sdr":
@@ -303,5 +303,5 @@ class FidoExplainer(optimised.ClassifierBound):
     """Indices whose counterfactual is not classified as its target, with a warning."""
     what = ("did not keep the explained class" if self.config.objective == "ssr"
             else "did not reach the target class")
-    return optimised.report_failures(f"FIDO {self.config.objective.upper()}", explanation,
+    return common.report_failures(f"FIDO {self.config.objective.upper()}", explanation,
                                      what, stacklevel)

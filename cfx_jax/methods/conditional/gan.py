@@ -10,40 +10,15 @@ A step whose losses are not finite leaves the state unchanged and records its in
 
 from __future__ import annotations
 
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from cfx_jax.methods import augment
+from cfx_jax.data import augment
+from cfx_jax.engine.state import GanModels, GanState, commit_if_finite, optimizer
 from cfx_jax.methods.base import Method, ModelSpec
-
-
-@flax.struct.dataclass
-class GanState:
-  step: jax.Array
-  gen: Any
-  disc: Any
-  gen_opt: Any
-  disc_opt: Any
-  key: jax.Array            # raw uint32 key data, so checkpoints stay plain arrays
-  nonfinite_step: jax.Array  # -1 while every step so far was finite
-
-
-@flax.struct.dataclass
-class GanModels:
-  """The static halves of the split networks and the optimisers (not in the state)."""
-  gen_def: Any = flax.struct.field(pytree_node=False)
-  disc_def: Any = flax.struct.field(pytree_node=False)
-  gen_tx: Any = flax.struct.field(pytree_node=False)
-  disc_tx: Any = flax.struct.field(pytree_node=False)
-
-
-def optimizer(lr: float, b1: float, b2: float = 0.999) -> optax.GradientTransformation:
-  return optax.adam(lr, b1=b1, b2=b2)
 
 
 def init(method: Method, spec: ModelSpec, *, seed: int, lr: float, b1: float,
@@ -139,13 +114,7 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
 
     metrics = {**d_metrics, **g_metrics}
     finite = jnp.isfinite(metrics["d_loss"]) & jnp.isfinite(metrics["g_loss"])
-    ok = finite & (state.nonfinite_step < 0)
-    updated = state.replace(gen=gen_params, disc=disc_params, gen_opt=gen_opt,
-                            disc_opt=disc_opt)
-    new = jax.tree.map(lambda x, y: jnp.where(ok, x, y), updated, state).replace(
-        step=state.step + 1,
-        nonfinite_step=jnp.where(ok | (state.nonfinite_step >= 0),
-                                 state.nonfinite_step, state.step))
-    return new, metrics
+    return commit_if_finite(state, finite, gen=gen_params, disc=disc_params, gen_opt=gen_opt,
+                            disc_opt=disc_opt), metrics
 
   return step

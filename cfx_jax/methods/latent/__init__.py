@@ -1,0 +1,41 @@
+"""Contrastive counterfactuals in a generative latent space, with causal scores.
+
+After Alipour et al., "Explaining image classifiers using contrastive counterfactuals in
+generative latent spaces" (arXiv 2206.05257). Three learned pieces:
+
+  G             a generator with a latent space. The paper uses a frozen StyleGAN2; here
+                a small conv VAE (`cfx_jax.models.vae`) trained on the explained images:
+                it trains stably on CPU, and its encoder gives the latent code of a real
+                image without a per-image GAN inversion.
+  predictors    one sigmoid output per binary attribute (a small CNN trained on real,
+                labelled images), plus the classifier itself as one more attribute, the
+                last one, named "outcome" (its probability of class 1).
+  shift         an MLP (z, t) -> dz, t in {-1, 0, +1}^(K+1) the requested changes, trained
+                so that the predictors on G(z + dz) show them.
+
+Shift training (one jitted step): latents z come from the prior and from encoded
+training images; each example requests one change (an attribute or the outcome, chosen
+uniformly; the requested value is the opposite of the current decision with probability
+`flip_fraction`, else a no-op request the shift must learn to keep small). With l_j the
+logits of the predictors on G(z + dz), l0_j on G(z) and s = +-1 the requested direction:
+
+  softplus(margin - s * l_requested)            BCE towards the requested value; the
+                                                margin makes the edit clear, not borderline
+  + keep * sum_j huber(clip(l_j) - clip(l0_j))  j: the other attributes (not the outcome)
+  + shift_norm * |dz|_2
+
+The keep term compares (clipped) logits rather than decisions: a lesion that fades under
+a brightness edit but is still just detected keeps its decision, yet it has changed, and
+a classifier may stop seeing it. The keep term never holds the outcome: under an
+intervention on an attribute the classifier's decision is the measured effect, so it
+must be free to follow. When the outcome itself is requested (a contrastive
+counterfactual), the attributes are held with the weight `outcome_keep` (default 0): the
+counterfactual may change exactly what the classifier relies on, and the norm term keeps
+the change small.
+
+Causal scores (PN, PS, PNS of each attribute for the decision): `cfx_jax.methods.latent.causal`.
+"""
+
+from cfx_jax.methods.latent.explainer import LatentExplainer
+
+__all__ = ["LatentExplainer"]

@@ -6,9 +6,11 @@ with gradient penalty, frozen BatchNorm CNN classifier, every loss term).
     python -m benchmarks.step_time --smoke               # tiny, 2 steps (used by the tests)
 
 For each configuration: compile time, median and 10th/90th percentile ms/step after
-warm-up, images/s, FLOPs per step from XLA's cost analysis, achieved FLOP/s and its
-fraction of the device's measured peak (a large matmul on the same device), and peak
-device memory where the backend reports it. Writes benchmarks/results/step_time_<device>.json.
+warm-up, images/s, FLOPs and bytes per step (XLA's cost analysis of the same step
+compiled for the host CPU, `benchmarks/flops.py`, because a GPU's own analysis leaves
+out the convolutions), MFU against the device's measured matmul peak, the time the
+compute and memory roofs allow, and peak device memory where the backend reports it.
+Writes benchmarks/results/step_time_<device>.json.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import flops as flops_lib
 from cfx_jax.classifier import from_module
 from cfx_jax.methods import GENERATORS, ModelSpec
 from cfx_jax.models import CNNClassifier
@@ -77,24 +80,11 @@ def multi_step(step, steps_per_dispatch: int):
   return run
 
 
-def peak_flops(dtype: str) -> float:
-  """Achieved FLOP/s of a large square matmul: the reference for 'fraction of peak'."""
-  n = 2048 if jax.devices()[0].platform == "cpu" else 8192
-  a = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  times = []
-  for _ in range(5):
-    t0 = time.perf_counter()
-    f(a).block_until_ready()
-    times.append(time.perf_counter() - t0)
-  return 2 * n ** 3 / min(times)
-
-
 def prepare(image_size, channels, batch, dtype, steps_per_dispatch=1):
   """Compiled step and its inputs: `run()` does one dispatch and waits for it."""
   method, models, state, clf = build(image_size, channels, dtype)
-  step = multi_step(gan.make_train_step(method, models, clf.apply, {}), steps_per_dispatch)
+  single = gan.make_train_step(method, models, clf.apply, {})
+  step = multi_step(single, steps_per_dispatch)
   fn = jax.jit(step, donate_argnums=0)
   rng = np.random.default_rng(0)
   shape = (2, batch // 2, image_size, image_size, channels)
@@ -106,7 +96,10 @@ def prepare(image_size, channels, batch, dtype, steps_per_dispatch=1):
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  device_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  # One step counted on its own: XLA counts a scanned loop's body once, not per step.
+  host = flops_lib.host_cost(single, state, clf.params,
+                             images[0] if steps_per_dispatch > 1 else images)
   box = {"state": state}
 
   def run():
@@ -116,10 +109,12 @@ def prepare(image_size, channels, batch, dtype, steps_per_dispatch=1):
 
   params = {name: sum(x.size for x in jax.tree.leaves(p))
             for name, p in (("generators", state.gen), ("discriminators", state.disc))}
-  return run, {"compile_s": compile_s, "flops": flops, "params": params}
+  return run, {"compile_s": compile_s, "flops": host["flops"], "device_flops": device_flops,
+               "bytes": host["bytes_accessed"], "params": params}
 
 
-def measure(image_size, channels, batch, dtype, steps_per_dispatch, steps, warmup):
+def measure(image_size, channels, batch, dtype, steps_per_dispatch, steps, warmup, *,
+            peak, bandwidth):
   run, info = prepare(image_size, channels, batch, dtype, steps_per_dispatch)
   for _ in range(warmup):
     m = run()
@@ -130,18 +125,50 @@ def measure(image_size, channels, batch, dtype, steps_per_dispatch, steps, warmu
     times.append((time.perf_counter() - t0) / steps_per_dispatch)
   stats = jax.devices()[0].memory_stats() or {}
   ms = 1000 * float(np.median(times))
-  flops = info["flops"]
+  flops, spd = info["flops"], steps_per_dispatch
   return {
       "image_size": image_size, "channels": channels, "batch": batch, "dtype": dtype,
       "steps_per_dispatch": steps_per_dispatch, "compile_s": info["compile_s"],
       "ms_per_step_median": ms,
       "ms_per_step_p10_p90": [1000 * float(np.percentile(times, q)) for q in (10, 90)],
       "images_per_s": batch / (ms / 1000),
-      "flops_per_step": flops / steps_per_dispatch,
-      "achieved_flops_per_s": flops / steps_per_dispatch / (ms / 1000),
+      "flops_per_step": flops,
+      "flops_source": flops_lib.SOURCE,
+      # The device's own count of the program, for a single step per dispatch.
+      "device_reported_flops_per_step": info["device_flops"] if spd == 1 else None,
+      "bytes_accessed_per_step": info["bytes"],
+      "achieved_flops_per_s": flops / (ms / 1000),
+      **flops_lib.roofline(flops, info["bytes"], ms / 1000, peak, bandwidth),
       "peak_memory_bytes": stats.get("peak_bytes_in_use"),
       "g_loss": float(m["g_loss"]),
   }
+
+
+def recount(path: str) -> dict:
+  """Count the FLOPs of each row's step on the host CPU and add them, with the MFU
+  against the peak stored in the file, to a result measured without them. The times
+  stay as measured; no bandwidth was measured there, so there is no memory roof."""
+  with open(path) as f:
+    result = json.load(f)
+  for row in result["results"]:
+    method, models, state, clf = build(row["image_size"], row["channels"], row["dtype"])
+    step = gan.make_train_step(method, models, clf.apply, {})
+    shape = (2, row["batch"] // 2, row["image_size"], row["image_size"], row["channels"])
+    host = flops_lib.host_cost(step, state, clf.params,
+                               jax.ShapeDtypeStruct(shape, jnp.float32))
+    seconds = row["ms_per_step_median"] / 1000
+    if "device_reported_flops_per_step" not in row:
+      row["device_reported_flops_per_step"] = (row["flops_per_step"]
+                                               if row["steps_per_dispatch"] == 1 else None)
+    row.update(flops_per_step=host["flops"], flops_source=host["source"] + " (recounted)",
+               bytes_accessed_per_step=host["bytes_accessed"],
+               achieved_flops_per_s=host["flops"] / seconds,
+               mfu=host["flops"] / seconds / result["peak_matmul_flops_per_s"][row["dtype"]])
+    row.pop("fraction_of_peak", None)
+    print(f"{row['image_size']}x{row['channels']} batch {row['batch']} {row['dtype']} "
+          f"x{row['steps_per_dispatch']}: {row['flops_per_step'] / 1e9:.1f} GFLOP/step, "
+          f"MFU {row['mfu']:.1%}", flush=True)
+  return write_result(result, "step_time", path)
 
 
 def main(argv=None):
@@ -155,25 +182,32 @@ def main(argv=None):
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--smoke", action="store_true", help="tiny sizes, 2 steps")
   parser.add_argument("--out", default=None)
+  parser.add_argument("--recount", default=None, metavar="RESULT_JSON",
+                      help="add host-counted FLOPs and MFU to the rows of a result file "
+                           "measured before they were counted, and exit")
   args = parser.parse_args(argv)
+  if args.recount:
+    return recount(args.recount)
   if args.smoke:
     args.sizes, args.batches, args.dtypes = ["16x3"], [8], ["float32"]
     args.steps_per_dispatch, args.steps, args.warmup = [1, 2], 2, 1
-  peak = {d: peak_flops(d) for d in args.dtypes}
+  peak = {d: flops_lib.peak_flops(d) for d in args.dtypes}
+  bandwidth = flops_lib.peak_bandwidth()
   rows = []
   for size in args.sizes:
     side, channels = (int(v) for v in size.split("x"))
     for batch in args.batches:
       for dtype in args.dtypes:
         for spd in args.steps_per_dispatch:
-          row = measure(side, channels, batch, dtype, spd, args.steps, args.warmup)
-          row["fraction_of_peak"] = row["achieved_flops_per_s"] / peak[dtype]
+          row = measure(side, channels, batch, dtype, spd, args.steps, args.warmup,
+                        peak=peak[dtype], bandwidth=bandwidth)
           rows.append(row)
           print(f"{side}x{side}x{channels} batch {batch} {dtype} x{spd}: "
                 f"{row['ms_per_step_median']:.1f} ms/step, {row['images_per_s']:.0f} img/s, "
-                f"compile {row['compile_s']:.1f} s, {row['fraction_of_peak']:.1%} of peak",
-                flush=True)
-  result = {**environment(), "peak_matmul_flops_per_s": peak, "results": rows}
+                f"compile {row['compile_s']:.1f} s, MFU {row['mfu']:.1%}, "
+                f"{row['bound']}-bound roof {row['fraction_of_roof']:.1%}", flush=True)
+  result = {**environment(), "peak_matmul_flops_per_s": peak,
+            "peak_bandwidth_bytes_per_s": bandwidth, "results": rows}
   return write_result(result, "step_time", args.out)
 
 

@@ -26,21 +26,25 @@ def step_time() -> str:
   lines = []
   for name, r in _load("step_time_*.json"):
     lines += [f"`{name}` ({r['device']}, jax {r['jax']})", "",
-              "| image | batch | compute | steps/dispatch | ms/step (p10–p90) | images/s | compile s | % of matmul peak |",
-              "|---|---|---|---|---|---|---|---|"]
-    # On GPUs, XLA's cost analysis leaves out the convolutions (library calls): the
-    # FLOP count, and so the fraction of peak, would be far too low to mean anything.
-    counted = r.get("platform", "cpu") == "cpu"
+              "| image | batch | compute | steps/dispatch | ms/step (p10–p90) | images/s "
+              "| compile s | GFLOP/step | MFU % | bound (% of its roof) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["results"]:
       lo, hi = x["ms_per_step_p10_p90"]
-      peak = f"{100 * x['fraction_of_peak']:.1f}" if counted else "n/a"
+      if "mfu" in x:  # FLOPs counted on the host CPU (benchmarks/flops.py)
+        gflop = f"{x['flops_per_step'] / 1e9:.1f}"
+        mfu = f"{100 * x['mfu']:.1f}"
+        bound = (f"{x['bound']} ({100 * x['fraction_of_roof']:.0f})" if "bound" in x
+                 else "n/a")  # recounted later: no bandwidth was measured there
+      else:  # older results: the device's own count, which on a GPU misses convolutions
+        counted = r.get("platform", "cpu") == "cpu"
+        gflop = f"{x['flops_per_step'] / 1e9:.1f}" if counted else "n/a"
+        mfu = f"{100 * x['fraction_of_peak']:.1f}" if counted else "n/a"
+        bound = "n/a"
       lines.append(f"| {x['image_size']}x{x['image_size']}x{x['channels']} | {x['batch']} "
                    f"| {x['dtype']} | {x['steps_per_dispatch']} | {x['ms_per_step_median']:.1f} "
                    f"({lo:.1f}–{hi:.1f}) | {x['images_per_s']:.0f} | {x['compile_s']:.1f} "
-                   f"| {peak} |")
-    if not counted:
-      lines += ["", "(% of peak: n/a on GPU, where XLA's cost analysis does not count the "
-                "convolutions.)"]
+                   f"| {gflop} | {mfu} | {bound} |")
     lines.append("")
   return "\n".join(lines)
 

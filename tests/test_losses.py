@@ -94,6 +94,24 @@ def test_cross_entropy_two_classes_is_bce_of_sigmoid():
   close(losses.cross_entropy(jnp.asarray(logits), jnp.asarray(y)), bce)
 
 
+def test_flip_loss_adds_a_margin_hinge_to_the_cross_entropy():
+  rng = np.random.default_rng(2)
+  logits = rng.normal(0, 3, (2, 5, 4)).astype(np.float32)
+  labels = rng.integers(0, 4, (2, 5))
+  z, t = logits.reshape(-1, 4), labels.reshape(-1)
+  gap = z[np.arange(len(t)), t] - np.max(np.where(np.eye(4)[t] > 0, -np.inf, z), axis=1)
+  x, y = jnp.asarray(logits), jnp.asarray(labels)
+  close(losses.flip_loss(x, y), np_ce(logits, labels))
+  for margin in (1.0, 5.0):
+    hinge = np.mean(np.maximum(margin - gap, 0.0))
+    assert hinge > 0
+    close(losses.flip_loss(x, y, margin), np_ce(logits, labels) + hinge)
+  # Far inside the target class the hinge is silent.
+  far = np.eye(4, dtype=np.float32)[t] * 50.0
+  close(losses.flip_loss(jnp.asarray(far), jnp.asarray(t), 5.0),
+        np_ce(far, t), atol=1e-6)
+
+
 @pytest.mark.parametrize("real", [True, False])
 def test_bce_logits(real):
   logits = np.array([[-40.0, -3.0, -0.5, 0.0], [0.25, 2.0, 7.0, 40.0]], np.float32)

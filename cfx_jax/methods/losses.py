@@ -13,6 +13,21 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels.reshape(-1)))
 
 
+def flip_loss(logits: jax.Array, labels: jax.Array, margin: float = 0.0) -> jax.Array:
+  """Cross-entropy toward `labels`; with `margin` > 0 plus a hinge that keeps pushing until
+  the target logit beats every other class by `margin`. Cross-entropy fades once the
+  target is likely, so an edit can stop at the decision boundary (a half-removed lesion);
+  real images of a class sit well inside it (lesion set: a median margin of 5)."""
+  ce = cross_entropy(logits, labels)
+  if not margin:
+    return ce
+  logits = logits.reshape((-1, logits.shape[-1]))
+  labels = labels.reshape(-1)
+  target = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1]) > 0, -jnp.inf, logits)
+  return ce + jnp.mean(jax.nn.relu(margin - (target - jnp.max(others, axis=-1))))
+
+
 def bce_logits(logits: jax.Array, real: bool) -> jax.Array:
   """Mean binary cross-entropy of discriminator logits against all-real or all-fake."""
   labels = jnp.full_like(logits, 1.0 if real else 0.0)

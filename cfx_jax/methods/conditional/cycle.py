@@ -32,7 +32,7 @@ class CycleExplainer(Method):
     self.default_weights = dict(
         flip=0.2, adv=0.25, cycle=2.0 if symmetric else 10.0, cycle_cls=0.005,
         sym=10.0 if symmetric else 0.0, sym_cls=0.01 if symmetric else 0.0,
-        l1=1.0, l1_cap=0.0, l0=0.0, gp=1.0, cycle_grad=1.0)
+        l1=1.0, l1_cap=0.0, l0=0.0, gp=1.0, cycle_grad=1.0, flip_margin=0.0)
 
   def default_map_reference(self, residual: bool) -> str:
     """|x - G(x)| for the residual generator, whatever the paper's map.
@@ -64,7 +64,7 @@ class CycleExplainer(Method):
     xa_back = g * xa + (1.0 - g) * jax.lax.stop_gradient(xa)  # input of the second pass
     cycled = gen.grouped(xa_back, targets, sources)
     terms = {
-        "flip": losses.cross_entropy(f(flatten_groups(xa)), tgt),
+        "flip": losses.flip_loss(f(flatten_groups(xa)), tgt, w.get("flip_margin", 0.0)),
         "adv": losses.bce_logits(disc.grouped(xa, targets), real=True),
         "cycle": losses.mse_mae(xs, cycled),
         "cycle_cls": losses.cross_entropy(f(flatten_groups(cycled)), src),

@@ -29,9 +29,8 @@ from scipy import stats
 
 from cfx_jax import metrics as M
 from cfx_jax import persistence, report
-from cfx_jax.api import fit_explainer, trainable_methods
+from cfx_jax.api import fit_explainer, load_explainer, trainable_methods
 from cfx_jax.baselines import BASELINES, explain_baseline
-from cfx_jax.api import load_explainer
 from cfx_jax.methods import registry
 from cfx_jax.metrics.oracle import load_or_train_oracle
 from cfx_jax.jobs import classifier_training

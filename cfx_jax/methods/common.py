@@ -1,4 +1,4 @@
-"""What the per-image optimisation explainers (FIDO, DISC) share.
+"""What the explainers with settings of their own (FIDO, DISC, CAE, latent) share.
 
 Their settings are a ConfigDict checked before anything compiles, each image's randomness
 comes from its id, images that miss their target are reported by index, and a saved

@@ -28,6 +28,7 @@ from flax import nnx
 
 from benchmarks import flops as flops_lib
 from cfx_jax.classifier import from_module
+from cfx_jax.config import PRESETS
 from cfx_jax.methods import GENERATORS, ModelSpec
 from cfx_jax.models import CNNClassifier
 from cfx_jax.methods.conditional import gan
@@ -58,8 +59,9 @@ def write_result(result: dict, name: str, out: str | None = None) -> dict:
   return result
 
 
-def build(image_size: int, channels: int, dtype: str):
-  spec = ModelSpec(image_size, channels, 2, dtype=None if dtype == "float32" else jnp.dtype(dtype))
+def build(image_size: int, channels: int, dtype: str, preset: str = "small"):
+  spec = ModelSpec(image_size, channels, 2, **PRESETS[preset],
+                   dtype=None if dtype == "float32" else jnp.dtype(dtype))
   method = GENERATORS["syce"]
   models, state = gan.init(method, spec, seed=0, lr=1e-4, b1=0.5)
   clf = from_module(CNNClassifier(channels, 2, rngs=nnx.Rngs(0)), (image_size, image_size, channels))
@@ -80,9 +82,9 @@ def multi_step(step, steps_per_dispatch: int):
   return run
 
 
-def prepare(image_size, channels, batch, dtype, steps_per_dispatch=1):
+def prepare(image_size, channels, batch, dtype, steps_per_dispatch=1, preset="small"):
   """Compiled step and its inputs: `run()` does one dispatch and waits for it."""
-  method, models, state, clf = build(image_size, channels, dtype)
+  method, models, state, clf = build(image_size, channels, dtype, preset)
   single = gan.make_train_step(method, models, clf.apply, {})
   step = multi_step(single, steps_per_dispatch)
   fn = jax.jit(step, donate_argnums=0)
@@ -97,9 +99,11 @@ def prepare(image_size, channels, batch, dtype, steps_per_dispatch=1):
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   device_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-  # One step counted on its own: XLA counts a scanned loop's body once, not per step.
-  host = flops_lib.host_cost(single, state, clf.params,
-                             images[0] if steps_per_dispatch > 1 else images)
+  if steps_per_dispatch == 1 and jax.devices()[0].platform == "cpu":
+    host = {"flops": device_flops, "bytes_accessed": float(cost.get("bytes accessed", "nan"))}
+  else:  # one step on its own: XLA counts a scanned loop's body once, not per step
+    host = flops_lib.host_cost(single, state, clf.params,
+                               images[0] if steps_per_dispatch > 1 else images)
   box = {"state": state}
 
   def run():
@@ -114,8 +118,8 @@ def prepare(image_size, channels, batch, dtype, steps_per_dispatch=1):
 
 
 def measure(image_size, channels, batch, dtype, steps_per_dispatch, steps, warmup, *,
-            peak, bandwidth):
-  run, info = prepare(image_size, channels, batch, dtype, steps_per_dispatch)
+            peak, bandwidth, preset="small"):
+  run, info = prepare(image_size, channels, batch, dtype, steps_per_dispatch, preset)
   for _ in range(warmup):
     m = run()
   times = []
@@ -128,6 +132,7 @@ def measure(image_size, channels, batch, dtype, steps_per_dispatch, steps, warmu
   flops, spd = info["flops"], steps_per_dispatch
   return {
       "image_size": image_size, "channels": channels, "batch": batch, "dtype": dtype,
+      "preset": preset, "params": info["params"],
       "steps_per_dispatch": steps_per_dispatch, "compile_s": info["compile_s"],
       "ms_per_step_median": ms,
       "ms_per_step_p10_p90": [1000 * float(np.percentile(times, q)) for q in (10, 90)],
@@ -151,7 +156,8 @@ def recount(path: str) -> dict:
   with open(path) as f:
     result = json.load(f)
   for row in result["results"]:
-    method, models, state, clf = build(row["image_size"], row["channels"], row["dtype"])
+    method, models, state, clf = build(row["image_size"], row["channels"], row["dtype"],
+                                       row.get("preset", "small"))
     step = gan.make_train_step(method, models, clf.apply, {})
     shape = (2, row["batch"] // 2, row["image_size"], row["image_size"], row["channels"])
     host = flops_lib.host_cost(step, state, clf.params,
@@ -180,6 +186,8 @@ def main(argv=None):
   parser.add_argument("--steps-per-dispatch", type=int, nargs="*", default=[1])
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--preset", choices=sorted(PRESETS), default="small",
+                      help="network widths (cfx_jax.config.PRESETS)")
   parser.add_argument("--smoke", action="store_true", help="tiny sizes, 2 steps")
   parser.add_argument("--out", default=None)
   parser.add_argument("--recount", default=None, metavar="RESULT_JSON",
@@ -200,7 +208,7 @@ def main(argv=None):
       for dtype in args.dtypes:
         for spd in args.steps_per_dispatch:
           row = measure(side, channels, batch, dtype, spd, args.steps, args.warmup,
-                        peak=peak[dtype], bandwidth=bandwidth)
+                        peak=peak[dtype], bandwidth=bandwidth, preset=args.preset)
           rows.append(row)
           print(f"{side}x{side}x{channels} batch {batch} {dtype} x{spd}: "
                 f"{row['ms_per_step_median']:.1f} ms/step, {row['images_per_s']:.0f} img/s, "

@@ -16,8 +16,19 @@ import ml_collections
 TRUTH_WEIGHTS = {"syce": {"cycle_grad": 0.0, "adv": 1.0}}
 TRUTH_DISC_LR_SCALE = {"syce": 4.0}
 
+# Network widths. "small" is the CPU default; "paper" is about the width of the original
+# conditional-generator explainer (a U-Net of 64 -> 512 channels), for 128-256 px images
+# on an accelerator.
+PRESETS = {
+    "small": {"gen_features": (16, 32, 64), "disc_features": (32, 64, 96)},
+    "paper": {"gen_features": (64, 128, 256, 512), "disc_features": (64, 128, 256, 512)},
+}
 
-def explainer_config(method: str = "syce") -> ml_collections.ConfigDict:
+
+def explainer_config(method: str = "syce", preset: str = "small") -> ml_collections.ConfigDict:
+  """The defaults of `method`, with the network widths of `preset` (see PRESETS)."""
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; available: {sorted(PRESETS)}")
   c = ml_collections.ConfigDict()
   c.method = method
   c.steps = ml_collections.FieldReference(None, field_type=int)  # None: by image size
@@ -28,8 +39,7 @@ def explainer_config(method: str = "syce") -> ml_collections.ConfigDict:
   # Loss weights that override the method's defaults, e.g. {"l1": 0.0}.
   c.weights = ml_collections.ConfigDict(dict(TRUTH_WEIGHTS.get(method, {})))
   c.model = ml_collections.ConfigDict(dict(
-      gen_features=(16, 32, 64), disc_features=(32, 64, 96),
-      residual=True, shared=ml_collections.FieldReference(None, field_type=bool),
+      **PRESETS[preset], residual=True, shared=ml_collections.FieldReference(None, field_type=bool),
       mask=False, disc_kind="global", dtype="float32"))
   # Realism and validity that a tint cannot satisfy (0 = off): the discriminator sees
   # real and generated images under the same random colour, contrast and noise jitter,

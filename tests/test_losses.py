@@ -352,6 +352,18 @@ def test_paper_form_drops_l1_and_residual():
   assert cfx_jax.explainer_config("cyce").model.residual is True
 
 
+def test_paper_preset_widths_build_a_paper_size_generator():
+  c = cfx_jax.explainer_config("syce", preset="paper")
+  assert tuple(c.model.gen_features) == (64, 128, 256, 512)
+  spec = ModelSpec(128, 3, 2, gen_features=tuple(c.model.gen_features),
+                   disc_features=tuple(c.model.disc_features))
+  gen, _ = nnx.eval_shape(lambda: GENERATORS["syce"].build(spec, nnx.Rngs(0)))
+  params = sum(x.size for x in jax.tree.leaves(nnx.state(gen, nnx.Param)))
+  assert 10e6 < params < 30e6  # the small preset has about 0.26 M
+  with pytest.raises(ValueError, match="unknown preset"):
+    cfx_jax.explainer_config("syce", preset="huge")
+
+
 # Binary semantics ---------------------------------------------------------------
 
 def test_binary_generator_has_one_network_per_source():

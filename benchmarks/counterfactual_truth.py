@@ -76,6 +76,8 @@ VARIANTS = {
     "default_flip1": {**NEW_DEFAULT, "weights.flip": 1.0},
     "default_flipjitter_flip1": {**NEW_DEFAULT, "flip_jitter": 1.0, "weights.flip": 1.0},
     "default_flipjitter_margin5": {**NEW_DEFAULT, "flip_jitter": 1.0, "weights.flip_margin": 5.0},
+    "default_flipjitter_margin5_cap": {**NEW_DEFAULT, "flip_jitter": 1.0,
+                                       "weights.flip_margin": 5.0, "weights.l1_cap": 0.1},
     "default_flipjitter_disc2_margin5": {**NEW_DEFAULT, "flip_jitter": 1.0, "disc_steps": 2,
                                          "weights.flip_margin": 5.0},
     "mask_patch_jitter": {"model.mask": True, "model.disc_kind": "patch", "disc_jitter": 1.0},

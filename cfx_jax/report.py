@@ -146,11 +146,7 @@ def save_explanation_grid(path, images, explanation, masks=None, *,
       a.set_yticks([])
       a.title.set_fontsize(9)
 
-  fig.tight_layout()
-  _ensure_dir(path)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return str(path)
+  return save_figure(fig, path)
 
 
 def save_method_grid(path, images, maps: Mapping[str, np.ndarray], masks=None, *,
@@ -196,11 +192,7 @@ def save_method_grid(path, images, maps: Mapping[str, np.ndarray], masks=None, *
       if r == 0:
         title = (['input'] + names + (['mask'] if masks is not None else []))[c]
         a.set_title(title, fontsize=8)
-  fig.tight_layout()
-  _ensure_dir(path)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return str(path)
+  return save_figure(fig, path)
 
 
 def save_iou_curve(path, curves: Mapping[str, np.ndarray]) -> str:
@@ -228,11 +220,7 @@ def save_iou_curve(path, curves: Mapping[str, np.ndarray]) -> str:
   ax.grid(alpha=0.3)
   if curves:
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  _ensure_dir(path)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return str(path)
+  return save_figure(fig, path)
 
 
 def _flatten_metrics(metrics: Mapping, prefix: str = '') -> dict[str, object]:
@@ -317,6 +305,15 @@ def save_json(path, obj) -> str:
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(_to_jsonable(obj), f, indent=2, allow_nan=False)
     f.write('\n')
+  return str(path)
+
+
+def save_figure(fig, path) -> str:
+  """Lay out, write (creating the folder) and close a figure; returns the path."""
+  fig.tight_layout()
+  _ensure_dir(path)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
   return str(path)
 
 

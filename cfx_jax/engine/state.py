@@ -13,6 +13,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 
 def init(params, tx: optax.GradientTransformation, **extra) -> dict:
@@ -60,3 +61,17 @@ def commit_if_finite(state: GanState, finite, **updates) -> GanState:
       step=state.step + 1,
       nonfinite_step=jnp.where(ok | (state.nonfinite_step >= 0), state.nonfinite_step,
                                state.step))
+
+
+def init_gan(gen, disc, gen_tx: optax.GradientTransformation,
+             disc_tx: optax.GradientTransformation, seed: int) -> tuple[GanModels, GanState]:
+  """Split a generator and a discriminator (NNX modules) into their static halves and a
+  fresh `GanState` at step 0, with the state's key drawn from `seed + 1`."""
+  gen_def, gen_params = nnx.split(gen)
+  disc_def, disc_params = nnx.split(disc)
+  state = GanState(
+      step=jnp.zeros((), jnp.int32), gen=gen_params, disc=disc_params,
+      gen_opt=gen_tx.init(gen_params), disc_opt=disc_tx.init(disc_params),
+      key=jax.random.key_data(jax.random.key(seed + 1)),
+      nonfinite_step=jnp.full((), -1, jnp.int32))
+  return GanModels(gen_def, disc_def, gen_tx, disc_tx), state

@@ -126,11 +126,7 @@ def save_inpainting_figure(path: str, samples: dict, rows: int = 6,
       ax.set_yticks([])
       if r == 0:
         ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return report.save_figure(fig, path)
 
 
 def run_inpainter_stage(config: ml_collections.ConfigDict, train: dict, test: dict,

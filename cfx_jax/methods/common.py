@@ -11,8 +11,11 @@ import json
 import os
 import warnings
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from cfx_jax.explanation import Explanation
 
@@ -86,3 +89,17 @@ def save_settings(path: str, method: str, explainer) -> None:
     json.dump({"method": method, "config": explainer.config.to_dict(),
                "image_shape": list(explainer.image_shape),
                "classifier_fingerprint": explainer.classifier.fingerprint()}, f, indent=2)
+
+
+def minimise(loss, params, opt: optax.GradientTransformation, steps: int):
+  """`steps` updates of `opt` on `loss(params, step) -> scalar`, in one `lax.scan` (one
+  compiled loop, vmappable over images). Returns (params, the loss at every step)."""
+
+  def body(carry, step):
+    p, state = carry
+    value, grad = jax.value_and_grad(loss)(p, step)
+    updates, state = opt.update(grad, state, p)
+    return (optax.apply_updates(p, updates), state), value
+
+  (params, _), trace = jax.lax.scan(body, (params, opt.init(params)), jnp.arange(steps))
+  return params, trace

@@ -355,9 +355,5 @@ class CaeExplainer(common.ClassifierBound):
       ax.set_xlabel(f"PC 1 ({100 * ratios[0]:.0f}% of variance)")
       ax.set_ylabel(f"PC 2 ({100 * ratios[1]:.0f}% of variance)")
       ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    os.makedirs(os.path.abspath(workdir), exist_ok=True)
-    out = os.path.join(os.path.abspath(workdir), FIGURE_FILE)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    from cfx_jax import report
+    return report.save_figure(fig, os.path.join(os.path.abspath(workdir), FIGURE_FILE))

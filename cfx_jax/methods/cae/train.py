@@ -41,7 +41,8 @@ from cfx_jax import data as data_lib
 from cfx_jax import validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.models.cae import build_networks
-from cfx_jax.engine.state import GanModels, GanState, commit_if_finite, optimizer
+from cfx_jax.engine.state import (GanModels, GanState, commit_if_finite, init_gan,
+                                  optimizer)
 from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine.loop import LoopConfig, train_loop
 
@@ -202,15 +203,8 @@ def discriminator_total(terms: dict, weights: dict) -> jax.Array:
 def init(image_shape, num_classes: int, config):
   """Build the networks once and split them; returns (GanModels, GanState)."""
   auto, disc = build_networks(image_shape, num_classes, config.model, nnx.Rngs(config.seed))
-  gen_def, gen_params = nnx.split(auto)
-  disc_def, disc_params = nnx.split(disc)
   tx = optimizer(config.learning_rate, config.b1, config.b2)
-  state = GanState(
-      step=jnp.zeros((), jnp.int32), gen=gen_params, disc=disc_params,
-      gen_opt=tx.init(gen_params), disc_opt=tx.init(disc_params),
-      key=jax.random.key_data(jax.random.key(config.seed + 1)),
-      nonfinite_step=jnp.full((), -1, jnp.int32))
-  return GanModels(gen_def, disc_def, tx, tx), state
+  return init_gan(auto, disc, tx, tx, config.seed)
 
 
 def make_train_step(models: GanModels, weights: dict):

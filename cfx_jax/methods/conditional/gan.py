@@ -17,7 +17,8 @@ import optax
 from flax import nnx
 
 from cfx_jax.data import augment
-from cfx_jax.engine.state import GanModels, GanState, commit_if_finite, optimizer
+from cfx_jax.engine.state import (GanModels, GanState, commit_if_finite, init_gan,
+                                  optimizer)
 from cfx_jax.methods.base import Method, ModelSpec
 
 
@@ -25,15 +26,7 @@ def init(method: Method, spec: ModelSpec, *, seed: int, lr: float, b1: float,
          disc_lr_scale: float = 1.0):
   """Build the networks once and split them; returns (models, state)."""
   gen, disc = method.build(spec, nnx.Rngs(seed))
-  gen_def, gen_params = nnx.split(gen)
-  disc_def, disc_params = nnx.split(disc)
-  gen_tx, disc_tx = optimizer(lr, b1), optimizer(disc_lr_scale * lr, b1)
-  state = GanState(
-      step=jnp.zeros((), jnp.int32), gen=gen_params, disc=disc_params,
-      gen_opt=gen_tx.init(gen_params), disc_opt=disc_tx.init(disc_params),
-      key=jax.random.key_data(jax.random.key(seed + 1)),
-      nonfinite_step=jnp.full((), -1, jnp.int32))
-  return GanModels(gen_def, disc_def, gen_tx, disc_tx), state
+  return init_gan(gen, disc, optimizer(lr, b1), optimizer(disc_lr_scale * lr, b1), seed)
 
 
 def directions(num_classes: int, key: jax.Array):

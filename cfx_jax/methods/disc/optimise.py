@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cfx_jax.methods import common
 from cfx_jax.methods.fido.explainer import image_keys
 
 
@@ -194,14 +195,8 @@ def optimise_counterfactuals(images, targets, key, cfg, *, logits_fn, bn_fn=None
     def draw(p):
       return render(cfg, image_shape, fixed, p)
 
-    def fit_body(carry, _):
-      p, state = carry
-      mse, grad = jax.value_and_grad(lambda q: jnp.mean(jnp.square(draw(q) - x)))(p)
-      updates, state = fit_opt.update(grad, state, p)
-      return (optax.apply_updates(p, updates), state), mse
-
-    (params, _), fit_trace = jax.lax.scan(fit_body, (params, fit_opt.init(params)), None,
-                                          length=fit_steps)
+    params, fit_trace = common.minimise(lambda q, _: jnp.mean(jnp.square(draw(q) - x)),
+                                        params, fit_opt, fit_steps)
     residual = (jax.lax.stop_gradient(x - draw(params)) if cfg.keep_residual
                 else jnp.zeros_like(x))
 
@@ -213,13 +208,7 @@ def optimise_counterfactuals(images, targets, key, cfg, *, logits_fn, bn_fn=None
                        jax.random.fold_in(aug_key, step), logits_fn=logits_fn, cfg=cfg,
                        bn_fn=bn_fn, uncertainty_fn=uncertainty_fn)[0]
 
-    def body(carry, step):
-      p, state = carry
-      value, grad = jax.value_and_grad(loss)(p, step)
-      updates, state = opt.update(grad, state, p)
-      return (optax.apply_updates(p, updates), state), value
-
-    (params, _), trace = jax.lax.scan(body, (params, opt.init(params)), jnp.arange(steps))
+    params, trace = common.minimise(loss, params, opt, steps)
     return counterfactual(params), {"fit": fit_trace, "loss": trace}
 
   return jax.vmap(one_image)(images, jnp.asarray(targets), image_keys(key, ids))

@@ -183,14 +183,7 @@ def optimise_masks(score_fn, infill, images, classes, key, cfg, *, ids=None):
       return fido_loss(theta, x, c, jax.random.fold_in(k, step), step,
                        score_fn=score_fn, infill=fill, cfg=cfg)
 
-    def body(carry, step):
-      theta, state = carry
-      value, grad = jax.value_and_grad(loss)(theta, step)
-      updates, state = opt.update(grad, state, theta)
-      return (optax.apply_updates(theta, updates), state), value
-
-    (theta, _), trace = jax.lax.scan(body, (theta0, opt.init(theta0)), jnp.arange(steps))
-    return theta, trace
+    return common.minimise(loss, theta0, opt, steps)
 
   return jax.vmap(one_image)(images, jnp.asarray(classes), image_keys(key, ids))
 

@@ -28,7 +28,8 @@ from cfx_jax.methods import losses
 from cfx_jax.methods.fido.explainer import upsample
 from cfx_jax.models import inpainter as inpainter_lib
 from cfx_jax.models.inpainter import Inpainter, composite, disc_logits
-from cfx_jax.engine.state import GanModels, GanState, commit_if_finite, optimizer
+from cfx_jax.engine.state import (GanModels, GanState, commit_if_finite, init_gan,
+                                  optimizer)
 from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine.loop import LoopConfig, train_loop
 
@@ -185,15 +186,8 @@ def generator_loss(disc_fn, fills, images, keep, w):
 def init(image_shape, config):
   """Build the networks once and split them; returns (GanModels, GanState)."""
   net, disc = inpainter_lib.build_networks(image_shape, config.model, nnx.Rngs(config.seed))
-  gen_def, gen_params = nnx.split(net)
-  disc_def, disc_params = nnx.split(disc)
   tx = optimizer(config.learning_rate, config.b1)
-  state = GanState(
-      step=jnp.zeros((), jnp.int32), gen=gen_params, disc=disc_params,
-      gen_opt=tx.init(gen_params), disc_opt=tx.init(disc_params),
-      key=jax.random.key_data(jax.random.key(config.seed + 1)),
-      nonfinite_step=jnp.full((), -1, jnp.int32))
-  return GanModels(gen_def, disc_def, tx, tx), state
+  return init_gan(net, disc, tx, tx, config.seed)
 
 
 def make_train_step(models: GanModels, weights: dict, spec: MaskSpec):

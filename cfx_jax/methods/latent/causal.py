@@ -22,7 +22,6 @@ images (`causal_scores(..., images=...)`): the latents it decodes realistically.
 
 from __future__ import annotations
 
-import os
 import statistics
 from typing import TYPE_CHECKING
 
@@ -191,8 +190,5 @@ def save_scores_chart(path: str, scores_by_classifier: dict, title: str | None =
   axes[-1].legend(fontsize=8)
   if title:
     fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  from cfx_jax import report
+  return report.save_figure(fig, path)

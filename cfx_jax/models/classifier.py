@@ -10,19 +10,25 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+def conv_blocks(channels: int, features, rngs: nnx.Rngs) -> tuple[nnx.List, nnx.List, int]:
+  """The 3x3 convolutions (no bias) and BatchNorms of conv-BN-ReLU blocks, one per width,
+  and the channels that come out of the last."""
+  convs, norms = nnx.List(), nnx.List()
+  prev = channels
+  for f in features:
+    convs.append(nnx.Conv(prev, f, (3, 3), use_bias=False, rngs=rngs))
+    norms.append(nnx.BatchNorm(f, momentum=0.9, rngs=rngs))
+    prev = f
+  return convs, norms, prev
+
+
 class CNNClassifier(nnx.Module):
   """Three conv blocks (conv-BN-ReLU-pool), global average pooling, linear head."""
 
   def __init__(self, channels: int, num_classes: int, *,
                features: tuple[int, ...] = (32, 64, 128), rngs: nnx.Rngs):
-    self.convs = nnx.List()
-    self.norms = nnx.List()
-    prev = channels
-    for f in features:
-      self.convs.append(nnx.Conv(prev, f, (3, 3), use_bias=False, rngs=rngs))
-      self.norms.append(nnx.BatchNorm(f, momentum=0.9, rngs=rngs))
-      prev = f
-    self.head = nnx.Linear(prev, num_classes, rngs=rngs)
+    self.convs, self.norms, out = conv_blocks(channels, features, rngs)
+    self.head = nnx.Linear(out, num_classes, rngs=rngs)
 
   def feature_maps(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     """Last conv block's activations (N, h, w, C) before global pooling, for Grad-CAM."""

@@ -39,6 +39,7 @@ from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine import state as state_lib
 from cfx_jax.engine.loop import LoopConfig, train_loop
 from cfx_jax.batching import map_in_chunks
+from cfx_jax.models.classifier import conv_blocks
 
 META_FILE = "auxiliary.json"
 # DUQ's initial centroid "count": the first batches move the centroids only gradually.
@@ -79,13 +80,7 @@ class RBFNet(nnx.Module):
 
   def __init__(self, channels: int, num_classes: int, *, features=(16, 32, 32),
                embedding: int = 16, length_scale: float = 0.1, rngs: nnx.Rngs):
-    self.convs = nnx.List()
-    self.norms = nnx.List()
-    prev = channels
-    for f in features:
-      self.convs.append(nnx.Conv(prev, f, (3, 3), use_bias=False, rngs=rngs))
-      self.norms.append(nnx.BatchNorm(f, momentum=0.9, rngs=rngs))
-      prev = f
+    self.convs, self.norms, prev = conv_blocks(channels, features, rngs)
     self.projection = nnx.Param(jax.nn.initializers.he_normal(in_axis=-1, out_axis=(0, 1))(
         rngs.params(), (num_classes, embedding, prev)))
     # Centroid e_c = sum_c / count_c, both moving averages (running statistics, not learned).

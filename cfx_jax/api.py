@@ -6,7 +6,9 @@ import os
 
 import numpy as np
 
-from cfx_jax import persistence, validation
+from cfx_jax import image_space, persistence, validation
+from cfx_jax.classifier import as_classifier
+from cfx_jax.explanation import Explanation
 from cfx_jax.methods import registry
 from cfx_jax.methods.registry import Explainer
 
@@ -24,16 +26,24 @@ def _as_images(images) -> np.ndarray:
 
 def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None = None,
                   batch_size: int | None = None, seed: int = 0, workdir: str | None = None,
-                  config=None, attributes=None) -> Explainer:
-  """Train a counterfactual explainer of `classifier` on `images` in [-1, 1].
+                  config=None, attributes=None, outputs: str = "logits", value_range=None,
+                  variables=None) -> Explainer:
+  """Train a counterfactual explainer of `classifier` on `images`.
 
   `method`: one of `trainable_methods()`. Optimisation methods ("fido", "disc") train at
   most a helper model here: `config` holds their settings and `explain` optimises.
 
-  `classifier`: any JAX-traceable callable images -> logits (N, K) or a binary logit
-  (N,) / (N, 1), or an NNX module. `config`: a ConfigDict (`cfx_jax.explainer_config`
-  for the generator methods) or a dict of overrides of the method's settings;
-  `steps` and `batch_size` (generator methods) take precedence. With `workdir`,
+  `classifier`: a JAX-traceable callable images -> outputs, `f(variables, images)` or a
+  Flax Linen module with `variables`, or an NNX module (explained in eval mode).
+  `outputs`: "logits" ((N, K) or one binary logit) or "probabilities" ((N, K) rows
+  summing to 1, or the probability of class 1).
+  `images`: (N, H, W, C) of any size and channel count, in `value_range` (default
+  (-1, 1); (0, 255) for uint8). The classifier sees them in that range, and the
+  explainer takes and returns images in it; sizes the method's networks cannot take are
+  reflect-padded inside and cropped back.
+  `config`: a ConfigDict (`cfx_jax.explainer_config` for the generator methods) or a
+  dict of overrides of the method's settings; `steps` and `batch_size` set the
+  method's step count and batch size (see `cfx_jax.methods.registry`). With `workdir`,
   checkpoints are written there, an interrupted run resumes from them, and the fitted
   explainer is saved to `<workdir>/explainer`.
   `attributes`: (N, K) binary labels of the images, for methods that use them ("latent").
@@ -44,16 +54,63 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
     if not entry.uses_attributes:
       raise ValueError(f"attributes are used only by method='latent', not {method!r}")
     extra["attributes"] = attributes
-  x = validation.check_images(_as_images(images))
-  return entry.fit(classifier, x, config=config, seed=seed, steps=steps,
-                   batch_size=batch_size, workdir=workdir, **extra)
+  x = validation.batched(_as_images(images))
+  value_range = image_space.value_range_of(x, image_space.declared_range(classifier,
+                                                                          value_range))
+  multiple, square = entry.grid(config)
+  space = image_space.space_for(x.shape[1:], value_range, multiple, square=square)
+  clf = as_classifier(classifier, x.shape[1:], outputs=outputs, value_range=value_range,
+                      variables=variables)
+  inner = entry.fit(space.classifier(clf), validation.check_images(space.to_internal(x)),
+                    config=config, seed=seed, steps=steps, batch_size=batch_size,
+                    workdir=workdir, **extra)
+  if space.is_identity:
+    return inner
+  explainer = InCallerSpace(inner, space, outputs)
+  if workdir:
+    space.save(os.path.join(workdir, "explainer"), outputs)
+  return explainer
 
 
-def load_explainer(path: str, classifier) -> Explainer:
-  """Load an explainer saved with `save`; checks it was made for `classifier`."""
+def load_explainer(path: str, classifier, *, variables=None) -> Explainer:
+  """Load an explainer saved with `save`; checks it was made for `classifier`.
+
+  The classifier is taken as at fit time (same outputs kind and value range, saved with
+  the explainer); a Linen module or `f(variables, images)` needs its `variables` again.
+  """
   path = os.path.abspath(path)
   meta = persistence.read_meta(path, "explainer.json", "explainer")
-  return registry.get(meta.get("method")).load(meta, classifier, path)
+  entry = registry.get(meta.get("method"))
+  space, outputs = image_space.load(path)
+  if space is None:
+    return entry.load(meta, classifier, path)
+  clf = as_classifier(classifier, space.shape, outputs=outputs,
+                      value_range=space.value_range, variables=variables)
+  return InCallerSpace(entry.load(meta, space.classifier(clf), path), space, outputs)
+
+
+class InCallerSpace:
+  """An explainer that takes and returns images in the caller's value range and size,
+  around one that works in [-1, 1] on the networks' grid."""
+
+  def __init__(self, inner: Explainer, space: image_space.ImageSpace, outputs: str):
+    self.inner, self.space, self.outputs = inner, space, outputs
+    self.image_shape = space.shape
+    self.num_classes = inner.num_classes
+
+  def explain(self, images, target=None, **options) -> Explanation:
+    x = validation.batched(images)
+    validation.check_shape(x, self.image_shape)
+    image_space.value_range_of(x, self.space.value_range)
+    return self.space.explanation(self.inner.explain(self.space.to_internal(x), target,
+                                                     **options))
+
+  def save(self, path: str) -> None:
+    self.inner.save(path)
+    self.space.save(os.path.abspath(path), self.outputs)
+
+  def __getattr__(self, name):
+    return getattr(self.inner, name)
 
 
 def trainable_methods() -> list[str]:

@@ -19,8 +19,12 @@ def bucket_size(n: int, chunk_size: int) -> int:
   return max(min(size, chunk_size), MIN_BUCKET)
 
 
-def map_in_chunks(fn, arrays, chunk_size: int = 256):
-  """fn(*chunks) -> pytree of arrays with the chunk on axis 0; results concatenated."""
+def map_in_chunks(fn, arrays, chunk_size: int = 256, on_chunk=None):
+  """fn(*chunks) -> pytree of arrays with the chunk on axis 0; results concatenated.
+
+  on_chunk(done): called with the number of inputs done once each chunk's results are
+  on the host.
+  """
   arrays = [np.asarray(a) for a in arrays]
   total = len(arrays[0])
   outs = []
@@ -31,4 +35,6 @@ def map_in_chunks(fn, arrays, chunk_size: int = 256):
     padded = [np.concatenate([p, np.repeat(p[-1:], size - n, axis=0)]) for p in parts]
     out = fn(*padded)
     outs.append(jax.tree.map(lambda a: np.asarray(a)[:n], out))
+    if on_chunk is not None:
+      on_chunk(start + n)
   return jax.tree.map(lambda *a: np.concatenate(a), *outs)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 
 import matplotlib
 
-matplotlib.use('Agg')
+if 'matplotlib.pyplot' not in sys.modules:  # a caller's own backend (and figures) stay
+  matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -147,6 +149,74 @@ def save_explanation_grid(path, images, explanation, masks=None, *,
       a.title.set_fontsize(9)
 
   return save_figure(fig, path)
+
+
+def _map_over(ax, image, saliency) -> None:
+  """The map, normalised per image, over a faded grey copy of the input."""
+  img, _ = _to_display(image)
+  grey = img if img.ndim == 2 else img.mean(axis=-1)
+  ax.imshow(grey, cmap='gray', vmin=0.0, vmax=1.0)
+  m = np.asarray(saliency, np.float32)
+  span = float(m.max() - m.min())
+  ax.imshow((m - m.min()) / span if span > 0 else np.zeros_like(m), cmap='inferno',
+            vmin=0.0, vmax=1.0, alpha=0.6)
+  _outline(ax, _top_region(m), 'cyan')
+
+
+def plot_explanation(images, explanation, path_or_ax, *, num_rows: int = 8,
+                     class_names: Sequence[str] | None = None):
+  """input | counterfactual (when there is one) | map over the input, for the first
+  images (`Explanation.plot` documents `path_or_ax`)."""
+  images = np.asarray(images)
+  maps = np.asarray(explanation.maps, np.float32)
+  if images.ndim != 4 or images.shape[:3] != maps.shape:
+    raise ValueError(f"images {images.shape} are not the (N, H, W, C) images of maps "
+                     f"{maps.shape}")
+  has_cf = explanation.counterfactual is not None
+  columns = ['input'] + (['counterfactual'] if has_cf else []) + ['map over input']
+  if isinstance(path_or_ax, (str, os.PathLike)):
+    n = min(num_rows, len(images))
+    fig, axes = plt.subplots(n, len(columns), squeeze=False,
+                             figsize=(_PANEL_IN * len(columns), (_PANEL_IN + 0.3) * n))
+  else:
+    axes = np.asarray(path_or_ax, dtype=object)
+    if axes.ndim == 0:
+      axes, columns = axes.reshape(1, 1), columns[-1:]
+    elif axes.ndim == 1:
+      axes = axes.reshape(1, -1)
+    if axes.ndim != 2 or axes.shape[1] != len(columns):
+      raise ValueError(f"axes must be one Axes or an array of shape (rows, {len(columns)}) "
+                       f"for the panels {columns}, got shape {axes.shape}")
+    n = min(num_rows, len(images), axes.shape[0])
+  probs = np.asarray(explanation.probs)
+  target = np.asarray(explanation.target)
+  for i in range(n):
+    for ax, column in zip(axes[i], columns):
+      if column == 'input':
+        p = int(np.argmax(probs[i]))
+        img, cmap = _to_display(images[i])
+        ax.imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
+        ax.set_title(f'input: {_class_name(p, class_names)} ({probs[i, p]:.2f})')
+        ax.set_ylabel(f'#{i}', fontsize=9)
+      elif column == 'counterfactual':
+        img, cmap = _to_display(explanation.counterfactual[i])
+        ax.imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
+        t = int(target[i])
+        title = f'cf → {_class_name(t, class_names)}'
+        if explanation.cf_probs is not None:
+          cf_probs = np.asarray(explanation.cf_probs)
+          mark = '' if int(np.argmax(cf_probs[i])) == t else ' ✗'
+          title += f' ({cf_probs[i, t]:.2f}){mark}'
+        ax.set_title(title)
+      else:
+        _map_over(ax, images[i], maps[i])
+        ax.set_title(f'map (max {maps[i].max():.2g})')
+      ax.set_xticks([])
+      ax.set_yticks([])
+      ax.title.set_fontsize(9)
+  if isinstance(path_or_ax, (str, os.PathLike)):
+    return save_figure(fig, path_or_ax)
+  return path_or_ax
 
 
 def save_method_grid(path, images, maps: Mapping[str, np.ndarray], masks=None, *,

@@ -7,24 +7,29 @@ import numpy as np
 RANGE_TOLERANCE = 1e-3
 
 
-def check_images(images, image_shape=None, *, name: str = "images") -> np.ndarray:
-  """Images must be a non-empty float array (N, H, W, C), finite, in [-1, 1]."""
+def batched(images, *, name: str = "images"):
+  """A non-empty array (N, H, W, C); a single image (H, W, C) gets a batch axis."""
   if not hasattr(images, "shape") or not hasattr(images, "dtype"):
     raise TypeError(f"{name} must be a numpy or JAX array of shape (N, H, W, C), "
                     f"got {type(images).__name__}")
+  if images.ndim == 3:
+    images = images[None]
   if images.ndim != 4:
-    raise ValueError(f"{name} must have rank 4 (N, H, W, C), got shape {tuple(images.shape)}")
+    raise ValueError(f"{name} must have shape (N, H, W, C) or (H, W, C), got "
+                     f"{tuple(images.shape)}")
   if images.shape[0] == 0:
     raise ValueError(f"{name} is empty (N = 0)")
+  return images
+
+
+def check_images(images, image_shape=None, *, name: str = "images") -> np.ndarray:
+  """Images must be a non-empty float array (N, H, W, C), finite, in [-1, 1]; a single
+  image (H, W, C) gets a batch axis."""
+  images = batched(images, name=name)
   if not np.issubdtype(np.dtype(images.dtype), np.floating):
     raise TypeError(f"{name} must be floating point in [-1, 1], got dtype {images.dtype}; "
-                    "convert uint8 images with x / 127.5 - 1")
-  if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
-    h, w, c = image_shape
-    got_h, got_w, got_c = images.shape[1:]
-    what = "channel count" if (got_h, got_w) == (h, w) else "image size"
-    raise ValueError(f"{name} have shape (H, W, C) = {tuple(images.shape[1:])}, expected "
-                     f"{tuple(image_shape)} (wrong {what})")
+                    "pass value_range=(0, 255) to fit_explainer for uint8 images")
+  check_shape(images, image_shape, name=name)
   arr = np.asarray(images, np.float32)
   if not np.all(np.isfinite(arr)):
     bad = int(np.sum(~np.all(np.isfinite(arr), axis=(1, 2, 3))))
@@ -33,6 +38,16 @@ def check_images(images, image_shape=None, *, name: str = "images") -> np.ndarra
   if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
     raise ValueError(f"{name} must lie in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]")
   return np.clip(arr, -1.0, 1.0)
+
+
+def check_shape(images, image_shape, *, name: str = "images") -> None:
+  """(N, H, W, C) images must have the (H, W, C) they were fitted on."""
+  if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
+    h, w, c = image_shape
+    got_h, got_w, got_c = images.shape[1:]
+    what = "channel count" if (got_h, got_w) == (h, w) else "image size"
+    raise ValueError(f"{name} have shape (H, W, C) = {tuple(images.shape[1:])}, expected "
+                     f"{tuple(image_shape)} (wrong {what})")
 
 
 def check_target(target, n: int, num_classes: int, predicted: np.ndarray) -> np.ndarray:

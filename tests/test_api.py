@@ -248,9 +248,9 @@ def _one_class(images):
 
 
 FIT_ERRORS = [
-    ("rank", lambda x: dict(images=x[0]), ValueError, "rank 4"),
-    ("int dtype", lambda x: dict(images=((x + 1) * 127.5).astype(np.uint8)), TypeError,
-     "floating point"),
+    ("rank", lambda x: dict(images=x[0, 0]), ValueError, r"\(N, H, W, C\) or \(H, W, C\)"),
+    ("int dtype", lambda x: dict(images=((x + 1) * 127.5).astype(np.int32)), TypeError,
+     "need a declared value_range"),
     ("nan", lambda x: dict(images=_nan_images(x)), ValueError, r"non-finite .* 1 image"),
     ("range", lambda x: dict(images=x * 3.0), ValueError, r"must lie in \[-1, 1\]"),
     ("empty", lambda x: dict(images=x[:0]), ValueError, "empty"),
@@ -288,7 +288,7 @@ def test_fit_rejects_bad_input(images, no_training, make, error, match):
 EXPLAIN_ERRORS = [
     ("channels", lambda x, p: dict(images=x[..., :1]), ValueError, "wrong channel count"),
     ("size", lambda x, p: dict(images=x[:, :8, :8]), ValueError, "wrong image size"),
-    ("rank", lambda x, p: dict(images=x[0]), ValueError, "rank 4"),
+    ("rank", lambda x, p: dict(images=x[0, 0]), ValueError, r"\(N, H, W, C\) or \(H, W, C\)"),
     ("int dtype", lambda x, p: dict(images=x.astype(np.int32)), TypeError, "floating point"),
     ("nan", lambda x, p: dict(images=_nan_images(x)), ValueError, "non-finite"),
     ("range", lambda x, p: dict(images=x - 1.5), ValueError, r"must lie in \[-1, 1\]"),

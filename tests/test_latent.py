@@ -4,6 +4,7 @@ the attribute data set, explanations, persistence, input checks and the study jo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 
@@ -216,13 +217,14 @@ def test_save_load_round_trip(fitted, attribute_data, classifier, tmp_path):
   assert loaded.attribute_names == ATTRIBUTES
 
 
-def test_workdir_shares_the_generator(fitted, attribute_data, classifier, capsys):
+def test_workdir_shares_the_generator(fitted, attribute_data, classifier, caplog):
   ex, workdir = fitted
   # The same settings again: the generator is reused and the shift restored, not retrained.
-  again = LatentExplainer.fit(classifier, attribute_data["image"], config=TINY, workdir=workdir,
-                              attributes=attribute_data["attributes"],
-                              attribute_names=ATTRIBUTES)
-  assert "reusing the generator" in capsys.readouterr().out
+  with caplog.at_level(logging.INFO, logger="cfx_jax"):
+    again = LatentExplainer.fit(classifier, attribute_data["image"], config=TINY,
+                                workdir=workdir, attributes=attribute_data["attributes"],
+                                attribute_names=ATTRIBUTES)
+  assert "reusing the generator" in caplog.text
   for new, old in ((again.generator.vae_params, ex.generator.vae_params),
                    (again.shift_params, ex.shift_params)):
     for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old)):

@@ -1,11 +1,25 @@
 """The import layers (pyproject.toml, [tool.importlinter]) hold, and the check can fail."""
 
+import logging
 import os
 import textwrap
 
+import pytest
 from importlinter.cli import lint_imports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def keep_loggers_enabled():
+  """lint_imports configures logging with dictConfig, which disables every logger that
+  exists (the library's among them) for the rest of the worker's tests."""
+  loggers = [lg for lg in logging.root.manager.loggerDict.values()
+             if isinstance(lg, logging.Logger)]
+  before = [lg.disabled for lg in loggers]
+  yield
+  for lg, disabled in zip(loggers, before):
+    lg.disabled = disabled
 
 
 def test_imports_only_go_down(monkeypatch):

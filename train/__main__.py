@@ -10,6 +10,7 @@ same command again to resume.
 from absl import app, flags
 from ml_collections import config_flags
 
+from cfx_jax.cli import console_logging
 from cfx_jax.engine import runtime
 from cfx_jax.jobs.train import train_and_evaluate
 
@@ -20,7 +21,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  runtime.run_job(argv, train_and_evaluate, _CONFIG.value, _WORKDIR.value)
+  with console_logging():
+    runtime.run_job(argv, train_and_evaluate, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ means the job was stopped by SIGTERM after writing a checkpoint: rerun it to res
 from absl import app, flags
 from ml_collections import config_flags
 
+from cfx_jax.cli import console_logging
 from cfx_jax.engine import runtime
 from cfx_jax.jobs.causal_study import run_spurious_marker_study
 
@@ -20,7 +21,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  runtime.run_job(argv, run_spurious_marker_study, _CONFIG.value, _WORKDIR.value)
+  with console_logging():
+    runtime.run_job(argv, run_spurious_marker_study, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ dataset has masks, leaderboard_iou.png. Rerunning reuses everything already trai
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cfx_jax.cli import console_logging
 from cfx_jax.engine import runtime
 from cfx_jax.jobs.leaderboard import run_leaderboard
 
@@ -25,7 +26,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   runtime.setup(config.runtime)
-  run_leaderboard(config, _WORKDIR.value)
+  with console_logging():
+    run_leaderboard(config, _WORKDIR.value)
   print(f"wrote {_WORKDIR.value}/leaderboard.md", flush=True)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+from cfx_jax import image_space, validation
 from cfx_jax.baselines.gradcam import gradcam
 from cfx_jax.baselines.gradients import (
   gradient_x_input,
@@ -22,6 +23,7 @@ from cfx_jax.baselines.gradients import (
 )
 from cfx_jax.baselines.occlusion import occlusion
 from cfx_jax.baselines.random_map import random_map
+from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
 
 BASELINES: dict[str, Callable[..., Explanation]] = {
@@ -36,12 +38,14 @@ BASELINES: dict[str, Callable[..., Explanation]] = {
 
 
 def explain_baseline(name: str, classifier, images, target=None, *, key=None,
-                     chunk_size: int | None = None, **options) -> Explanation:
+                     chunk_size: int | None = None, outputs: str = "logits",
+                     value_range=None, variables=None, **options) -> Explanation:
   """Run baseline `name`; `key` is used by the stochastic ones and ignored otherwise.
 
   chunk_size None keeps the baseline's own default (smaller for those that evaluate
   many images per input, such as occlusion). `options` are the baseline's keywords,
-  e.g. steps=64 for integrated_gradients.
+  e.g. steps=64 for integrated_gradients. `classifier`, `outputs`, `value_range` and
+  `variables` are as in `cfx_jax.fit_explainer`.
   """
   if name not in BASELINES:
     raise ValueError(f"unknown baseline {name!r}; available: {sorted(BASELINES)}")
@@ -57,7 +61,15 @@ def explain_baseline(name: str, classifier, images, target=None, *, key=None,
     options["key"] = key
   if chunk_size is not None:
     options["chunk_size"] = chunk_size
-  return fn(classifier, images, target, **options)
+  x = validation.batched(images)
+  if isinstance(classifier, Classifier):
+    validation.check_shape(x, classifier.image_shape)
+  value_range = image_space.value_range_of(x, image_space.declared_range(classifier,
+                                                                          value_range))
+  space = image_space.space_for(x.shape[1:], value_range, 1)
+  clf = as_classifier(classifier, x.shape[1:], outputs=outputs, value_range=value_range,
+                      variables=variables)
+  return space.explanation(fn(space.classifier(clf), space.to_internal(x), target, **options))
 
 
 __all__ = ["BASELINES", "explain_baseline", "gradcam", "gradient_x_input",

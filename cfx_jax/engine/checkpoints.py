@@ -7,13 +7,14 @@ never resumed with the wrong model.
 
 from __future__ import annotations
 
+import logging
 import os
-
-import sys
 import warnings
 
 import jax
 import orbax.checkpoint as ocp
+
+logger = logging.getLogger(__name__)
 
 
 class Checkpoints:
@@ -88,4 +89,4 @@ class CheckpointWarning(UserWarning):
 
 def _warn(message: str) -> None:
   warnings.warn(message, CheckpointWarning, stacklevel=3)
-  print(f"warning: {message}", file=sys.stderr, flush=True)
+  logger.warning("%s", message)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Any, Callable
 
@@ -24,6 +25,8 @@ from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine.checkpoints import Checkpoints
 from cfx_jax.engine.logging import MetricsLog, Progress, is_main_process
 from cfx_jax.engine.preemption import NonFiniteError, Preemption
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +133,7 @@ def train_loop(state, step: Callable, batch_at: Callable[[int], Any], loop: Loop
         for lg in (log, *extra_logs):
           lg.truncate_after(start)
     if is_main_process() and loop.progress and "layout" in meta:
-      print(f"{loop.name}: {meta['layout']}", flush=True)
+      logger.info("%s: %s", loop.name, meta["layout"])
     progress = Progress(loop.steps, start, desc=loop.name, enabled=loop.progress)
     with jax.set_mesh(mesh):
       for i in range(start, loop.steps):

@@ -8,6 +8,7 @@ the config or are detected by JAX (TPU pods, SLURM, ...).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -16,6 +17,8 @@ import jax
 import ml_collections
 
 ENV_FLAG = "CFX_DISTRIBUTED"
+
+logger = logging.getLogger(__name__)
 
 
 def runtime_config() -> ml_collections.ConfigDict:
@@ -71,16 +74,17 @@ def run_job(argv, job, config: ml_collections.ConfigDict, workdir: str) -> None:
   by SIGTERM after its checkpoint exits with status 75: rerunning it resumes."""
   import sys
 
-  from absl import app, logging
+  from absl import app
+  from absl import logging as absl_logging
 
   from cfx_jax.engine.preemption import EXIT_PREEMPTED, Preempted
 
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  absl_logging.set_verbosity(absl_logging.WARNING)
   setup(config.runtime)
   try:
     job(config, workdir)
   except Preempted as e:
-    print(f"preempted: {e}", file=sys.stderr, flush=True)
+    logger.warning("preempted: %s", e)
     sys.exit(EXIT_PREEMPTED)

@@ -16,6 +16,7 @@ depends on: the marker for the first, the lesion for the second.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -27,6 +28,8 @@ from cfx_jax.data.attributes import ATTRIBUTES
 from cfx_jax.methods.latent import LatentExplainer, causal
 from cfx_jax.jobs.classifier_training import load_classifier, train_classifier
 from cfx_jax.engine.logging import is_main_process
+
+logger = logging.getLogger(__name__)
 
 # Classifier name -> marker_correlation of its training data.
 CLASSIFIERS = {"spurious": 1.0, "independent": None}
@@ -63,7 +66,7 @@ def _train_or_load(config, name: str, train: dict, test: dict, workdir: str):
   folder = os.path.join(workdir, f"classifier_{name}")
   path = os.path.join(folder, "classifier")
   if os.path.exists(os.path.join(path, "classifier.json")):
-    print(f"causal study: reusing the {name} classifier in {path}", flush=True)
+    logger.info("causal study: reusing the %s classifier in %s", name, path)
     return load_classifier(path)
   clf, _ = train_classifier(config.classifier, train, test, folder)
   return clf
@@ -106,8 +109,8 @@ def run_spurious_marker_study(config: ml_collections.ConfigDict, workdir: str) -
       scores[kind][name] = causal.causal_scores(
           ex, num_samples=int(config.num_samples), seed=int(config.score_seed),
           images=test["image"] if kind == "posterior" else None)
-      print(f"causal study: {name}, latents from the {LATENTS[kind]}\n"
-            + causal.scores_table(scores[kind][name]), flush=True)
+      logger.info("causal study: %s, latents from the %s\n%s", name, LATENTS[kind],
+                  causal.scores_table(scores[kind][name]))
     edits[name] = ex.metrics["edits"]
     out = ex.explain(test["image"][:int(config.num_explained)])
     flips[name] = {"num_images": int(len(out)), "flip_rate": float(np.mean(out.flipped))}
@@ -141,7 +144,7 @@ def run_spurious_marker_study(config: ml_collections.ConfigDict, workdir: str) -
           scores[kind], title=f"latents from the {LATENTS[kind]}")
     save_edit_figure(os.path.join(workdir, "latent_edits.png"), explainers,
                      test["image"][:int(config.figure_examples)])
-  print(f"causal study: done in {result['wall_time_s']:.0f} s; reports in {workdir}", flush=True)
+  logger.info("causal study: done in %.0f s; reports in %s", result["wall_time_s"], workdir)
   return result
 
 

@@ -3,6 +3,7 @@ its dropped-pixel L1 against mask-free in-fillers on held-out masks, draw the fi
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -17,6 +18,8 @@ from cfx_jax.methods.fido import infillers as infillers_lib
 from cfx_jax.methods.fido.inpainter_train import (META_FILE, dropped_l1, load_inpainter,
                                                   mask_spec, sample_masks, train_inpainter)
 from cfx_jax.models.inpainter import Inpainter
+
+logger = logging.getLogger(__name__)
 
 # Fillers the in-painter is compared with. FIDO's registered ones ignore the mask, so
 # they read the very pixels they replace; the "kept_" ones see only the kept pixels,
@@ -138,7 +141,7 @@ def run_inpainter_stage(config: ml_collections.ConfigDict, train: dict, test: di
   path = os.path.join(workdir, "inpainter")
   if os.path.exists(os.path.join(path, META_FILE)):
     inpainter = load_inpainter(path)
-    print(f"inpainter: reusing {path}", flush=True)
+    logger.info("inpainter: reusing %s", path)
   else:
     inpainter = train_inpainter(train["image"], config, workdir)
   held_out = np.asarray(test["image"][:int(config.eval.num_images)], np.float32)
@@ -148,6 +151,6 @@ def run_inpainter_stage(config: ml_collections.ConfigDict, train: dict, test: di
     report.save_json(os.path.join(workdir, "inpainter_metrics.json"), metrics)
     save_inpainting_figure(os.path.join(workdir, "inpainter.png"), samples,
                            rows=int(config.eval.figure_rows))
-  print("inpainter dropped-pixel L1: " + ", ".join(
-      f"{k}={v:.4f}" for k, v in metrics["l1_dropped"].items()), flush=True)
+  logger.info("inpainter dropped-pixel L1: %s", ", ".join(
+      f"{k}={v:.4f}" for k, v in metrics["l1_dropped"].items()))
   return metrics

@@ -14,6 +14,7 @@ others.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -28,6 +29,8 @@ from cfx_jax.jobs.datasets import load_split
 from cfx_jax.jobs.evaluate import evaluate_explainer, write_outputs
 from cfx_jax.jobs.inpainter_stage import run_inpainter_stage
 from cfx_jax.engine.logging import is_main_process
+
+logger = logging.getLogger(__name__)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -51,7 +54,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  "timings": timings}
       if is_main_process():
         report.save_json(os.path.join(workdir, "metrics.json"), results)
-      print(f"wrote {workdir}/inpainter_metrics.json, inpainter.png", flush=True)
+      logger.info("wrote %s/inpainter_metrics.json, inpainter.png", workdir)
       return results
 
   clf_dir = os.path.join(workdir, "classifier")
@@ -59,11 +62,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if os.path.exists(os.path.join(clf_dir, "classifier.json")):
     clf = classifier_training.load_classifier(clf_dir)
     clf_metrics = persistence.read_meta(clf_dir, "classifier.json", "classifier")["metrics"]
-    print(f"classifier: reusing {clf_dir}", flush=True)
+    logger.info("classifier: reusing %s", clf_dir)
   else:
     clf, clf_metrics = classifier_training.train_classifier(config.classifier, train, test, workdir)
   timings["classifier_s"] = time.time() - t0
-  print(f"classifier test accuracy: {clf_metrics['test_accuracy']:.4f}", flush=True)
+  logger.info("classifier test accuracy: %.4f", clf_metrics["test_accuracy"])
   results = {"dataset": config.dataset.name, "classifier": clf_metrics}
   if inpainter_metrics is not None:
     results["inpainter"] = inpainter_metrics
@@ -94,8 +97,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     n = config.eval.num_images
     explainer.report(workdir, test["image"][:n], test.get("label", out.predicted)[:n])
   results["explainer"] = metrics
-  print(json.dumps(results["explainer"], indent=2), flush=True)
-  print(f"wrote {workdir}/report.md, explanations.png, metrics.json", flush=True)
+  logger.info("%s", json.dumps(results["explainer"], indent=2))
+  logger.info("wrote %s/report.md, explanations.png, metrics.json", workdir)
   return results
 
 

@@ -7,8 +7,11 @@ explainer is its settings plus the classifier's fingerprint (and any helper mode
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
+import time
 import warnings
 
 import jax
@@ -18,6 +21,8 @@ import numpy as np
 import optax
 
 from cfx_jax.explanation import Explanation
+
+logger = logging.getLogger(__name__)
 
 
 class ClassifierBound:
@@ -32,23 +37,58 @@ class ClassifierBound:
     return self.classifier.num_classes
 
 
+def _as_dict(d):
+  return d.to_dict() if isinstance(d, ml_collections.ConfigDict) else d
+
+
+def check_names(method: str, given, valid, prefix: str = "") -> None:
+  """Raise on a name in `given` that `valid` lacks, suggesting the nearest valid one.
+
+  Both are (nested) dicts or ConfigDicts; a dict in `given` is checked against the
+  matching dict in `valid`, so a typo deep in a config fails as early as one on top.
+  """
+  given, valid = _as_dict(given), _as_dict(valid)
+  names = sorted(str(k) for k in valid)
+  for name, value in given.items():
+    if name not in valid:
+      near = difflib.get_close_matches(str(name), names, n=1)
+      hint = f" (did you mean {near[0]!r}?)" if near else ""
+      group = f" {prefix[:-1]}" if prefix else ""
+      raise ValueError(f"unknown {method}{group} setting {str(name)!r}{hint}; available: "
+                       f"{names}")
+    inner = _as_dict(valid[name])
+    if isinstance(inner, dict) and isinstance(_as_dict(value), dict):
+      check_names(method, value, inner, f"{prefix}{name}.")
+
+
 def settings(method: str, defaults: ml_collections.ConfigDict, overrides: dict,
              check) -> ml_collections.ConfigDict:
   """`defaults` updated by `overrides`; unknown names and bad values raise."""
-  unknown = sorted(set(overrides) - set(defaults.keys()))
-  if unknown:
-    raise ValueError(f"unknown {method} setting(s) {unknown}; available: "
-                     f"{sorted(defaults.keys())}")
+  check_names(method, overrides, defaults)
   defaults.update(overrides)
   check(defaults)
   return defaults
 
 
 def as_settings(config, make) -> ml_collections.ConfigDict:
-  """A ConfigDict (copied) or a dict of overrides of `make()`'s defaults."""
+  """A ConfigDict or a dict of overrides of `make()`'s defaults, checked by `make`."""
   if isinstance(config, ml_collections.ConfigDict):
-    return config.copy_and_resolve_references()
+    config = config.to_dict()
   return make(**dict(config or {}))
+
+
+def chunk_progress(method: str, total: int, enabled: bool):
+  """A `map_in_chunks` callback that logs images done, of `total`, and the time taken:
+  a per-image optimisation of many images runs for minutes without other output."""
+  if not enabled:
+    return None
+  start = time.perf_counter()
+
+  def report(done: int) -> None:
+    logger.info("%s: %d/%d images explained, %.1f s", method, done, total,
+                time.perf_counter() - start)
+
+  return report
 
 
 def bind_classifier(classifier, image_shape):

@@ -2,6 +2,17 @@
 
 The API, the train job and the leaderboard only ever look a method up here; none of
 them knows which family a method belongs to.
+
+`fit(steps=, batch_size=)` set these settings of each method (a config that sets one of
+them to another value raises):
+
+| method | `steps` | `batch_size` |
+|---|---|---|
+| syce, cyce, sagen | `steps`: generator training steps | `batch_size`: images per step, all classes |
+| cae | `steps`: autoencoder training steps | `batch_size`: images per step, all classes |
+| latent | `vae_steps`, `predictor_steps`, `shift_steps`: each network's training steps | `batch_size`: images per step |
+| fido | `steps`: mask optimisation steps per image in `explain` | `chunk_size`: images optimised together in `explain` |
+| disc | `steps`: inversion steps per image in `explain` (`fit_steps`, the prior's fit to the query, stays) | `chunk_size`: images optimised together in `explain` |
 """
 
 from __future__ import annotations
@@ -11,16 +22,22 @@ import os
 from typing import Callable, Protocol
 
 import ml_collections
+import numpy as np
 
+from cfx_jax import config as config_lib
 from cfx_jax.classifier import as_classifier, check_fingerprint
 from cfx_jax.explanation import Explanation
 from cfx_jax.methods.cae import CaeExplainer
+from cfx_jax.methods.cae.explainer import cae_config
 from cfx_jax.methods.conditional import GENERATORS, get_generator
 from cfx_jax.methods.conditional import explainer as generator_explainer
 from cfx_jax.methods.conditional import train as generator_train
 from cfx_jax.methods.disc import DiscExplainer
+from cfx_jax.methods.disc.explainer import disc_config
 from cfx_jax.methods.fido import FidoExplainer
+from cfx_jax.methods.fido.explainer import fido_config
 from cfx_jax.methods.latent import LatentExplainer
+from cfx_jax.methods.latent.config import latent_config
 
 
 class Explainer(Protocol):
@@ -47,30 +64,95 @@ class Entry:
   load: Callable[[dict, object, str], Explainer]
   optimises_per_image: bool = False  # `explain` runs an optimisation for every image
   uses_attributes: bool = False      # `fit` takes attribute labels of the images
+  steps_settings: tuple[str, ...] = ("steps",)      # what `steps` sets (module docstring)
+  batch_settings: tuple[str, ...] = ("batch_size",)  # what `batch_size` sets
+  # grid(config) -> (multiple, square): image sides the method's networks take are
+  # multiples of `multiple`, and equal if `square` (the API pads other sizes).
+  grid: Callable[[object], tuple[int, bool]] = lambda config: (1, False)
+
+
+def _setting(config, group: str, name: str, default):
+  """config[group][name] of a dict or ConfigDict of overrides, else `default`."""
+  if config is None:
+    return default
+  inner = config.get(group) if hasattr(config, "get") else None
+  if inner is None or not hasattr(inner, "get"):
+    return default
+  value = inner.get(name)
+  return default if value is None else value
+
+
+def _halving_grid(group: str | None, name: str, default, offset: int, square: bool = False):
+  """The grid of networks that halve the image once per entry of a feature tuple (less
+  `offset`), read from config[group][name] (config[name] when `group` is None)."""
+  def grid(config):
+    if group is None:
+      features = default if not hasattr(config, "get") else (config.get(name) or default)
+    else:
+      features = _setting(config, group, name, default)
+    return 2 ** (len(features) - offset), square
+  return grid
+
+
+def keyword_settings(name: str, config, defaults, steps, batch_size,
+                     steps_settings=("steps",), batch_settings=("batch_size",)) -> dict:
+  """{setting: value} that `steps` and `batch_size` stand for.
+
+  A setting the config gives another value raises rather than one of them silently
+  winning. A dict names only what its user set; a ConfigDict holds every setting, so
+  only its values that differ from `defaults()` count as set.
+  """
+  if isinstance(config, ml_collections.ConfigDict):
+    base = defaults().to_dict()
+    given = {k: v for k, v in config.to_dict().items() if k not in base or v != base[k]}
+  else:
+    given = dict(config) if isinstance(config, dict) else {}
+  out = {}
+  for keyword, value, names in (("steps", steps, steps_settings),
+                                ("batch_size", batch_size, batch_settings)):
+    if value is None:
+      continue
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+        or value < 1):
+      raise ValueError(f"{keyword} must be >= 1, got {value!r}")
+    for setting in names:
+      if given.get(setting) is not None and given[setting] != value:
+        raise ValueError(f"{name}: {keyword}={value} disagrees with config "
+                         f"{setting}={given[setting]!r}; set only one of them")
+      out[setting] = int(value)
+  return out
 
 
 def _generator_entry(name: str) -> Entry:
   def fit(classifier, images, *, config=None, seed=0, steps=None, batch_size=None,
           workdir=None):
+    keyword_settings(name, config, lambda: config_lib.explainer_config(name), steps,
+                     batch_size)
     return generator_train.fit(name, classifier, images, config=config, seed=seed,
                                steps=steps, batch_size=batch_size, workdir=workdir)
 
   def load(meta, classifier, path):
     return generator_explainer.load(get_generator(name), meta, classifier, path)
 
-  return Entry(name, fit, load)
+  default = config_lib.explainer_config(name).model.gen_features
+  return Entry(name, fit, load, grid=_halving_grid("model", "gen_features", default, 1,
+                                                   square=True))
 
 
-def _own_class_entry(name: str, cls, **flags) -> Entry:
-  """A method whose explainer class has fit / from_meta / save of its own."""
+def _own_class_entry(name: str, cls, defaults, *, steps_settings=("steps",),
+                     batch_settings=("batch_size",), **flags) -> Entry:
+  """A method whose explainer class has fit / from_meta / save of its own; `defaults()`
+  its settings."""
 
   def fit(classifier, images, *, config=None, seed=0, steps=None, batch_size=None,
           workdir=None, **extra):
-    if steps is not None or batch_size is not None:
-      raise ValueError(f"method {name!r} takes its step counts and batch sizes in `config` "
-                       "(see its settings), not as steps= / batch_size=")
+    if config is not None and not isinstance(config, (dict, ml_collections.ConfigDict)):
+      raise TypeError(f"config must be a ConfigDict or a dict, got {type(config).__name__}")
+    keywords = keyword_settings(name, config, defaults, steps, batch_size, steps_settings,
+                                batch_settings)
     if isinstance(config, ml_collections.ConfigDict):
       config = config.to_dict()
+    config = {**(config or {}), **keywords}
     explainer = cls.fit(as_classifier(classifier, images.shape[1:]), images, seed=seed,
                         config=config, workdir=workdir, **extra)
     if workdir:
@@ -82,15 +164,22 @@ def _own_class_entry(name: str, cls, **flags) -> Entry:
     check_fingerprint(meta["classifier_fingerprint"], clf, f"explainer at {path}")
     return cls.from_meta(meta, clf, path)
 
-  return Entry(name, fit, load, **flags)
+  return Entry(name, fit, load, steps_settings=tuple(steps_settings),
+               batch_settings=tuple(batch_settings), **flags)
 
 
 REGISTRY: dict[str, Entry] = {
     **{name: _generator_entry(name) for name in GENERATORS},
-    "cae": _own_class_entry("cae", CaeExplainer),
-    "disc": _own_class_entry("disc", DiscExplainer, optimises_per_image=True),
-    "fido": _own_class_entry("fido", FidoExplainer, optimises_per_image=True),
-    "latent": _own_class_entry("latent", LatentExplainer, uses_attributes=True),
+    "cae": _own_class_entry("cae", CaeExplainer, cae_config, grid=_halving_grid(
+        "model", "features", cae_config().model.features, 1)),
+    "disc": _own_class_entry("disc", DiscExplainer, disc_config, batch_settings=("chunk_size",),
+                             optimises_per_image=True),
+    "fido": _own_class_entry("fido", FidoExplainer, fido_config, batch_settings=("chunk_size",),
+                             optimises_per_image=True),
+    "latent": _own_class_entry("latent", LatentExplainer, latent_config,
+                               steps_settings=("vae_steps", "predictor_steps", "shift_steps"),
+                               uses_attributes=True, grid=_halving_grid(
+                                   None, "vae_features", latent_config().vae_features, 0)),
 }
 
 

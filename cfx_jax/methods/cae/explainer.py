@@ -66,12 +66,6 @@ def cae_config(**overrides) -> ml_collections.ConfigDict:
   c.path_step = 0.2            # fraction of the way from s to the reference per path point
   c.max_fraction = 2.0         # last point: 1.0 is the reference code, beyond it exaggerates
   c.warn_failures = True       # warn, listing indices, when no path point reaches the target
-  for group in ("weights", "model"):
-    if group in overrides:
-      extra = sorted(set(dict(overrides[group])) - set(c[group].keys()))
-      if extra:
-        raise ValueError(f"unknown CAE {group} setting(s) {extra}; available: "
-                         f"{sorted(c[group].keys())}")
   return common.settings("CAE", c, overrides, check_config)
 
 

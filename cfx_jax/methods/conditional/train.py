@@ -17,6 +17,7 @@ import numpy as np
 from cfx_jax import config as config_lib
 from cfx_jax import data as data_lib
 from cfx_jax.classifier import Classifier, as_classifier, check_fingerprint
+from cfx_jax.methods import common
 from cfx_jax.methods.base import ModelSpec
 from cfx_jax.methods.conditional import get_generator
 from cfx_jax.methods.conditional.explainer import GeneratorExplainer
@@ -43,6 +44,8 @@ def fit(name: str, classifier: Classifier, images: np.ndarray, *, config=None, s
         workdir: str | None = None) -> GeneratorExplainer:
   """The registry's entry point: `config` is None, a ConfigDict from
   `cfx_jax.explainer_config` or a nested dict of overrides; the keywords win."""
+  if isinstance(config, (dict, ml_collections.ConfigDict)):
+    common.check_names(name, config, valid_settings(name))
   if config is None:
     cfg = config_lib.explainer_config(name)
   elif isinstance(config, ml_collections.ConfigDict):
@@ -61,6 +64,14 @@ def fit(name: str, classifier: Classifier, images: np.ndarray, *, config=None, s
     cfg.batch_size = int(batch_size)
   cfg.seed = int(seed)
   return train_explainer(as_classifier(classifier, images.shape[1:]), images, cfg, workdir)
+
+
+def valid_settings(name: str) -> dict:
+  """Every name a config of `name` may set: the defaults', and in `weights` every loss
+  term of the method (the defaults list only the ones they change)."""
+  valid = config_lib.explainer_config(name).to_dict()
+  valid["weights"] = dict(get_generator(name).default_weights)
+  return valid
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

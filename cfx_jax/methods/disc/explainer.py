@@ -100,6 +100,7 @@ def disc_config(**overrides) -> ml_collections.ConfigDict:
   c.chunk_size = 64             # images per compiled call
   c.seed = 0
   c.warn_failures = True        # warn, listing indices, when a counterfactual misses its target
+  c.progress = True             # log images done and time taken after every compiled chunk
   return common.settings("DISC", c, overrides, check_config)
 
 
@@ -237,7 +238,8 @@ class DiscExplainer(common.ClassifierBound):
     aux_params = self.auxiliary.params if self.auxiliary is not None else None
     out = map_in_chunks(
         lambda xb, tb, ib: self._program(self.classifier.params, aux_params, key, xb, tb, ib),
-        [x, t, ids], int(self.config.chunk_size))
+        [x, t, ids], int(self.config.chunk_size),
+        on_chunk=common.chunk_progress("DISC", n, bool(self.config.progress)))
     if self.config.warn_failures:
       self.report_failures(out, stacklevel=3)
     return out

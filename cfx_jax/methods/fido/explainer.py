@@ -61,6 +61,7 @@ def fido_config(**overrides) -> ml_collections.ConfigDict:
   c.chunk_size = 64            # images per compiled call; each carries `samples` copies
   c.seed = 0
   c.warn_failures = True       # warn, listing indices, when a counterfactual misses its target
+  c.progress = True            # log images done and time taken after every compiled chunk
   return common.settings("FIDO", c, overrides, check_config)
 
 
@@ -287,7 +288,8 @@ class FidoExplainer(common.ClassifierBound):
     out = map_in_chunks(
         lambda xb, cb, ib: self._programs(self.classifier.params, key, xb, cb, ib,
                                           targeted=target is not None),
-        [x, c, ids], int(self.config.chunk_size))
+        [x, c, ids], int(self.config.chunk_size),
+        on_chunk=common.chunk_progress("FIDO", n, bool(self.config.progress)))
     if self.config.warn_failures:
       self.report_failures(out, stacklevel=3)
     return out

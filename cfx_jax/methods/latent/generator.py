@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 from typing import Any
 
@@ -21,6 +22,8 @@ from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine import state as state_lib
 from cfx_jax.engine.loop import LoopConfig, train_loop
 from cfx_jax.methods.latent.config import GENERATOR_DIR, GENERATOR_META
+
+logger = logging.getLogger(__name__)
 
 
 # Training loop --------------------------------------------------------------------------
@@ -284,7 +287,7 @@ def load_or_train_generator(images: np.ndarray, attributes: np.ndarray | None,
                        f"{saved['attribute_names']}, these are {list(names)}; use another "
                        "workdir")
     gen = load_generator(path)
-    print(f"latent: reusing the generator in {path}", flush=True)
+    logger.info("latent: reusing the generator in %s", path)
     return gen if attributes is not None else gen.without_attributes()
   vae_def, vae_params, vae_metrics = train_vae(images, cfg, workdir)
   pred_def = pred_params = None

@@ -1,0 +1,174 @@
+"""What the command line reads: configs by name or path, classifiers by
+`module:function` or saved folder, images from .npy / .npz files or PNG folders."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.resources
+import inspect
+import os
+import re
+import sys
+
+import numpy as np
+
+import cfx_jax
+
+PROG = "cfx-jax"
+CONFIG_PACKAGE = "configs"
+
+
+class CliError(Exception):
+  """A mistake on the command line: reported in one line, without a traceback."""
+
+
+def shipped_configs() -> list[str]:
+  """Names of the configs installed with the package."""
+  try:
+    folder = importlib.resources.files(CONFIG_PACKAGE)
+  except ModuleNotFoundError:
+    return []
+  return sorted(p.name[:-3] for p in folder.iterdir()
+                if p.name.endswith(".py") and p.name not in ("__init__.py", "common.py"))
+
+
+def resolve_config(spec: str) -> str:
+  """A config file path, or the name of a shipped config (`lesions_syce`,
+  `lesions_syce.py` and `configs/lesions_syce.py` all name it) -> its file path."""
+  if os.path.isfile(spec):
+    return spec
+  name = re.sub(r"\.py$", "", re.sub(rf"^{CONFIG_PACKAGE}[/\\]", "", spec))
+  if name.isidentifier() and name in shipped_configs():
+    return str(importlib.resources.files(CONFIG_PACKAGE) / f"{name}.py")
+  raise CliError(f"--config {spec!r} is neither a config file nor a shipped config; "
+                 f"shipped: {', '.join(shipped_configs())}")
+
+
+def load_config(spec: str, overrides: list[str]):
+  """The config `spec` names with `--config.<field>=<value>` overrides applied, parsed
+  exactly as `python -m train` parses them."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  bad = [a for a in overrides if not re.match(r"^--?(no)?config\.", a)]
+  if bad:
+    raise CliError(f"unexpected arguments {bad}; only --config.<field>=<value> overrides "
+                   "may follow")
+  argv = [PROG, f"--config={resolve_config(spec)}", *overrides]
+  values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file("config", None, "Config file.", flag_values=values,
+                                           lock_config=True, sys_argv=argv)
+  try:
+    values(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    raise CliError(f"--config {spec!r}: {e}") from e
+  return holder.value
+
+
+def load_classifier(spec: str):
+  """`package.module:function` (called with no arguments; it returns the classifier) or
+  a directory holding a classifier saved by the train job (`<workdir>/classifier`)."""
+  if os.path.isdir(spec):
+    if not os.path.exists(os.path.join(spec, "classifier.json")):
+      raise CliError(f"--classifier {spec!r} is a directory without classifier.json; "
+                     "give a classifier saved by the train job (e.g. runs/x/classifier)")
+    from cfx_jax.jobs.classifier_training import load_classifier as load_saved
+    return load_saved(os.path.abspath(spec))
+  module_name, sep, attr = spec.partition(":")
+  if not sep or not module_name or not attr:
+    raise CliError(f"--classifier must be 'package.module:function' or a directory "
+                   f"holding classifier.json, got {spec!r}")
+  module = _import(module_name, spec)
+  fn = module
+  for part in attr.split("."):
+    if not hasattr(fn, part):
+      raise CliError(f"--classifier {spec!r}: module {module_name!r} has no attribute "
+                     f"{attr!r}")
+    fn = getattr(fn, part)
+  if not callable(fn):
+    raise CliError(f"--classifier {spec!r}: {attr!r} is not a function")
+  try:
+    inspect.signature(fn).bind()
+  except TypeError as e:
+    raise CliError(f"--classifier {spec!r}: {attr!r} must take no arguments and return "
+                   "the classifier") from e
+  except ValueError:  # no signature to inspect (a builtin): let the call decide
+    pass
+  classifier = fn()
+  if not (callable(classifier) or isinstance(classifier, cfx_jax.Classifier)):
+    raise CliError(f"--classifier {spec!r} returned {type(classifier).__name__}, not a "
+                   "callable images -> logits, an NNX module or a cfx_jax.Classifier")
+  return classifier
+
+
+def _import(module_name: str, spec: str):
+  """Import as `python -m` would: the current directory comes first on the path."""
+  here = os.getcwd()
+  added = here not in sys.path
+  if added:
+    sys.path.insert(0, here)
+  try:
+    return importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    missing = e.name or ""
+    if missing and (module_name == missing or module_name.startswith(missing + ".")):
+      raise CliError(f"--classifier {spec!r}: no module named {missing!r} (looked in the "
+                     "current directory and on PYTHONPATH)") from e
+    raise
+  finally:
+    if added:
+      sys.path.remove(here)
+
+
+def load_images(path: str, value_range=None) -> np.ndarray:
+  """(N, H, W, C) images from a .npy, a .npz (key `image` or `images`, or its only
+  array) or a folder of PNGs. Arrays are taken as they are; PNG values, read in [0, 1],
+  are mapped onto `value_range` ([-1, 1] by default)."""
+  if os.path.isdir(path):
+    x = _read_pngs(path)
+    lo, hi = value_range or (-1.0, 1.0)
+    return (lo + x * (hi - lo)).astype(np.float32)
+  if not os.path.isfile(path):
+    raise CliError(f"--images {path!r} does not exist")
+  ext = os.path.splitext(path)[1].lower()
+  if ext == ".npy":
+    x = np.load(path)
+  elif ext == ".npz":
+    with np.load(path) as arrays:
+      keys = list(arrays.keys())
+      key = next((k for k in ("image", "images") if k in keys), None)
+      if key is None and len(keys) == 1:
+        key = keys[0]
+      if key is None:
+        raise CliError(f"--images {path!r} holds the arrays {keys}; name the images "
+                       "'image' or 'images', or store only one array")
+      x = arrays[key]
+  else:
+    raise CliError(f"--images must be a .npy or .npz file or a folder of PNGs, got {path!r}")
+  if x.ndim == 3:  # (N, H, W): one channel
+    x = x[..., None]
+  if x.dtype == np.float64:
+    x = x.astype(np.float32)
+  return x
+
+
+def _read_pngs(folder: str) -> np.ndarray:
+  import matplotlib.image
+
+  names = sorted(n for n in os.listdir(folder) if n.lower().endswith(".png"))
+  if not names:
+    raise CliError(f"--images {folder!r} holds no .png files")
+  images = []
+  for name in names:
+    a = np.asarray(matplotlib.image.imread(os.path.join(folder, name)), np.float32)
+    if a.ndim == 2:
+      a = a[..., None]
+    elif a.shape[-1] in (2, 4):  # drop the alpha channel
+      a = a[..., :-1]
+    images.append(a)
+  shapes = sorted({a.shape for a in images})
+  if len(shapes) > 1:
+    raise CliError(f"the PNGs in {folder!r} differ in shape: {shapes}")
+  return np.stack(images)
+
+

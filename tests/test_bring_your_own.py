@@ -44,28 +44,31 @@ def test_probability_outputs_are_refused_as_logits_and_accepted_as_declared(imag
     cfx_jax.as_classifier(linear_logits, images.shape[1:], outputs="softmax")
 
 
-def test_probability_classifier_explains_like_its_logits(images):
+@pytest.fixture(scope="module")
+def reference(images):
+  """The plain [-1, 1] logits classifier's explanations of the first eight images."""
+  return fit(linear_logits, images).explain(images[:8])
+
+
+def test_probability_classifier_explains_like_its_logits(images, reference):
   softmax = lambda x: jax.nn.softmax(linear_logits(x), axis=-1)  # noqa: E731
   a = fit(softmax, images, outputs="probabilities").explain(images[:8])
-  b = fit(linear_logits, images).explain(images[:8])
+  b = reference
   np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
   # log-probabilities differ from the logits by a constant per row: float rounding only
   np.testing.assert_allclose(a.counterfactual, b.counterfactual, atol=2e-3)
 
 
-def test_value_range_reaches_the_classifier_and_comes_back(images):
+def test_value_range_reaches_the_classifier_and_comes_back(images, reference):
   """A [0, 1] classifier on [0, 1] images gives the [-1, 1] explainer's results, mapped."""
-  seen = []
-
   def classifier01(x):
-    seen.append(x.shape)
     return linear_logits(2.0 * x - 1.0)
 
   x01 = (images + 1.0) / 2.0
   with pytest.raises(ValueError, match=r"value_range=\(0, 1\)"):
     fit(classifier01, x01)
   out = fit(classifier01, x01, value_range=(0, 1)).explain(x01[:8])
-  ref = fit(linear_logits, images).explain(images[:8])
+  ref = reference
   np.testing.assert_allclose(out.counterfactual, (ref.counterfactual + 1.0) / 2.0, atol=1e-4)
   np.testing.assert_allclose(out.maps, ref.maps, atol=1e-4)  # maps do not depend on the range
   with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
@@ -84,7 +87,7 @@ def test_uint8_images_are_0_to_255(images):
     fit(classifier, x8.astype(np.int32))
 
 
-@pytest.mark.parametrize("shape", [(15, 15, 3), (16, 12, 1), (13, 18, 4)])
+@pytest.mark.parametrize("shape", [(15, 15, 1), (13, 18, 4)])
 def test_any_image_size_and_channel_count(shape, tmp_path):
   """Padded for the networks, cropped back; the classifier only sees the caller's size."""
   rng = np.random.default_rng(0)

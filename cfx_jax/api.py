@@ -54,15 +54,11 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
     if not entry.uses_attributes:
       raise ValueError(f"attributes are used only by method='latent', not {method!r}")
     extra["attributes"] = attributes
-  x = validation.batched(_as_images(images))
-  value_range = image_space.value_range_of(x, image_space.declared_range(classifier,
-                                                                          value_range))
   multiple, square = entry.grid(config)
-  space = image_space.space_for(x.shape[1:], value_range, multiple, square=square)
-  clf = as_classifier(classifier, x.shape[1:], outputs=outputs, value_range=value_range,
-                      variables=variables)
-  inner = entry.fit(space.classifier(clf), validation.check_images(space.to_internal(x)),
-                    config=config, seed=seed, steps=steps, batch_size=batch_size,
+  space, clf, x = image_space.bind(classifier, _as_images(images), outputs=outputs,
+                                   value_range=value_range, variables=variables,
+                                   multiple=multiple, square=square)
+  inner = entry.fit(clf, x, config=config, seed=seed, steps=steps, batch_size=batch_size,
                     workdir=workdir, **extra)
   if space.is_identity:
     return inner

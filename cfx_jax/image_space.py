@@ -16,7 +16,8 @@ import os
 
 import numpy as np
 
-from cfx_jax.classifier import Classifier, check_value_range
+from cfx_jax import validation
+from cfx_jax.classifier import Classifier, as_classifier, check_value_range
 from cfx_jax.explanation import Explanation
 
 DEFAULT_RANGE = (-1.0, 1.0)
@@ -150,4 +151,18 @@ def space_for(shape, value_range, multiple: int, *, square: bool = False) -> Ima
   return ImageSpace(tuple(float(v) for v in value_range), (h, w, c), (ph, pw))
 
 
-__all__ = ["ImageSpace", "declared_range", "load", "space_for", "value_range_of"]
+def bind(classifier, images, *, outputs: str, value_range, variables, multiple: int = 1,
+         square: bool = False) -> tuple[ImageSpace, Classifier, np.ndarray]:
+  """The space of the caller's `images` for networks of grid (`multiple`, `square`), the
+  classifier of the library's images, and those images in [-1, 1] on the grid."""
+  x = validation.batched(images)
+  if isinstance(classifier, Classifier):
+    validation.check_shape(x, classifier.image_shape)
+  value_range = value_range_of(x, declared_range(classifier, value_range))
+  space = space_for(x.shape[1:], value_range, multiple, square=square)
+  clf = as_classifier(classifier, x.shape[1:], outputs=outputs, value_range=value_range,
+                      variables=variables)
+  return space, space.classifier(clf), validation.check_images(space.to_internal(x))
+
+
+__all__ = ["ImageSpace", "bind", "declared_range", "load", "space_for", "value_range_of"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from cfx_jax import image_space, validation
+from cfx_jax import image_space
 from cfx_jax.baselines.gradcam import gradcam
 from cfx_jax.baselines.gradients import (
   gradient_x_input,
@@ -23,7 +23,6 @@ from cfx_jax.baselines.gradients import (
 )
 from cfx_jax.baselines.occlusion import occlusion
 from cfx_jax.baselines.random_map import random_map
-from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
 
 BASELINES: dict[str, Callable[..., Explanation]] = {
@@ -61,15 +60,9 @@ def explain_baseline(name: str, classifier, images, target=None, *, key=None,
     options["key"] = key
   if chunk_size is not None:
     options["chunk_size"] = chunk_size
-  x = validation.batched(images)
-  if isinstance(classifier, Classifier):
-    validation.check_shape(x, classifier.image_shape)
-  value_range = image_space.value_range_of(x, image_space.declared_range(classifier,
-                                                                          value_range))
-  space = image_space.space_for(x.shape[1:], value_range, 1)
-  clf = as_classifier(classifier, x.shape[1:], outputs=outputs, value_range=value_range,
-                      variables=variables)
-  return space.explanation(fn(space.classifier(clf), space.to_internal(x), target, **options))
+  space, clf, x = image_space.bind(classifier, images, outputs=outputs,
+                                   value_range=value_range, variables=variables)
+  return space.explanation(fn(clf, x, target, **options))
 
 
 __all__ = ["BASELINES", "explain_baseline", "gradcam", "gradient_x_input",

@@ -196,24 +196,23 @@ def build_parser() -> argparse.ArgumentParser:
                "other flags, e.g. --config.explainer.steps=2000.")
   configs = "a shipped config by name (" + ", ".join(shipped_configs()) + ") or a config file"
 
-  p = sub.add_parser("train", help="train and evaluate one experiment config",
-                     description="Train the classifier, fit and evaluate the explainer of "
-                     "a config (what `python -m train` runs). Exit status 75: stopped by "
-                     "SIGTERM after a checkpoint; run the same command again to resume.",
-                     epilog=overrides)
-  p.add_argument("--config", required=True, help=configs)
-  p.add_argument("--workdir", required=True, help="directory for checkpoints and reports")
-  p.set_defaults(run=_train, overrides=True)
+  def config_command(name, run, help_text, description, workdir_help):
+    p = sub.add_parser(name, help=help_text, description=description, epilog=overrides)
+    p.add_argument("--config", required=True, help=configs)
+    p.add_argument("--workdir", required=True, help=workdir_help)
+    p.set_defaults(run=run, overrides=True)
 
-  p = sub.add_parser("evaluate", help="score every method of a leaderboard config",
-                     description="Train what the work directory lacks (classifier, each "
-                     "explainer per seed), score every method and write leaderboard.md, "
-                     "leaderboard.json and its figures (what `python -m train.evaluate` "
-                     "runs). Rerunning reuses everything already trained.",
-                     epilog=overrides)
-  p.add_argument("--config", required=True, help=configs)
-  p.add_argument("--workdir", required=True, help="directory for models and the leaderboard")
-  p.set_defaults(run=_evaluate, overrides=True)
+  config_command("train", _train, "train and evaluate one experiment config",
+                 "Train the classifier, fit and evaluate the explainer of a config (what "
+                 "`python -m train` runs). Exit status 75: stopped by SIGTERM after a "
+                 "checkpoint; run the same command again to resume.",
+                 "directory for checkpoints and reports")
+  config_command("evaluate", _evaluate, "score every method of a leaderboard config",
+                 "Train what the work directory lacks (classifier, each explainer per "
+                 "seed), score every method and write leaderboard.md, leaderboard.json and "
+                 "its figures (what `python -m train.evaluate` runs). Rerunning reuses "
+                 "everything already trained.",
+                 "directory for models and the leaderboard")
 
   p = sub.add_parser("leaderboard", help="print the tables of a finished leaderboard",
                      description="Print the score tables of the leaderboard.json that "

@@ -64,33 +64,24 @@ class Entry:
   load: Callable[[dict, object, str], Explainer]
   optimises_per_image: bool = False  # `explain` runs an optimisation for every image
   uses_attributes: bool = False      # `fit` takes attribute labels of the images
-  steps_settings: tuple[str, ...] = ("steps",)      # what `steps` sets (module docstring)
-  batch_settings: tuple[str, ...] = ("batch_size",)  # what `batch_size` sets
   # grid(config) -> (multiple, square): image sides the method's networks take are
   # multiples of `multiple`, and equal if `square` (the API pads other sizes).
   grid: Callable[[object], tuple[int, bool]] = lambda config: (1, False)
 
 
-def _setting(config, group: str, name: str, default):
-  """config[group][name] of a dict or ConfigDict of overrides, else `default`."""
-  if config is None:
-    return default
-  inner = config.get(group) if hasattr(config, "get") else None
-  if inner is None or not hasattr(inner, "get"):
-    return default
-  value = inner.get(name)
-  return default if value is None else value
+def _setting(config, path: str, default):
+  """The value at dotted `path` of a dict or ConfigDict of overrides, else `default`."""
+  node = config
+  for key in path.split("."):
+    node = node.get(key) if hasattr(node, "get") else None
+  return default if node is None else node
 
 
-def _halving_grid(group: str | None, name: str, default, offset: int, square: bool = False):
-  """The grid of networks that halve the image once per entry of a feature tuple (less
-  `offset`), read from config[group][name] (config[name] when `group` is None)."""
+def _halving_grid(path: str, default, offset: int, square: bool = False):
+  """The grid of networks that halve the image once per entry of the feature tuple at
+  `path` of the config, less `offset`."""
   def grid(config):
-    if group is None:
-      features = default if not hasattr(config, "get") else (config.get(name) or default)
-    else:
-      features = _setting(config, group, name, default)
-    return 2 ** (len(features) - offset), square
+    return 2 ** (len(_setting(config, path, default)) - offset), square
   return grid
 
 
@@ -135,7 +126,7 @@ def _generator_entry(name: str) -> Entry:
     return generator_explainer.load(get_generator(name), meta, classifier, path)
 
   default = config_lib.explainer_config(name).model.gen_features
-  return Entry(name, fit, load, grid=_halving_grid("model", "gen_features", default, 1,
+  return Entry(name, fit, load, grid=_halving_grid("model.gen_features", default, 1,
                                                    square=True))
 
 
@@ -164,14 +155,13 @@ def _own_class_entry(name: str, cls, defaults, *, steps_settings=("steps",),
     check_fingerprint(meta["classifier_fingerprint"], clf, f"explainer at {path}")
     return cls.from_meta(meta, clf, path)
 
-  return Entry(name, fit, load, steps_settings=tuple(steps_settings),
-               batch_settings=tuple(batch_settings), **flags)
+  return Entry(name, fit, load, **flags)
 
 
 REGISTRY: dict[str, Entry] = {
     **{name: _generator_entry(name) for name in GENERATORS},
     "cae": _own_class_entry("cae", CaeExplainer, cae_config, grid=_halving_grid(
-        "model", "features", cae_config().model.features, 1)),
+        "model.features", cae_config().model.features, 1)),
     "disc": _own_class_entry("disc", DiscExplainer, disc_config, batch_settings=("chunk_size",),
                              optimises_per_image=True),
     "fido": _own_class_entry("fido", FidoExplainer, fido_config, batch_settings=("chunk_size",),
@@ -179,7 +169,7 @@ REGISTRY: dict[str, Entry] = {
     "latent": _own_class_entry("latent", LatentExplainer, latent_config,
                                steps_settings=("vae_steps", "predictor_steps", "shift_steps"),
                                uses_attributes=True, grid=_halving_grid(
-                                   None, "vae_features", latent_config().vae_features, 0)),
+                                   "vae_features", latent_config().vae_features, 0)),
 }
 
 

@@ -56,9 +56,7 @@ def fit(name: str, classifier: Classifier, images: np.ndarray, *, config=None, s
   else:
     raise TypeError(f"config must be a ConfigDict or a dict, got {type(config).__name__}")
   cfg.method = name
-  if steps is not None:
-    if int(steps) < 1:
-      raise ValueError(f"steps must be >= 1, got {steps}")
+  if steps is not None:  # checked by the registry (keyword_settings)
     cfg.steps = int(steps)
   if batch_size is not None:
     cfg.batch_size = int(batch_size)

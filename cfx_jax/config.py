@@ -47,6 +47,10 @@ def explainer_config(method: str = "syce", preset: str = "small") -> ml_collecti
   c.disc_jitter = 0.0
   c.flip_jitter = 0.0
   c.disc_steps = 1                 # discriminator updates per generator update
+  # More than two classes: the share of images trained toward their runner-up class (the
+  # class `explain` aims at by default) rather than a random other one (0: one random
+  # shift of every group per step). README "Ten classes".
+  c.runner_up_share = 0.5
   # The discriminator's learning rate as a multiple of the generator's.
   c.disc_lr_scale = TRUTH_DISC_LR_SCALE.get(method, 1.0)
   c.num_devices = 0          # 0: every device (a multi-process job always uses all)

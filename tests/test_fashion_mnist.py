@@ -179,12 +179,15 @@ def test_load_source_falls_back_to_tfds(tmp_path, monkeypatch):
     load_source("fashion_mnist", "test")
 
 
-def test_config_names_the_dataset():
-  from configs import fashion_sneaker_boot
+@pytest.mark.parametrize("module, classes", [
+    ("fashion_sneaker_boot", (7, 9)), ("fashion_shirt_tshirt", (0, 6)),
+    ("fashion_ten_classes", tuple(range(10))), ("fashion_leaderboard", (7, 9))])
+def test_configs_name_the_dataset(module, classes):
+  import importlib
 
-  c = fashion_sneaker_boot.get_config()
+  c = importlib.import_module(f"configs.{module}").get_config()
   assert c.dataset.name == "fashion_mnist"
-  assert tuple(c.dataset.kwargs.classes) == (7, 9)
+  assert tuple(c.dataset.kwargs.classes) == classes
   assert c.dataset.kwargs.image_size == 32 and c.dataset.kwargs.channels == 1
 
 

@@ -10,6 +10,7 @@ from flax import nnx
 
 import cfx_jax
 from cfx_jax.methods import GENERATORS, ModelSpec, losses
+from cfx_jax.methods.conditional.gan import directions
 from cfx_jax.models import Discriminator, Generator
 
 RTOL, ATOL = 2e-5, 1e-6
@@ -208,6 +209,15 @@ def _random_modules(make, seed=0):
   return _random_params(abstract, seed)
 
 
+# Per-image targets of the three-class setup (each differs from its source, group k).
+PER_IMAGE_TARGETS = jnp.array([[2, 1, 2], [0, 2, 2], [1, 0, 1]], jnp.int32)
+
+
+def _per_image(targets):
+  return jnp.asarray(targets, jnp.int32).reshape(-1) if np.ndim(targets) == 2 else \
+      jnp.repeat(jnp.asarray(targets, jnp.int32), B)
+
+
 def _setup(name, k):
   method = GENERATORS[name]
   spec = ModelSpec(image_size=16, channels=3, num_classes=k, gen_features=(8, 16),
@@ -224,7 +234,7 @@ def _reference_terms(name, gen, disc, xs, sources, targets, k):
   """Loss terms from the networks' per-example outputs, reduced in NumPy."""
   x = xs.reshape((-1,) + xs.shape[2:])
   src = jnp.repeat(jnp.asarray(sources, jnp.int32), B)
-  tgt = jnp.repeat(jnp.asarray(targets, jnp.int32), B)
+  tgt = _per_image(targets)
   xn, s, t = np.asarray(x), np.asarray(src), np.asarray(tgt)
   if name == "sagen":
     stable, adv = (np.asarray(o) for o in gen(x, tgt))
@@ -253,10 +263,13 @@ def _reference_terms(name, gen, disc, xs, sources, targets, k):
   return ref
 
 
-@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("k", [2, 3, "3-per-image"])
 @pytest.mark.parametrize("name", ["syce", "cyce", "sagen"])
 def test_generator_loss_terms(name, k):
+  per_image = k == "3-per-image"
+  k = 3 if per_image else k
   method, gen, disc, xs, sources, targets = _setup(name, k)
+  targets = PER_IMAGE_TARGETS if per_image else targets
   ref = _reference_terms(name, gen, disc, xs, sources, targets, k)
   assert set(ref) == EXPECTED_TERMS[name]
   # Distinct weights so a misplaced weight shows up in the total.
@@ -324,12 +337,67 @@ def test_discriminator_loss_terms(name, k):
   aimed = jnp.stack([fakes[int(np.flatnonzero(tg == c)[0])] for c in range(k)])
   eps = jax.random.uniform(key, (k, B, 1, 1, 1))
   interp = (eps * xs + (1 - eps) * aimed).reshape(x.shape)
-  grads = jax.grad(lambda z: jnp.sum(disc(z, src)))(interp)
+  _check_penalty(m, loss, disc, interp, src, d_real, d_fake)
+
+
+def _check_penalty(m, loss, disc, interp, classes, d_real, d_fake):
+  grads = jax.grad(lambda z: jnp.sum(disc(z, classes)))(interp)
   norms = np.sqrt((np.asarray(grads, np.float64) ** 2).sum(axis=(1, 2, 3)))
   gp = np.mean((norms - 1.0) ** 2)
   close(m["d_gp"], gp, rtol=1e-4)
   close(loss, d_real + d_fake + 0.7 * gp, rtol=1e-4)
   close(m["d_loss"], d_real + d_fake + 0.7 * gp, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["syce", "sagen"])
+def test_discriminator_loss_with_a_target_per_image(name):
+  """Each fake is judged as its own target class and penalised on the line to the real
+  image of that class in the same batch position."""
+  method, gen, disc, xs, sources, _ = _setup(name, 3)
+  targets = PER_IMAGE_TARGETS
+  key = jax.random.key(5)
+  w = {**method.default_weights, "gp": 0.7}
+  loss, m = method.discriminator_loss(gen, disc, xs, sources, targets, None, key, w)
+  x = xs.reshape((-1,) + xs.shape[2:])
+  src, tgt = jnp.repeat(jnp.arange(3, dtype=jnp.int32), B), targets.reshape(-1)
+  fakes = gen(x, tgt)[1] if name == "sagen" else gen(x, src, tgt)
+  d_real = np_bce(disc(x, src), real=True)
+  d_fake = np_bce(disc(fakes, tgt), real=False)
+  close(m["d_real"], d_real)
+  close(m["d_fake"], d_fake)
+  tg = np.asarray(targets)
+  reals = np.stack([[np.asarray(xs)[tg[i, j], j] for j in range(B)] for i in range(3)])
+  eps = np.asarray(jax.random.uniform(key, (3, B, 1, 1, 1)))
+  interp = (eps * reals + (1 - eps) * np.asarray(fakes).reshape(xs.shape)).reshape(x.shape)
+  _check_penalty(m, loss, disc, jnp.asarray(interp), tgt, d_real, d_fake)
+
+
+def test_directions_per_image():
+  runner_ups = jnp.array([[1, 2, 1, 2], [2, 0, 0, 2], [0, 1, 1, 0]], jnp.int32)
+  key = jax.random.key(0)
+  _, t, shift = directions(3, key, runner_ups, 1.0)
+  assert shift is None
+  np.testing.assert_array_equal(t, runner_ups)
+  # A share in between: some images take their runner-up, none its own class.
+  many = jnp.tile(runner_ups, (1, 50))
+  _, t, _ = directions(3, key, many, 0.5)
+  t, src = np.asarray(t), np.arange(3)[:, None]
+  assert np.all(t != src)
+  share = np.mean(t == np.asarray(many))
+  assert 0.55 < share < 0.85  # half by choice, a half of the rest by chance
+  # Without a share: one shift for every group; two classes: always the other one.
+  _, t, shift = directions(3, key, many, 0.0)
+  np.testing.assert_array_equal(t, (np.arange(3) + int(shift)) % 3)
+  assert directions(2, key, None, 1.0) == ((0, 1), (1, 0), 1)
+
+
+def test_syce_drops_the_symmetric_term_beyond_two_classes_unless_asked():
+  syce, cyce = GENERATORS["syce"], GENERATORS["cyce"]
+  assert syce.weights(2, {})["sym"] == 10.0 and syce.weights(2, {})["sym_cls"] == 0.01
+  assert syce.weights(10, {})["sym"] == 0.0 and syce.weights(10, {})["sym_cls"] == 0.0
+  assert syce.weights(10, {"sym": 3.0})["sym"] == 3.0
+  assert syce.weights(10, {})["cycle"] == syce.default_weights["cycle"]
+  assert cyce.weights(10, {}) == cyce.default_weights
 
 
 def test_default_weights_follow_design():

@@ -102,3 +102,24 @@ def test_step_with_every_option_is_finite_and_deterministic(name):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match="disc_steps"):
     gan.make_train_step(GENERATORS[name], None, clf.apply, {}, disc_steps=0)
+
+
+def test_step_with_runner_up_targets_is_finite_and_deterministic():
+  """Three classes, every image trained toward its runner-up class, two disc updates."""
+  w = np.stack([np.linspace(-1, 1, 16 * 16 * 3), np.linspace(1, -1, 16 * 16 * 3),
+                np.cos(np.arange(16 * 16 * 3))], -1).reshape(16, 16, 3, 3).astype(np.float32)
+  clf = as_classifier(lambda x: jnp.einsum("nhwc,hwck->nk", x, w), (16, 16, 3))
+  spec = ModelSpec(16, 3, 3, (8, 16), (8, 16, 16))
+  x = np.concatenate([X, X[:2]]).reshape(3, 2, 16, 16, 3)
+
+  def run():
+    models, state = gan.init(GENERATORS["syce"], spec, seed=0, lr=1e-3, b1=0.5)
+    step = jax.jit(gan.make_train_step(GENERATORS["syce"], models, clf.apply, {},
+                                       disc_steps=2, runner_up_share=1.0))
+    return step(state, clf.params, x)
+
+  (s1, m1), (s2, _) = run(), run()
+  assert all(np.isfinite(float(v)) for v in m1.values())
+  assert int(s1.nonfinite_step) == -1
+  for a, b in zip(jax.tree.leaves(s1.gen), jax.tree.leaves(s2.gen)):
+    np.testing.assert_array_equal(a, b)

@@ -1,12 +1,13 @@
 """What a generative explainer method provides to the shared GAN train step.
 
 Images reach a method grouped by the classifier's prediction: `xs` has shape
-(K, B, H, W, C) and group k holds images predicted as class k. Each step asks every
-group to move to one other class: `targets[k] = (k + shift) % K` with a random shift
-(always 1 for two classes), so group k's counterfactuals and the real images of group
-`targets[k]` are the real/fake pair each class-conditional discriminator sees.
-`sources` and `targets` are Python tuples when K == 2 (so per-class networks are
-selected statically) and int arrays otherwise.
+(K, B, H, W, C) and group k holds images predicted as class k. By default each step asks
+every group to move to one other class: `targets[k] = (k + shift) % K` with a random
+shift (always 1 for two classes), so group k's counterfactuals and the real images of
+group `targets[k]` are the real/fake pair each class-conditional discriminator sees.
+With more than two classes the targets may instead be one per image, (K, B) with
+`shift` None (gan.directions). `sources` and `targets` are Python tuples when K == 2 (so
+per-class networks are selected statically) and int arrays otherwise.
 """
 
 from __future__ import annotations
@@ -43,11 +44,18 @@ class Method:
 
   name: str = ""
   default_weights: dict[str, float] = {}
+  # Defaults that differ when there are more than two classes.
+  multiclass_weights: dict[str, float] = {}
   # The map of the method's paper: |stable - cf| ("stable") or |input - cf| ("input").
   paper_map_reference: str = "input"
 
   def default_map_reference(self, residual: bool) -> str:
     return self.paper_map_reference
+
+  def weights(self, num_classes: int, overrides: dict) -> dict[str, float]:
+    """Every loss weight: the defaults for `num_classes`, then `overrides`."""
+    multiclass = self.multiclass_weights if num_classes > 2 else {}
+    return {**self.default_weights, **multiclass, **overrides}
 
   def build(self, spec: ModelSpec, rngs: nnx.Rngs) -> tuple[nnx.Module, nnx.Module]:
     raise NotImplementedError
@@ -68,9 +76,12 @@ class Method:
     fakes = jax.lax.stop_gradient(self.counterfactuals(gen, xs, sources, targets))
     real_loss = losses.bce_logits(disc.grouped(xs, sources), real=True)
     fake_loss = losses.bce_logits(disc.grouped(fakes, targets), real=False)
-    # Group k's fakes aim at class (k + shift) % K; rolling lines them up with the reals.
-    fakes_by_class = jnp.roll(fakes, shift, axis=0)
-    gp = losses.gradient_penalty(lambda z: disc.grouped(z, sources), xs, fakes_by_class, key)
+    if shift is None:  # one target per image: pair each fake with a real image of its target
+      reals = xs[targets, jnp.arange(xs.shape[1])[None, :]]
+      gp = losses.gradient_penalty(lambda z: disc.grouped(z, targets), reals, fakes, key)
+    else:  # group k's fakes aim at class (k + shift) % K; rolling lines them up with the reals
+      fakes_by_class = jnp.roll(fakes, shift, axis=0)
+      gp = losses.gradient_penalty(lambda z: disc.grouped(z, sources), xs, fakes_by_class, key)
     loss = real_loss + fake_loss + w["gp"] * gp
     return loss, {"d_real": real_loss, "d_fake": fake_loss, "d_gp": gp, "d_loss": loss}
 
@@ -78,11 +89,6 @@ class Method:
 def flatten_groups(xs: jax.Array) -> jax.Array:
   """(K, B, ...) grouped images -> (K * B, ...) for the classifier."""
   return xs.reshape((-1,) + xs.shape[2:])
-
-
-def group_labels(classes, per_group: int) -> jax.Array:
-  """Per-example labels (K * B,) from one class per group."""
-  return jnp.repeat(jnp.asarray(classes, jnp.int32), per_group)
 
 
 def weighted_total(terms: dict, w: dict) -> tuple[jax.Array, dict]:

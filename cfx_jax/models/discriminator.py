@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cfx_jax.models.generator import group_labels
 from cfx_jax.models.layers import strided_conv
 
 
@@ -96,10 +97,11 @@ class Discriminator(nnx.Module):
     return jnp.take_along_axis(outs, index, axis=0)[0]
 
   def grouped(self, xs: jax.Array, classes) -> jax.Array:
-    """Logits (G, B[, h, w]) for images grouped by class (Python ints for per-class networks)."""
+    """Logits (G, B[, h, w]) for grouped images; `classes` one per group (Python ints for
+    per-class networks) or, with the shared network, one per image (G, B)."""
     g, b = xs.shape[:2]
     if not self.shared:
       return jnp.stack([self.nets[int(c)](xs[i]) for i, c in enumerate(classes)])
-    cls = jnp.repeat(jnp.asarray(classes), b)
+    cls = group_labels(classes, b)
     out = self(xs.reshape((g * b,) + xs.shape[2:]), cls)
     return out.reshape((g, b) + out.shape[1:])

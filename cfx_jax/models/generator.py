@@ -15,6 +15,12 @@ from flax import nnx
 from cfx_jax.models.unet import UNet
 
 
+def group_labels(classes, per_group: int) -> jax.Array:
+  """Per-image labels (G * B,) from one class per group (G,) or per image (G, B)."""
+  a = jnp.asarray(classes, jnp.int32)
+  return a.reshape(-1) if a.ndim == 2 else jnp.repeat(a, per_group)
+
+
 class Generator(nnx.Module):
 
   def __init__(self, channels: int, num_classes: int, *, shared: bool | None = None,
@@ -40,7 +46,8 @@ class Generator(nnx.Module):
     return jnp.take_along_axis(outs, source[None, :, None, None, None], axis=0)[0]
 
   def grouped(self, xs: jax.Array, sources, targets) -> jax.Array:
-    """Translate images grouped by class: xs (G, B, H, W, C), one source/target per group.
+    """Translate images grouped by class: xs (G, B, H, W, C); sources and targets are one
+    class per group (G,) or one per image (G, B).
 
     With per-class networks `sources` must be Python ints, so each group runs only its
     own network; the shared network flattens the groups into one batch.
@@ -48,8 +55,7 @@ class Generator(nnx.Module):
     g, b = xs.shape[:2]
     if not self.shared:
       return jnp.stack([self.nets[int(s)](xs[i]) for i, s in enumerate(sources)])
-    src = jnp.repeat(jnp.asarray(sources), b)
-    tgt = jnp.repeat(jnp.asarray(targets), b)
+    src, tgt = group_labels(sources, b), group_labels(targets, b)
     return self(xs.reshape((g * b,) + xs.shape[2:]), src, tgt).reshape(xs.shape)
 
 
@@ -69,6 +75,6 @@ class TwoHeadGenerator(nnx.Module):
 
   def grouped(self, xs: jax.Array, targets) -> tuple[jax.Array, jax.Array]:
     g, b = xs.shape[:2]
-    tgt = jnp.repeat(jnp.asarray(targets), b)
+    tgt = group_labels(targets, b)
     stable, adv = self(xs.reshape((g * b,) + xs.shape[2:]), tgt)
     return stable.reshape(xs.shape), adv.reshape(xs.shape)

@@ -19,7 +19,7 @@ from flax import nnx
 from cfx_jax.data import augment
 from cfx_jax.engine.state import (GanModels, GanState, commit_if_finite, init_gan,
                                   optimizer)
-from cfx_jax.methods.base import Method, ModelSpec
+from cfx_jax.methods.base import Method, ModelSpec, flatten_groups, other_class
 
 
 def init(method: Method, spec: ModelSpec, *, seed: int, lr: float, b1: float,
@@ -29,13 +29,27 @@ def init(method: Method, spec: ModelSpec, *, seed: int, lr: float, b1: float,
   return init_gan(gen, disc, optimizer(lr, b1), optimizer(disc_lr_scale * lr, b1), seed)
 
 
-def directions(num_classes: int, key: jax.Array):
-  """Sources, targets and shift of one step (see methods/base.py)."""
+def directions(num_classes: int, key: jax.Array, runner_ups: jax.Array | None = None,
+               runner_up_share: float = 0.0):
+  """Sources, targets and shift of one step (see methods/base.py).
+
+  With more than two classes and `runner_up_share` > 0 every image gets its own target:
+  that share of them its runner-up class `runner_ups` (K, B) (the class `explain` aims
+  at by default), the rest a random other class. A single shift per step spreads the
+  training over all K(K-1) directions; most images are only ever explained toward one.
+  """
   sources = tuple(range(num_classes))
   if num_classes == 2:
     return sources, (1, 0), 1
-  shift = jax.random.randint(key, (), 1, num_classes)
-  return sources, (jnp.arange(num_classes) + shift) % num_classes, shift
+  if runner_up_share <= 0:
+    shift = jax.random.randint(key, (), 1, num_classes)
+    return sources, (jnp.arange(num_classes) + shift) % num_classes, shift
+  k_shift, k_pick = jax.random.split(key)
+  shape = runner_ups.shape
+  random = (jnp.arange(num_classes)[:, None]
+            + jax.random.randint(k_shift, shape, 1, num_classes)) % num_classes
+  targets = jnp.where(jax.random.uniform(k_pick, shape) < runner_up_share, runner_ups, random)
+  return sources, targets.astype(jnp.int32), None
 
 
 class Jittered:
@@ -55,13 +69,14 @@ class Jittered:
 
 
 def make_train_step(method: Method, models: GanModels, classifier_apply, weights: dict, *,
-                    disc_steps: int = 1, disc_jitter: float = 0.0, flip_jitter: float = 0.0):
+                    disc_steps: int = 1, disc_jitter: float = 0.0, flip_jitter: float = 0.0,
+                    runner_up_share: float = 0.0):
   """Returns the pure step `(state, classifier_params, images) -> (state, metrics)`.
 
   `images` is (K, B, H, W, C), grouped by the classifier's prediction. `disc_steps`
   discriminator updates (each with its own directions) precede the generator update;
   `disc_jitter` and `flip_jitter` are the strengths of the photometric jitter the
-  discriminator and the classifier see (0: none).
+  discriminator and the classifier see (0: none); `runner_up_share` see `directions`.
   """
   w = {**method.default_weights, **weights}
   if disc_steps < 1:
@@ -74,7 +89,12 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
     num_classes = images.shape[0]
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     k_dir, k_gp, k_dj, k_gj, k_fj = jax.random.split(key, 5)
-    sources, targets, shift = directions(num_classes, k_dir)
+    runner_ups = None
+    if num_classes > 2 and runner_up_share > 0:
+      logits = classifier_apply(clf_params, flatten_groups(images)).astype(jnp.float32)
+      runner_ups = other_class(logits).reshape(images.shape[:2])
+    draw = lambda k: directions(num_classes, k, runner_ups, runner_up_share)
+    sources, targets, shift = draw(k_dir)
     if flip_jitter > 0:
       f = lambda x: classifier_apply(
           clf_params, augment.jitter(k_fj, x, flip_jitter)).astype(jnp.float32)
@@ -86,7 +106,7 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
     for i in range(disc_steps):
       k_i = jax.random.fold_in(k_gp, i)
       src_i, tgt_i, shift_i = ((sources, targets, shift) if i == disc_steps - 1 else
-                               directions(num_classes, jax.random.fold_in(k_dir, i + 1)))
+                               draw(jax.random.fold_in(k_dir, i + 1)))
 
       def d_loss(params):
         disc = judge(nnx.merge(models.disc_def, params), jax.random.fold_in(k_dj, i))

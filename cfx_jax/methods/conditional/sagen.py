@@ -11,9 +11,9 @@ from __future__ import annotations
 from flax import nnx
 
 from cfx_jax.methods import losses
-from cfx_jax.methods.base import (Method, ModelSpec, flatten_groups, group_labels,
-                                  weighted_total)
+from cfx_jax.methods.base import Method, ModelSpec, flatten_groups, weighted_total
 from cfx_jax.models import Discriminator, TwoHeadGenerator
+from cfx_jax.models.generator import group_labels
 
 
 class StableAdversarialExplainer(Method):

@@ -134,10 +134,11 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
   state = jax.device_put(state, state_sharding)
   clf_params = jax.device_put(classifier.params, replicated)
   step_fn = jax.jit(gan.make_train_step(method, models, classifier.apply,
-                                        dict(config.weights),
+                                        method.weights(k, dict(config.weights)),
                                         disc_steps=int(config.get("disc_steps", 1)),
                                         disc_jitter=float(config.get("disc_jitter", 0.0)),
-                                        flip_jitter=float(config.get("flip_jitter", 0.0))),
+                                        flip_jitter=float(config.get("flip_jitter", 0.0)),
+                                        runner_up_share=float(config.get("runner_up_share", 0.0))),
                     in_shardings=(state_sharding, replicated, images_sharding),
                     out_shardings=(state_sharding, replicated), donate_argnums=0)
 

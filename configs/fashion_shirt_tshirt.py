@@ -1,0 +1,11 @@
+"""SyCE explainer of a shirt-vs-T-shirt/top Fashion-MNIST classifier: the hardest pair
+(sleeves, collar and buttons separate them, not the silhouette alone)."""
+
+from configs import common
+
+
+def get_config():
+  c = common.experiment(common.fashion_mnist((0, 6)), method="syce")  # T-shirt/top, Shirt
+  c.classifier.steps = 600
+  c.explainer.steps = 1500
+  return c

@@ -96,3 +96,8 @@ def test_table_orders_by_first_column_and_marks_direction():
   assert "absent" not in lines[0]
   assert lines[2].startswith("| b |") and lines[3].startswith("| a |")
   assert "0.900 ± 0.000" in lines[2] and "—" in lines[3]
+  # One seed: the mean alone, no interval of zero width.
+  one = {"methods": {"c": {"kind": "trained", "num_images": 4,
+                           "scores": {"pixel_auroc": {"mean": 0.7, "ci95": 0.0, "n": 1}}}}}
+  row = leaderboard.table(one, ["pixel_auroc"]).splitlines()[2]
+  assert row == "| c | trained | 4 | 0.700 |"

@@ -349,6 +349,7 @@ def table(result: dict, columns: list[str]) -> str:
     for c in columns:
       s = rows[name]["scores"].get(c)
       cells.append("—" if s is None or not np.isfinite(s["mean"])
+                   else f"{s['mean']:.3f}" if s.get("n", 2) < 2  # one sample: no interval
                    else f"{s['mean']:.3f} ± {s['ci95']:.3f}")
     lines.append(f"| {name} | {rows[name]['kind']} | {rows[name]['num_images']} | "
                  + " | ".join(cells) + " |")
@@ -376,11 +377,13 @@ def write_leaderboard(workdir, result, x, masks, examples, curves, grid_rows,
 def markdown(result: dict, figures: list[str]) -> str:
   """leaderboard.md: one table per family of scores, the figures, how to read them."""
   seeds = len(result["seeds"])
+  over_seeds = ("one seed for trained and optimised explainers, so no interval" if seeds == 1
+                else f"over {seeds} seeds for trained and optimised explainers")
   parts = [f"# Leaderboard: {result['dataset']}", "",
            (f"{result['num_images']} test images; classifier test accuracy "
             f"{result['classifier_test_accuracy']:.3f}. Mean ± 95% confidence half-width: "
-            f"over {seeds} seeds for trained and optimised explainers (their settings are "
-            "in leaderboard.json), over images for baselines. "
+            f"{over_seeds} (their settings are in leaderboard.json); over images for "
+            "baselines. "
             "↑ higher is better, ↓ lower is better."
             + (f" Oracle test accuracy {result['oracle_test_accuracy']:.3f}."
                if result.get("oracle_test_accuracy") is not None else "")),

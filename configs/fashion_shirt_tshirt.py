@@ -1,5 +1,5 @@
-"""SyCE explainer of a shirt-vs-T-shirt/top Fashion-MNIST classifier: the hardest pair
-(sleeves, collar and buttons separate them, not the silhouette alone)."""
+"""SyCE explainer of a shirt-vs-T-shirt/top Fashion-MNIST classifier: a pair that sleeves,
+collar and buttons separate more than the silhouette does."""
 
 from configs import common
 

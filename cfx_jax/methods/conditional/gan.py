@@ -77,8 +77,8 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
   discriminator updates (each with its own directions) precede the generator update;
   `disc_jitter` and `flip_jitter` are the strengths of the photometric jitter the
   discriminator and the classifier see (0: none); `runner_up_share` see `directions`.
+  `weights` override the method's defaults for the step's number of classes.
   """
-  w = {**method.default_weights, **weights}
   if disc_steps < 1:
     raise ValueError(f"disc_steps must be >= 1, got {disc_steps}")
 
@@ -87,6 +87,7 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
 
   def step(state: GanState, clf_params, images):
     num_classes = images.shape[0]
+    w = method.weights(num_classes, weights)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     k_dir, k_gp, k_dj, k_gj, k_fj = jax.random.split(key, 5)
     runner_ups = None

@@ -134,7 +134,7 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
   state = jax.device_put(state, state_sharding)
   clf_params = jax.device_put(classifier.params, replicated)
   step_fn = jax.jit(gan.make_train_step(method, models, classifier.apply,
-                                        method.weights(k, dict(config.weights)),
+                                        dict(config.weights),
                                         disc_steps=int(config.get("disc_steps", 1)),
                                         disc_jitter=float(config.get("disc_jitter", 0.0)),
                                         flip_jitter=float(config.get("flip_jitter", 0.0)),

@@ -116,8 +116,10 @@ def _rows(labels, masks, k: int) -> np.ndarray:
 
 _HOW_TO_READ = """\
 Each row: the input, the class-preserving (stable) image where the method makes one,
-the counterfactual the classifier assigns to the other class, the explanation map (outlined: its top 5%), and
-the ground-truth evidence where the dataset has it.
+the counterfactual (titled with the classifier's probability of its target, ✗ where it
+missed, and the oracle's class where an oracle is trained), the exact twin where the
+dataset renders one, the explanation map (outlined: its top 5%), and the ground-truth
+evidence where the dataset has it.
 
 - `flip_rate`: fraction of counterfactuals classified as their target.
 - `preservation_rate`: fraction of stable images still classified as the input.

@@ -3,7 +3,7 @@ with gradient penalty, frozen BatchNorm CNN classifier, every loss term).
 
     python -m benchmarks.step_time                       # the default grid of sizes
     python -m benchmarks.step_time --sizes 32x3 --batches 64 --dtypes float32 bfloat16
-    python -m benchmarks.step_time --smoke               # tiny, 2 steps (used by the tests)
+    python -m benchmarks.step_time --smoke               # tiny, 1 step (used by the tests)
 
 For each configuration: compile time, median and 10th/90th percentile ms/step after
 warm-up, images/s, FLOPs and bytes per step (XLA's cost analysis of the same step
@@ -188,7 +188,7 @@ def main(argv=None):
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--preset", choices=sorted(PRESETS), default="small",
                       help="network widths (cfx_jax.config.PRESETS)")
-  parser.add_argument("--smoke", action="store_true", help="tiny sizes, 2 steps")
+  parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 step")
   parser.add_argument("--out", default=None)
   parser.add_argument("--recount", default=None, metavar="RESULT_JSON",
                       help="add host-counted FLOPs and MFU to the rows of a result file "
@@ -198,7 +198,7 @@ def main(argv=None):
     return recount(args.recount)
   if args.smoke:
     args.sizes, args.batches, args.dtypes = ["16x3"], [8], ["float32"]
-    args.steps_per_dispatch, args.steps, args.warmup = [1, 2], 2, 1
+    args.steps_per_dispatch, args.steps, args.warmup = [1, 2], 1, 0
   peak = {d: flops_lib.peak_flops(d) for d in args.dtypes}
   bandwidth = flops_lib.peak_bandwidth()
   rows = []

@@ -7,6 +7,10 @@ import os
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+# The suite compiles hundreds of small programs and runs most of them a few times, so
+# XLA's optimisation passes cost more than they save (tests/test_realism_options.py:
+# 173 s -> 74 s). Set in the environment, it also reaches the jobs tests start as processes.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import tempfile  # noqa: E402
 

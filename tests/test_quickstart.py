@@ -1,4 +1,5 @@
-"""End to end: the train job on the lesion set localises the lesion (short run)."""
+"""End to end: the train job on the lesion set localises the lesion (a short run on 16x16
+images, the quick start's config otherwise)."""
 
 import json
 import os
@@ -10,10 +11,11 @@ from cfx_jax.jobs.train import train_and_evaluate
 def test_short_run_localizes_the_lesion(tmp_path):
   c = lesions_syce.get_config()
   c.dataset.num_train, c.dataset.num_test = 2000, 256
+  c.dataset.kwargs.image_size = 16
   c.classifier.steps, c.classifier.num_devices, c.classifier.progress = 200, 1, False
   c.explainer.steps, c.explainer.num_devices, c.explainer.progress = 120, 1, False
   c.explainer.batch_size, c.explainer.checkpoint_every = 32, 120
-  c.eval.num_images, c.eval.oracle_steps = 256, 300
+  c.eval.num_images, c.eval.oracle_steps = 256, 200
   train_and_evaluate(c, str(tmp_path))
 
   for name in ("report.md", "explanations.png", "metrics.json", "config.json",

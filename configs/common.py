@@ -8,11 +8,14 @@ from cfx_jax.jobs.datasets import dataset_config
 from cfx_jax.engine.runtime import runtime_config
 
 
-def experiment(dataset: ml_collections.ConfigDict, method: str | None) -> ml_collections.ConfigDict:
+def experiment(dataset: ml_collections.ConfigDict, method: str | None,
+               preset: str = "small") -> ml_collections.ConfigDict:
+  """`preset`: the generator explainer's network widths (`cfx_jax.config.PRESETS`); the
+  configs take it as their config string, `--config configs/lesions_syce.py:paper`."""
   c = ml_collections.ConfigDict()
   c.dataset = dataset
   c.classifier = classifier_config()
-  c.explainer = explainer_config(method) if method else None
+  c.explainer = explainer_config(method, preset) if method else None
   # oracle_steps: train (once, cached in <workdir>/oracle) the independent oracle that
   # scores the counterfactuals; 0 turns the truth scores off.
   c.eval = ml_collections.ConfigDict(dict(num_images=512, grid_rows=8, oracle_steps=1200))
@@ -59,7 +62,10 @@ def leaderboard(dataset: ml_collections.ConfigDict) -> ml_collections.ConfigDict
                            "progress": False, "warn_failures": False}},
       optimiser_images=32))
   c.baselines = ml_collections.ConfigDict(dict(methods=None, seed=0))
+  # scores: families of `cfx_jax.jobs.evaluators`, each a table of the leaderboard.
   c.eval = ml_collections.ConfigDict(dict(
+      scores=("localization", "faithfulness", "counterfactual", "truth", "realism",
+              "sanity"),
       num_images=512, sanity_images=32, faithfulness_steps=16, autoencoder_steps=600,
       grid_rows=6, oracle_steps=1200))
   c.runtime = runtime_config()

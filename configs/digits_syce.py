@@ -3,8 +3,8 @@
 from configs import common
 
 
-def get_config():
-  c = common.experiment(common.digits(), method="syce")
+def get_config(preset: str = "small"):  # --config configs/digits_syce.py:paper
+  c = common.experiment(common.digits(), method="syce", preset=preset)
   c.classifier.steps = 600
   c.explainer.steps = 1500
   return c

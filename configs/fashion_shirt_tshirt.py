@@ -4,8 +4,9 @@ collar and buttons separate more than the silhouette does."""
 from configs import common
 
 
-def get_config():
-  c = common.experiment(common.fashion_mnist((0, 6)), method="syce")  # T-shirt/top, Shirt
+def get_config(preset: str = "small"):  # --config configs/fashion_shirt_tshirt.py:paper
+  c = common.experiment(common.fashion_mnist((0, 6)), method="syce",
+                        preset=preset)  # T-shirt/top, Shirt
   c.classifier.steps = 600
   c.explainer.steps = 1500
   return c

@@ -3,8 +3,9 @@
 from configs import common
 
 
-def get_config():
-  c = common.experiment(common.fashion_mnist((7, 9)), method="syce")  # Sneaker, Ankle boot
+def get_config(preset: str = "small"):  # --config configs/fashion_sneaker_boot.py:paper
+  c = common.experiment(common.fashion_mnist((7, 9)), method="syce",
+                        preset=preset)  # Sneaker, Ankle boot
   c.classifier.steps = 600
   c.explainer.steps = 1500
   return c

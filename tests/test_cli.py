@@ -103,6 +103,13 @@ def test_configs_by_name_or_path_with_overrides():
     cli.resolve_config("no_such_config")
   with pytest.raises(cli.CliError, match="stepz"):
     cli.load_config("lesions_syce", ["--config.explainer.stepz=7"])
+  # The config string picks the network widths.
+  paper = cli.load_config("configs/lesions_syce.py:paper", [])
+  assert tuple(paper.explainer.model.gen_features) == (64, 128, 256, 512)
+  assert tuple(cli.load_config("fashion_ten_classes:paper", []).explainer.model.disc_features) == (
+      64, 128, 256, 512)
+  with pytest.raises(cli.CliError, match="unknown preset 'huge'"):
+    cli.load_config("lesions_syce:huge", [])
 
 
 def test_leaderboard_prints_the_tables(tmp_path, capsys):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cfx_jax.jobs import leaderboard
+from cfx_jax.jobs import evaluators, leaderboard
 from configs import common
 
 
@@ -71,6 +71,25 @@ def test_leaderboard_job_writes_every_method(tmp_path):
   assert again["methods"]["cyce"] == result["methods"]["cyce"]
   assert again["methods"]["fido"]["scores"]["pixel_auroc"]["mean"] == pytest.approx(
       result["methods"]["fido"]["scores"]["pixel_auroc"]["mean"], abs=1e-6)
+
+
+def test_scores_are_the_named_evaluators_only(tmp_path):
+  c = tiny_config()
+  c.trained.methods, c.trained.seeds, c.baselines.methods = ("fido",), (0,), ("random",)
+  c.eval.scores = ("localization", "counterfactual")
+  result = leaderboard.run_leaderboard(c, str(tmp_path))
+  localization = {"pixel_auroc", "average_precision", "iou_curve_area", "iou_95", "ncc",
+                  "pointing_game", "relevance_mass", "relevance_rank"}
+  assert set(result["methods"]["random"]["scores"]) == localization
+  assert set(result["methods"]["fido"]["scores"]) == localization | {
+      "flip_rate", "proximity_l1", "proximity_l2", "sparsity"}
+  assert not (tmp_path / "oracle").exists()  # no truth or realism: no oracle trained
+  assert "## Faithfulness" not in (tmp_path / "leaderboard.md").read_text()
+
+
+def test_unknown_score_family_names_the_nearest():
+  with pytest.raises(ValueError, match="'localisation'.*did you mean 'localization'"):
+    evaluators.check_names(["counterfactual", "localisation"])
 
 
 def test_mean_ci_is_the_student_t_interval():

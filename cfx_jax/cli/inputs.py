@@ -34,12 +34,14 @@ def shipped_configs() -> list[str]:
 
 def resolve_config(spec: str) -> str:
   """A config file path, or the name of a shipped config (`lesions_syce`,
-  `lesions_syce.py` and `configs/lesions_syce.py` all name it) -> its file path."""
+  `lesions_syce.py` and `configs/lesions_syce.py` all name it) -> its file path. A
+  `:argument` suffix (`lesions_syce:paper`) is kept: it is passed to `get_config`."""
+  spec, colon, argument = spec.partition(":")
   if os.path.isfile(spec):
-    return spec
+    return spec + colon + argument
   name = re.sub(r"\.py$", "", re.sub(rf"^{CONFIG_PACKAGE}[/\\]", "", spec))
   if name.isidentifier() and name in shipped_configs():
-    return str(importlib.resources.files(CONFIG_PACKAGE) / f"{name}.py")
+    return str(importlib.resources.files(CONFIG_PACKAGE) / f"{name}.py") + colon + argument
   raise CliError(f"--config {spec!r} is neither a config file nor a shipped config; "
                  f"shipped: {', '.join(shipped_configs())}")
 

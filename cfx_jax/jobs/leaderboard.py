@@ -6,12 +6,7 @@ run directly. A method registered in either place appears without editing this f
 
 Each score is a mean with a 95% confidence interval: over seeds for trained explainers
 (each seed's mean over images is one sample, Student t), over images for the rest.
-Realism (Fréchet and kernel distances between real images of the target class and the
-counterfactuals) is computed in the classifier's penultimate features, the code of a
-small autoencoder trained on the training images and, where an oracle is trained, the
-oracle's features. The truth scores
-(`cfx_jax.metrics.truth`) judge each counterfactual with an independent oracle and,
-where the dataset renders them, against its exact twin.
+Which scores are computed is `config.eval.scores`, names of `jobs.evaluators`.
 """
 
 from __future__ import annotations
@@ -21,8 +16,6 @@ import math
 import os
 import time
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from scipy import stats
@@ -33,7 +26,7 @@ from cfx_jax.api import fit_explainer, load_explainer, trainable_methods
 from cfx_jax.baselines import BASELINES, explain_baseline
 from cfx_jax.methods import registry
 from cfx_jax.metrics.oracle import load_or_train_oracle
-from cfx_jax.jobs import classifier_training
+from cfx_jax.jobs import classifier_training, evaluators
 from cfx_jax.jobs.datasets import load_split
 from cfx_jax.engine.logging import is_main_process
 
@@ -75,57 +68,6 @@ def trained_explainers(config, clf, train_images, workdir) -> dict[str, list]:
   return out
 
 
-# Scores of one set of explanations --------------------------------------------------
-
-
-def _per_image_scores(score_fn, x, out, masks, faithfulness_steps) -> dict[str, np.ndarray]:
-  """{score: (N,) with NaN where it does not apply}: what the CIs are taken over."""
-  n = len(x)
-  scores = {}
-  if masks is not None:
-    has = masks.reshape(n, -1).max(axis=1) > 0
-    loc = {
-        "pixel_auroc": M.pixel_auroc, "average_precision": M.average_precision,
-        "iou_curve_area": M.iou_curve_area, "iou_95": lambda a, s: M.iou_at_percentile(a, s, 95),
-        "ncc": M.normalized_cross_correlation, "pointing_game": M.pointing_game,
-        "relevance_mass": M.relevance_mass_accuracy, "relevance_rank": M.relevance_rank_accuracy,
-    }
-    for name, fn in loc.items():
-      v = np.full((n,), np.nan, np.float32)
-      if has.any():
-        v[has] = np.asarray(fn(out.maps[has], masks[has]), np.float32)
-      scores[name] = v
-  # Each image becomes 2 * (steps + 1) classifier inputs: chunks bound the memory.
-  faith = [M.insertion_deletion(score_fn, x[i:i + 32], out.maps[i:i + 32], out.predicted[i:i + 32],
-                                steps=faithfulness_steps) for i in range(0, n, 32)]
-  for name in ("deletion_auc", "insertion_auc"):
-    scores[name] = np.concatenate([np.asarray(getattr(f, name)) for f in faith])
-  if out.has_counterfactual:
-    scores["flip_rate"] = out.flipped.astype(np.float32)
-    scores["proximity_l1"] = np.asarray(M.proximity_l1(x, out.counterfactual))
-    scores["proximity_l2"] = np.asarray(M.proximity_l2(x, out.counterfactual))
-    scores["sparsity"] = np.asarray(M.sparsity(x, out.counterfactual))
-  return scores
-
-
-def _realism(embed, x_real, labels_real, out) -> dict[str, float]:
-  """Distances between real images of each target class and counterfactuals toward it."""
-  fids, kids, weights = [], [], []
-  for k in np.unique(out.target):
-    fake = np.asarray(out.counterfactual)[out.target == k]
-    real = x_real[labels_real == k]
-    if len(fake) < 8 or len(real) < 8:
-      continue
-    fr, ff = embed(real), embed(fake)
-    fids.append(M.frechet_distance(fr, ff))
-    kids.append(M.kernel_inception_distance(fr, ff)[0])
-    weights.append(len(fake))
-  if not weights:
-    return {}
-  w = np.asarray(weights, np.float64) / np.sum(weights)
-  return {"fid": float(np.dot(w, fids)), "kid": float(np.dot(w, kids))}
-
-
 def _mean_ci(values: np.ndarray) -> dict:
   v = np.asarray(values, np.float64)
   v = v[np.isfinite(v)]
@@ -135,9 +77,6 @@ def _mean_ci(values: np.ndarray) -> dict:
   if len(v) > 1:
     half = float(stats.t.ppf(0.975, len(v) - 1) * np.std(v, ddof=1) / math.sqrt(len(v)))
   return {"mean": float(np.mean(v)), "ci95": half, "n": int(len(v))}
-
-
-# The leaderboard ---------------------------------------------------------------------
 
 
 # Scores already computed -----------------------------------------------------------------
@@ -190,6 +129,7 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
   the classifier and the evaluation settings are unchanged: adding a method to a
   finished leaderboard scores only that method.
   """
+  names = evaluators.check_names(config.eval.scores)  # before anything trains
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
@@ -199,18 +139,7 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
   x, masks = test["image"][:n], test.get("mask")
   masks = None if masks is None else masks[:n]
   trained = trained_explainers(config, clf, train["image"], workdir)
-  predicted_train = clf.predict(train["image"])
-  embeddings = {"classifier": _penultimate(clf),
-                "autoencoder": M.train_autoencoder(train["image"],
-                                                   steps=config.eval.autoencoder_steps,
-                                                   seed=0)}
-  oracle = (load_or_train_oracle(os.path.join(workdir, "oracle"), train, test,
-                                 steps=int(config.eval.oracle_steps))
-            if config.eval.get("oracle_steps") else None)
-  if oracle is not None:  # realism in its features, defined as in the other embeddings
-    embeddings["oracle"] = oracle.features
-  # One function object for every call, so the faithfulness program compiles once.
-  score_fn = jax.jit(lambda images: clf.apply(clf.params, images))
+  ctx = _scoring(config, clf, train, test, workdir, names)
   rows, examples, curves, counterfactuals = {}, {}, {}, {}
   for name, explainers in trained.items():
     # Optimisation methods cost a full optimisation per image: they may use fewer.
@@ -221,30 +150,18 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cached = _cached_scores(workdir, name, key)
     if cached is not None:
       rows[name], examples[name], counterfactuals[name] = cached
-      if mm is not None:
-        curves[name] = _iou_curves(examples[name], mm)
-      continue
-    per_seed = []
-    for explainer in explainers:
-      out = explainer.explain(xm)
-      s = {k: float(np.nanmean(v)) for k, v in
-           _per_image_scores(score_fn, xm, out, mm, config.eval.faithfulness_steps).items()}
-      if out.stable is not None:
-        stable_probs = explainer.predict_proba(out.stable)
-        s["preservation_rate"] = float(M.preservation_rate(stable_probs, out.predicted))
-      for embed_name, embed in embeddings.items():
-        for k, v in _realism(embed, train["image"], predicted_train, out).items():
-          s[f"{k}_{embed_name}"] = v
-      if oracle is not None and out.has_counterfactual:
-        s.update(_truth_scores(test, out, oracle))
-      per_seed.append(s)
-      if name not in examples:
-        examples[name] = out.maps
-        counterfactuals[name] = out.counterfactual
-    rows[name] = {"kind": "optimised" if per_image else "trained",
-                  "samples": "seeds", "num_images": int(m),
-                  "scores": {k: _mean_ci([s[k] for s in per_seed]) for k in per_seed[0]}}
-    _save_scores(workdir, name, key, rows[name], examples[name], counterfactuals[name])
+    else:
+      per_seed = []
+      for explainer in explainers:
+        out = explainer.explain(xm)
+        per_seed.append({k: float(np.nanmean(v)) for k, v in
+                         evaluators.score(names, name, xm, out, mm, ctx).items()})
+        if name not in examples:
+          examples[name], counterfactuals[name] = out.maps, out.counterfactual
+      rows[name] = {"kind": "optimised" if per_image else "trained",
+                    "samples": "seeds", "num_images": int(m),
+                    "scores": {k: _mean_ci([s[k] for s in per_seed]) for k in per_seed[0]}}
+      _save_scores(workdir, name, key, rows[name], examples[name], counterfactuals[name])
     if mm is not None:
       curves[name] = _iou_curves(examples[name], mm)
 
@@ -253,22 +170,18 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cached = _cached_scores(workdir, name, key)
     if cached is not None:
       rows[name], examples[name], _ = cached
-      if masks is not None:
-        curves[name] = _iou_curves(examples[name], masks)
-      continue
-    out = explain_baseline(name, clf, x, key=config.baselines.seed)
-    scores = _per_image_scores(score_fn, x, out, masks, config.eval.faithfulness_steps)
-    rows[name] = {"kind": "baseline", "samples": "images", "num_images": int(n),
-                  "scores": {k: _mean_ci(v) for k, v in scores.items()}}
-    sanity = _sanity(name, clf, x[:config.eval.sanity_images], config.baselines.seed)
-    rows[name]["scores"]["randomisation_correlation"] = _mean_ci(sanity)
-    examples[name] = out.maps
-    _save_scores(workdir, name, key, rows[name], out.maps, None)
+    else:
+      out = explain_baseline(name, clf, x, key=config.baselines.seed)
+      scores = evaluators.score(names, name, x, out, masks, ctx)
+      rows[name] = {"kind": "baseline", "samples": "images", "num_images": int(n),
+                    "scores": {k: _mean_ci(v) for k, v in scores.items()}}
+      examples[name] = out.maps
+      _save_scores(workdir, name, key, rows[name], out.maps, None)
     if masks is not None:
-      curves[name] = _iou_curves(out.maps, masks)
+      curves[name] = _iou_curves(examples[name], masks)
 
   result = {"dataset": config.dataset.name, "num_images": int(n),
-            "oracle_test_accuracy": None if oracle is None else oracle.test_accuracy,
+            "oracle_test_accuracy": None if ctx.oracle is None else ctx.oracle.test_accuracy,
             "seeds": list(config.trained.seeds),
             "trained_settings": config.trained.settings.to_dict(),
             "classifier_test_accuracy": float(np.mean(clf.predict(test["image"])
@@ -280,37 +193,27 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return result
 
 
-def _truth_scores(test, out, oracle) -> dict[str, float]:
-  """The truth report flattened into leaderboard scores."""
-  t = M.truth_report(test, out, oracle, realism=False)  # realism: the `oracle` embedding
-  s = {"oracle_agreement": t["oracle_agreement"]}
-  s.update({f"oracle_agreement_{d}": v for d, v in t["oracle_agreement_by_direction"].items()})
-  if "twin_removal_median" in t:
-    s.update(twin_removal=t["twin_removal_median"], change_outside=t["change_outside_evidence"])
-  return s
-
-
-def _penultimate(clf):
-  if clf.feature_maps is None:
-    raise ValueError("realism in the classifier's features needs a classifier with "
-                     "`feature_maps` (e.g. the reference CNN)")
-  fn = jax.jit(lambda p, x: jnp.mean(clf.feature_maps(p, x), axis=(1, 2)))
-  return lambda images: np.asarray(fn(clf.params, jnp.asarray(images)))
-
-
-def _sanity(name, clf, x, seed) -> np.ndarray:
-  """Rank correlation of the maps after randomising every classifier layer (top-down)."""
-  import dataclasses
-
-  def map_fn(params, images, labels):
-    c = dataclasses.replace(clf, params=params)
-    return explain_baseline(name, c, images, labels, key=seed).maps
-
-  labels = clf.predict(x)
-  # The baselines compile themselves; parameters are arguments, so no recompiles.
-  per_layer = M.parameter_randomisation(map_fn, clf.params, x, labels,
-                                        key=jax.random.key(seed), jit=False)
-  return np.asarray(list(per_layer.values())[-1])
+def _scoring(config, clf, train, test, workdir, names) -> evaluators.Scoring:
+  """What the named evaluators need, and no more: the realism embeddings (a small
+  autoencoder trained on the training images, the classifier's features and, where
+  trained, the oracle's) only for `realism`, the oracle only for `truth` or `realism`."""
+  oracle = None
+  if config.eval.get("oracle_steps") and {"truth", "realism"} & set(names):
+    oracle = load_or_train_oracle(os.path.join(workdir, "oracle"), train, test,
+                                  steps=int(config.eval.oracle_steps))
+  embeddings = {}
+  if "realism" in names:
+    embeddings = {"classifier": evaluators.classifier_embedding(clf),
+                  "autoencoder": M.train_autoencoder(train["image"],
+                                                     steps=config.eval.autoencoder_steps,
+                                                     seed=0)}
+    if oracle is not None:
+      embeddings["oracle"] = oracle.features
+  return evaluators.Scoring(clf=clf, settings=config.eval, test=test,
+                            train_images=train["image"],
+                            train_predicted=clf.predict(train["image"]),
+                            embeddings=embeddings, oracle=oracle,
+                            baseline_seed=int(config.baselines.seed))
 
 
 def _iou_curves(maps, masks):

@@ -161,6 +161,13 @@ def test_every_method_fits_and_explains(images, method, k, reference):
   base = x if reference == "input" else out.stable
   np.testing.assert_allclose(out.maps, np.abs(base - out.counterfactual).sum(-1),
                              rtol=1e-5, atol=1e-6)
+  # SyCE beyond two classes trains no stable image, so it returns none.
+  assert (out.stable is None) == (method == "syce" and k == 3)
+  if out.stable is None:
+    assert e.explain_all_targets(x).stable is None
+    with pytest.raises(ValueError, match="trains none"):
+      type(e)(e.method, e.spec, e.gen_def, e.gen_params, e.classifier,
+              map_reference="stable", config=e.config)
 
 
 # Persistence ----------------------------------------------------------------------

@@ -391,13 +391,19 @@ def test_directions_per_image():
   assert directions(2, key, None, 1.0) == ((0, 1), (1, 0), 1)
 
 
-def test_syce_drops_the_symmetric_term_beyond_two_classes_unless_asked():
+def test_syce_beyond_two_classes_drops_the_symmetric_term_and_pushes_the_flip():
   syce, cyce = GENERATORS["syce"], GENERATORS["cyce"]
   assert syce.weights(2, {})["sym"] == 10.0 and syce.weights(2, {})["sym_cls"] == 0.01
   assert syce.weights(10, {})["sym"] == 0.0 and syce.weights(10, {})["sym_cls"] == 0.0
+  assert syce.weights(10, {})["flip"] == 1.0 and syce.weights(10, {})["flip_margin"] == 3.0
+  assert syce.weights(2, {})["flip"] == 0.2 and syce.weights(2, {})["flip_margin"] == 0.0
   assert syce.weights(10, {"sym": 3.0})["sym"] == 3.0
   assert syce.weights(10, {})["cycle"] == syce.default_weights["cycle"]
   assert cyce.weights(10, {}) == cyce.default_weights
+  # The stable image G(G(x)) is trained only while a symmetric term is on.
+  assert syce.trains_stable(syce.weights(2, {})) and not syce.trains_stable(syce.weights(10, {}))
+  assert syce.trains_stable(syce.weights(10, {"sym_cls": 0.01}))
+  assert cyce.trains_stable(cyce.weights(10, {}))
 
 
 def test_default_weights_follow_design():

@@ -57,6 +57,11 @@ class Method:
     multiclass = self.multiclass_weights if num_classes > 2 else {}
     return {**self.default_weights, **multiclass, **overrides}
 
+  def trains_stable(self, weights: dict[str, float]) -> bool:
+    """Whether a loss with these weights shapes the stable image; where none does, the
+    explainer returns no stable image rather than an untrained one."""
+    return True
+
   def build(self, spec: ModelSpec, rngs: nnx.Rngs) -> tuple[nnx.Module, nnx.Module]:
     raise NotImplementedError
 

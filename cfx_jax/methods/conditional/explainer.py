@@ -31,6 +31,14 @@ class GeneratorExplainer:
     self.gen_def, self.gen_params = gen_def, gen_params
     self.chunk_size = int(chunk_size)
     self.config = dict(config or {})
+    # SyCE with more than two classes trains no stable image by default (README "Ten
+    # classes"): G(G(x)) would be shown and scored as if it kept the class.
+    self.has_stable = method.trains_stable(
+        method.weights(spec.num_classes, dict(self.config.get("weights") or {})))
+    if map_reference == "stable" and not self.has_stable:
+      raise ValueError(f"map_reference='stable' needs a stable image, but {method.name} "
+                       "with these weights trains none (its symmetric terms are off); use "
+                       "map_reference='input'")
     self.history: list[dict] = []  # training metrics, filled by the train loop
     self._programs = jax.jit(self._explain_program)
     self._all_targets = jax.jit(self._all_targets_program)
@@ -51,8 +59,8 @@ class GeneratorExplainer:
     stable, cf = self.method.explain(gen, x, predicted, target)
     maps = change_map(x if self.map_reference == "input" else stable, cf)
     cf_probs = jax.nn.softmax(self.classifier.apply(clf_params, cf), axis=-1)
-    return Explanation(maps=maps, counterfactual=cf, stable=stable, target=target,
-                       probs=probs, cf_probs=cf_probs)
+    return Explanation(maps=maps, counterfactual=cf, stable=stable if self.has_stable else None,
+                       target=target, probs=probs, cf_probs=cf_probs)
 
   def _all_targets_program(self, gen_params, clf_params, x):
     """vmap of the explain program over every target class: fields (N, K, ...)."""
@@ -64,7 +72,8 @@ class GeneratorExplainer:
     out = dataclasses.replace(
         out, maps=jnp.where(own[..., None, None], 0.0, out.maps),
         counterfactual=jnp.where(own[..., None, None, None], x[None], out.counterfactual),
-        stable=jnp.where(own[..., None, None, None], x[None], out.stable))
+        stable=None if out.stable is None
+        else jnp.where(own[..., None, None, None], x[None], out.stable))
     return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
 
   def predict_proba(self, images) -> np.ndarray:

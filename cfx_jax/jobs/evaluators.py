@@ -27,12 +27,13 @@ from cfx_jax.baselines import BASELINES, explain_baseline
 class Scoring:
   """What the evaluators of one leaderboard share: the classifier, the evaluation
   settings (`config.eval`), the test split, the embeddings realism is measured in
-  ({name: images -> features}) and, where trained, the oracle."""
+  ({name: images -> features}) with the training images and their predicted classes
+  (None without realism) and, where trained, the oracle."""
   clf: object
   settings: ml_collections.ConfigDict
   test: dict
   train_images: np.ndarray
-  train_predicted: np.ndarray
+  train_predicted: np.ndarray | None
   embeddings: dict
   oracle: object = None
   baseline_seed: int = 0

@@ -201,8 +201,9 @@ def _scoring(config, clf, train, test, workdir, names) -> evaluators.Scoring:
   if config.eval.get("oracle_steps") and {"truth", "realism"} & set(names):
     oracle = load_or_train_oracle(os.path.join(workdir, "oracle"), train, test,
                                   steps=int(config.eval.oracle_steps))
-  embeddings = {}
+  embeddings, train_predicted = {}, None
   if "realism" in names:
+    train_predicted = clf.predict(train["image"])
     embeddings = {"classifier": evaluators.classifier_embedding(clf),
                   "autoencoder": M.train_autoencoder(train["image"],
                                                      steps=config.eval.autoencoder_steps,
@@ -211,7 +212,7 @@ def _scoring(config, clf, train, test, workdir, names) -> evaluators.Scoring:
       embeddings["oracle"] = oracle.features
   return evaluators.Scoring(clf=clf, settings=config.eval, test=test,
                             train_images=train["image"],
-                            train_predicted=clf.predict(train["image"]),
+                            train_predicted=train_predicted,
                             embeddings=embeddings, oracle=oracle,
                             baseline_seed=int(config.baselines.seed))
 

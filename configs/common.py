@@ -16,9 +16,12 @@ def experiment(dataset: ml_collections.ConfigDict, method: str | None,
   c.dataset = dataset
   c.classifier = classifier_config()
   c.explainer = explainer_config(method, preset) if method else None
-  # oracle_steps: train (once, cached in <workdir>/oracle) the independent oracle that
-  # scores the counterfactuals; 0 turns the truth scores off.
-  c.eval = ml_collections.ConfigDict(dict(num_images=512, grid_rows=8, oracle_steps=1200))
+  # scores: the families of `cfx_jax.jobs.evaluate.REPORTS` in metrics.json and
+  # report.md. oracle_steps: train (once, cached in <workdir>/oracle) the independent
+  # oracle that the truth scores need; 0 turns them off.
+  c.eval = ml_collections.ConfigDict(dict(
+      scores=("counterfactual", "truth", "localization"), num_images=512, grid_rows=8,
+      oracle_steps=1200))
   c.runtime = runtime_config()
   return c
 

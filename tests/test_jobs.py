@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from configs import common
 from cfx_jax.jobs.train import train_and_evaluate
 
@@ -20,6 +22,11 @@ def tiny_config(explainer):
 
 def test_fido_job_writes_the_report_and_reruns_the_same(tmp_path):
   c = tiny_config(common.method_config("fido", steps=2, samples=2, warn_failures=False))
+  c.eval.scores = ("counterfactual", "localisation")
+  with pytest.raises(ValueError, match="did you mean 'localization'"):
+    train_and_evaluate(c, str(tmp_path))
+  assert not os.listdir(tmp_path)  # refused before anything was trained or written
+  c.eval.scores = ("counterfactual", "truth", "localization")
   first = train_and_evaluate(c, str(tmp_path))
   for name in ("report.md", "explanations.png", "metrics.json", "explainer/explainer.json"):
     assert os.path.exists(tmp_path / name), name
@@ -31,6 +38,14 @@ def test_fido_job_writes_the_report_and_reruns_the_same(tmp_path):
 
   again = train_and_evaluate(c, str(tmp_path))  # refits from the same settings and seed
   assert again["explainer"] == first["explainer"]
+
+  c.eval.scores = ("localization",)  # the named families only
+  only = train_and_evaluate(c, str(tmp_path))["explainer"]
+  assert set(only) == {"num_images", "localization"}
+  assert only["localization"] == first["explainer"]["localization"]
+  with open(tmp_path / "metrics.json") as f:
+    assert set(json.load(f)["explainer"]) == {"num_images", "localization"}
+  assert "explained 16 held-out images" in (tmp_path / "report.md").read_text()
 
 
 def test_classifier_predict_proba_is_the_softmax_of_its_logits():

@@ -14,26 +14,51 @@ import numpy as np
 from cfx_jax import report
 from cfx_jax.metrics import counterfactual_report, iou_curve, localization_report, truth_report
 from cfx_jax.engine.logging import is_main_process
+from cfx_jax.jobs.evaluators import check_names
 
 
-def evaluate_explainer(explainer, test: dict, *, num_images: int = 512,
-                       oracle=None) -> tuple[dict, object]:
-  """Counterfactual quality on all images; localization on images that have a mask;
-  with an `oracle`, the truth scores of `cfx_jax.metrics.truth` (twins where the test
-  set has them, the oracle's verdict, realism in its features)."""
-  x = test["image"][:num_images]
-  out = explainer.explain(x)
+def _counterfactual(explainer, test, x, out, oracle) -> dict:
   stable_probs = (None if out.stable is None
                   else explainer.classifier.predict_proba(out.stable))
-  metrics = {"num_images": int(len(x)),
-             "counterfactual": counterfactual_report(x, out, stable_probs)}
-  if oracle is not None:
-    metrics["truth"] = truth_report(test, out, oracle)
-  if "mask" in test:
-    masks = test["mask"][:num_images]
-    has = masks.reshape(len(masks), -1).max(axis=1) > 0
-    if has.any():
-      metrics["localization"] = localization_report(out.maps[has], masks[has])
+  return counterfactual_report(x, out, stable_probs)
+
+
+def _truth(explainer, test, x, out, oracle) -> dict | None:
+  return None if oracle is None else truth_report(test, out, oracle)
+
+
+def _localization(explainer, test, x, out, oracle) -> dict | None:
+  if "mask" not in test:
+    return None
+  masks = test["mask"][:len(x)]
+  has = masks.reshape(len(masks), -1).max(axis=1) > 0
+  return localization_report(out.maps[has], masks[has]) if has.any() else None
+
+
+# The train job's score families, by the names `config.eval.scores` uses (the
+# leaderboard's evaluators of the same names score per image; these summarise).
+REPORTS = {"counterfactual": _counterfactual, "truth": _truth,
+           "localization": _localization}
+
+
+def check_scores(names) -> list[str]:
+  """`config.eval.scores` of a train job, or a ValueError naming the nearest family."""
+  return check_names(names, REPORTS, "a train job")
+
+
+def evaluate_explainer(explainer, test: dict, *, num_images: int = 512, oracle=None,
+                       scores=tuple(REPORTS)) -> tuple[dict, object]:
+  """The named score families on the first `num_images` test images: counterfactual
+  quality on all of them, localization on those with a mask, and with an `oracle` the
+  truth scores of `cfx_jax.metrics.truth` (twins where the test set has them, the
+  oracle's verdict, realism in its features). A family that does not apply is left out."""
+  x = test["image"][:num_images]
+  out = explainer.explain(x)
+  metrics = {"num_images": int(len(x))}
+  for name in check_scores(scores):
+    section = REPORTS[name](explainer, test, x, out, oracle)
+    if section is not None:
+      metrics[name] = section
   return metrics, out
 
 
@@ -73,14 +98,16 @@ def write_outputs(workdir: str, name: str, test: dict, metrics: dict, out,
 
 def summary(name: str, metrics: dict) -> str:
   """Two sentences a person reads before the table."""
-  cf = metrics["counterfactual"]
-  text = (f"`{name}` moved {cf['flip_rate']:.1%} of {metrics['num_images']} "
-          f"held-out images to their target class, changing {cf['proximity_l1']:.4f} per "
-          "value on average")
-  if "preservation_rate" in cf:
-    text += (f"; {cf['preservation_rate']:.1%} of its stable images keep the "
-             "classifier's decision")
-  text += "."
+  text = f"`{name}` explained {metrics['num_images']} held-out images."
+  cf = metrics.get("counterfactual")
+  if cf:
+    text = (f"`{name}` moved {cf['flip_rate']:.1%} of {metrics['num_images']} "
+            f"held-out images to their target class, changing {cf['proximity_l1']:.4f} "
+            "per value on average")
+    if "preservation_rate" in cf:
+      text += (f"; {cf['preservation_rate']:.1%} of its stable images keep the "
+               "classifier's decision")
+    text += "."
   truth = metrics.get("truth")
   if truth:
     text += (f" An independent oracle (test accuracy {truth['oracle_test_accuracy']:.3f}) "

@@ -152,15 +152,16 @@ EVALUATORS = {"localization": localization, "faithfulness": faithfulness,
               "sanity": sanity}
 
 
-def check_names(names) -> list[str]:
-  """The evaluator names of a config, or a ValueError naming the nearest valid one."""
+def check_names(names, available=EVALUATORS, job: str = "the leaderboard") -> list[str]:
+  """The score families of `config.eval.scores`, or a ValueError naming the nearest one
+  of `available`."""
   names = list(names)
   for n in names:
-    if n not in EVALUATORS:
-      near = difflib.get_close_matches(n, EVALUATORS, n=1)
+    if n not in available:
+      near = difflib.get_close_matches(n, available, n=1)
       hint = f" (did you mean {near[0]!r}?)" if near else ""
       raise ValueError(f"unknown score family {n!r} in config.eval.scores{hint}; "
-                       f"available: {sorted(EVALUATORS)}")
+                       f"{job} scores {sorted(available)}")
   return names
 
 

@@ -26,7 +26,7 @@ from cfx_jax.methods import registry
 from cfx_jax.metrics.oracle import load_or_train_oracle
 from cfx_jax.jobs import classifier_training
 from cfx_jax.jobs.datasets import load_split
-from cfx_jax.jobs.evaluate import evaluate_explainer, write_outputs
+from cfx_jax.jobs.evaluate import REPORTS, check_scores, evaluate_explainer, write_outputs
 from cfx_jax.jobs.inpainter_stage import run_inpainter_stage
 from cfx_jax.engine.logging import is_main_process
 
@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
+  # Checked before anything trains; jobs without an explainer have no `eval`.
+  scores = check_scores((config.get("eval") or {}).get("scores", REPORTS))
   os.makedirs(workdir, exist_ok=True)
   if is_main_process():
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -82,13 +84,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   timings["explainer_s"] = time.time() - t0
   t0 = time.time()
   oracle = None
-  if config.eval.get("oracle_steps"):
+  if "truth" in scores and config.eval.get("oracle_steps"):
     oracle = load_or_train_oracle(os.path.join(workdir, "oracle"), train, test,
                                   steps=int(config.eval.oracle_steps))
     timings["oracle_s"] = time.time() - t0
     t0 = time.time()
   metrics, out = evaluate_explainer(explainer, test, num_images=config.eval.num_images,
-                                    oracle=oracle)
+                                    oracle=oracle, scores=scores)
   timings["evaluate_s"] = time.time() - t0
   results["timings"] = timings
   write_outputs(workdir, name, test, metrics, out, extra=results,

@@ -27,7 +27,7 @@ def _as_images(images) -> np.ndarray:
 def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None = None,
                   batch_size: int | None = None, seed: int = 0, workdir: str | None = None,
                   config=None, attributes=None, outputs: str = "logits", value_range=None,
-                  variables=None) -> Explainer:
+                  variables=None, generator=None) -> Explainer:
   """Train a counterfactual explainer of `classifier` on `images`.
 
   `method`: one of `trainable_methods()`. Optimisation methods ("fido", "disc") train at
@@ -47,6 +47,10 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
   checkpoints are written there, an interrupted run resumes from them, and the fitted
   explainer is saved to `<workdir>/explainer`.
   `attributes`: (N, K) binary labels of the images, for methods that use them ("latent").
+  `generator`: a pretrained generative model that "latent" uses as it is instead of
+  training a VAE (see `cfx_jax.methods.latent.PretrainedGenerator`); it takes and
+  returns images of the caller's size, in [-1, 1]. It is not saved with the explainer:
+  `load_explainer` needs it again.
   """
   entry = registry.get(method)
   extra = {}
@@ -54,7 +58,13 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
     if not entry.uses_attributes:
       raise ValueError(f"attributes are used only by method='latent', not {method!r}")
     extra["attributes"] = attributes
-  multiple, square = entry.grid(config)
+  if generator is not None:
+    if not entry.uses_generator:
+      raise ValueError(f"a pretrained generator is used only by method='latent', not "
+                       f"{method!r}")
+    extra["generator"] = generator
+  # A pretrained generator takes the images at their own size: no padding to a grid.
+  multiple, square = (1, False) if generator is not None else entry.grid(config)
   space, clf, x = image_space.bind(classifier, _as_images(images), outputs=outputs,
                                    value_range=value_range, variables=variables,
                                    multiple=multiple, square=square)
@@ -68,21 +78,29 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
   return explainer
 
 
-def load_explainer(path: str, classifier, *, variables=None) -> Explainer:
+def load_explainer(path: str, classifier, *, variables=None, generator=None) -> Explainer:
   """Load an explainer saved with `save`; checks it was made for `classifier`.
 
   The classifier is taken as at fit time (same outputs kind and value range, saved with
-  the explainer); a Linen module or `f(variables, images)` needs its `variables` again.
+  the explainer); a Linen module or `f(variables, images)` needs its `variables` again,
+  and a latent explainer fitted with a pretrained generator needs that `generator`.
   """
   path = os.path.abspath(path)
   meta = persistence.read_meta(path, "explainer.json", "explainer")
   entry = registry.get(meta.get("method"))
+  extra = {}
+  if generator is not None:
+    if not entry.uses_generator:
+      raise ValueError(f"generator= is only for latent explainers, this one is "
+                       f"{meta.get('method')!r}")
+    extra["generator"] = generator
   space, outputs = image_space.load(path)
   if space is None:
-    return entry.load(meta, classifier, path)
+    return entry.load(meta, classifier, path, **extra)
   clf = as_classifier(classifier, space.shape, outputs=outputs,
                       value_range=space.value_range, variables=variables)
-  return InCallerSpace(entry.load(meta, space.classifier(clf), path), space, outputs)
+  return InCallerSpace(entry.load(meta, space.classifier(clf), path, **extra), space,
+                       outputs)
 
 
 class InCallerSpace:

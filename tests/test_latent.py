@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import warnings
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -16,13 +17,13 @@ from conftest import IMAGE_SHAPE, linear_logits, linear_predict
 from flax import nnx
 
 import cfx_jax
-from cfx_jax.data import load_source, make_attribute_images
+from cfx_jax.data import load_source, make_attribute_images, make_lesions
 from cfx_jax.data.attributes import ATTRIBUTES
 from cfx_jax.explanation import Explanation
 from cfx_jax.methods.latent import causal
 from cfx_jax.methods.latent import generator as latent_generator
 from cfx_jax.methods.latent.causal import necessity_sufficiency
-from cfx_jax.methods.latent import LatentExplainer
+from cfx_jax.methods.latent import LatentExplainer, PretrainedGenerator
 from cfx_jax.methods.latent.config import latent_config
 from cfx_jax.models.vae import AttributePredictor, ConvVAE, ShiftPredictor
 
@@ -215,6 +216,8 @@ def test_save_load_round_trip(fitted, attribute_data, classifier, tmp_path):
     a, b = ex.explain(x), loaded.explain(x)
   np.testing.assert_allclose(a.counterfactual, b.counterfactual, atol=1e-6)
   assert loaded.attribute_names == ATTRIBUTES
+  with pytest.raises(ValueError, match="has its own VAE"):
+    cfx_jax.load_explainer(str(tmp_path), classifier, generator=linear_generator())
 
 
 def test_workdir_shares_the_generator(fitted, attribute_data, classifier, caplog):
@@ -253,6 +256,130 @@ def test_bad_inputs_raise_before_training(attribute_data, classifier):
     latent_config(nope=1)
   with pytest.raises(ValueError, match="flip_fraction"):
     latent_config(flip_fraction=2.0)
+
+
+# Pretrained generators ------------------------------------------------------------------
+
+
+def linear_generator(seed=0, latent_shape=(2, 3), image_shape=IMAGE_SHAPE):
+  """Plain functions: a fixed random linear encoder and a tanh decoder, with a latent of
+  shape (2, 3); no prior."""
+  rng = np.random.default_rng(seed)
+  pixels, d = int(np.prod(image_shape)), int(np.prod(latent_shape))
+  enc = jnp.asarray(rng.normal(size=(pixels, d)) / np.sqrt(pixels), jnp.float32)
+  dec = jnp.asarray(rng.normal(size=(d, pixels)) * 0.5, jnp.float32)
+
+  def encode(x):
+    return (x.reshape(x.shape[0], -1) @ enc).reshape((x.shape[0],) + latent_shape)
+
+  def decode(z):
+    return jnp.tanh(z.reshape(z.shape[0], -1) @ dec).reshape((z.shape[0],) + image_shape)
+
+  return SimpleNamespace(encode=encode, decode=decode, latent_shape=latent_shape,
+                         image_shape=image_shape)
+
+
+def test_vae_pretrained_on_other_images_is_used_unchanged(classifier, attribute_data,
+                                                         tmp_path):
+  lesions = make_lesions(64, image_size=16, seed=1)["image"]
+  quick = dict(TINY, shift_steps=40)
+  vae = latent_generator.load_or_train_generator(lesions, None, (), latent_config(**quick),
+                                                 str(tmp_path / "lesions"))
+  assert (tmp_path / "lesions" / "vae_train.jsonl").exists()
+  frozen = jax.tree.map(np.array, vae.vae_params)
+  workdir = tmp_path / "attributes"
+  ex = LatentExplainer.fit(classifier, attribute_data["image"], config=quick,
+                           workdir=str(workdir), attributes=attribute_data["attributes"],
+                           attribute_names=ATTRIBUTES, generator=vae.as_pretrained())
+  for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(vae.vae_params)):
+    np.testing.assert_array_equal(a, b)
+  # The workdir holds the predictor's and the shift's training, and no VAE's.
+  assert (workdir / "predictor_train.jsonl").exists()
+  assert not (workdir / "vae_train.jsonl").exists() and not (workdir / "generator").exists()
+  x = attribute_data["image"][:6]
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    out = ex.explain(x)
+  assert out.counterfactual.shape == x.shape and out.maps.shape == (6, 16, 16)
+  net = nnx.merge(vae.vae_def, frozen)
+  z = net.encode(jnp.asarray(x))[0]
+  t = np.zeros((6, len(ATTRIBUTES) + 1), np.float32)
+  t[:, -1] = 2.0 * out.target - 1.0
+  dz = nnx.merge(ex.shift_def, ex.shift_params)(z, t)
+  assert float(jnp.max(jnp.abs(dz))) > 1e-3  # the shift trained
+  np.testing.assert_allclose(out.counterfactual, net.decode(z + dz), atol=1e-5)
+
+
+def test_user_generator_of_plain_functions_end_to_end(attribute_data, tmp_path):
+  g = linear_generator()
+  x, attrs = attribute_data["image"], attribute_data["attributes"]
+  workdir = tmp_path / "fit"
+  ex = cfx_jax.fit_explainer(linear_logits, x, method="latent",
+                             config=dict(TINY, shift_steps=40),
+                             attributes=attrs, workdir=str(workdir), generator=g)
+  assert isinstance(ex, LatentExplainer) and ex.generator.latent_dim == 6
+  assert not (workdir / "vae_train.jsonl").exists()
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    out = ex.explain(x[:10])
+  assert out.counterfactual.shape == (10, 16, 16, 3) and out.maps.shape == (10, 16, 16)
+  assert np.all(np.abs(out.counterfactual) <= 1.0)
+  # Without a prior, the latents sampled are codes of training images.
+  codes = np.asarray(g.encode(jnp.asarray(x))).reshape(len(x), -1)
+  z = causal.sample_latents(ex.generator, 32, seed=0)
+  assert z.shape == (32, 6)
+  assert np.min(np.abs(z[:, None] - codes[None]).max(-1), axis=1).max() < 1e-5
+  assert ex.edit(z.reshape(32, 2, 3), np.zeros((32, attrs.shape[1] + 1))).shape == (32, 16, 16, 3)
+  scores = causal.causal_scores(ex, num_samples=32, seed=0)
+  assert list(scores) == [f"attribute_{i}" for i in range(attrs.shape[1])]
+  for s in scores.values():
+    assert all(s[k]["trials"] <= 32 for k in causal.SCORES)
+  # Saved without the generator: loading needs it again, and refuses another one.
+  path = str(workdir / "explainer")
+  with pytest.raises(ValueError, match="pretrained generator, which the library does not save"):
+    cfx_jax.load_explainer(path, linear_logits)
+  with pytest.raises(ValueError, match="decodes differently"):
+    cfx_jax.load_explainer(path, linear_logits, generator=linear_generator(seed=1))
+  loaded = cfx_jax.load_explainer(path, linear_logits, generator=g)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    again = loaded.explain(x[:10])
+  np.testing.assert_allclose(again.counterfactual, out.counterfactual, atol=1e-6)
+  np.testing.assert_array_equal(loaded.generator.latents, ex.generator.latents)
+
+
+def test_bad_pretrained_generators_raise_before_training(attribute_data, classifier,
+                                                         monkeypatch):
+  from cfx_jax.methods.latent import explainer as latent_explainer
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("trained before the generator was checked")
+
+  monkeypatch.setattr(latent_explainer, "train_shift", no_training)
+  monkeypatch.setattr(latent_generator, "train_attribute_predictor", no_training)
+  x, attrs = attribute_data["image"], attribute_data["attributes"]
+  g = linear_generator()
+
+  def fit(generator):
+    LatentExplainer.fit(classifier, x, config=TINY, attributes=attrs, generator=generator)
+
+  with pytest.raises(ValueError, match=r"image_shape is \(32, 32, 3\), the classifier takes "
+                     r"images of shape \(16, 16, 3\)"):
+    fit(linear_generator(image_shape=(32, 32, 3)))
+  with pytest.raises(ValueError, match=r"decode of 2 latents returned \(2, 8, 8, 3\), "
+                     r"expected \(2, 16, 16, 3\)"):
+    fit(PretrainedGenerator(g.encode, lambda z: jnp.zeros((z.shape[0], 8, 8, 3)), (2, 3),
+                            IMAGE_SHAPE))
+  with pytest.raises(ValueError, match=r"encode of 2 images returned \(2, 6\), expected "
+                     r"\(2, 2, 3\)"):
+    fit(PretrainedGenerator(lambda im: g.encode(im).reshape(len(im), -1), g.decode, (2, 3),
+                            IMAGE_SHAPE))
+  with pytest.raises(TypeError, match=r"lacks \['decode'\]"):
+    fit(SimpleNamespace(encode=g.encode, latent_shape=(2, 3), image_shape=IMAGE_SHAPE))
+  with pytest.raises(ValueError, match="latent_shape must be a tuple of positive sizes"):
+    PretrainedGenerator(g.encode, g.decode, (2, 0), IMAGE_SHAPE)
+  with pytest.raises(ValueError, match="only by method='latent'"):
+    cfx_jax.fit_explainer(linear_logits, x, method="fido", generator=g)
 
 
 def test_causal_study_job_end_to_end(tmp_path):

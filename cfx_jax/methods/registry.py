@@ -10,7 +10,7 @@ them to another value raises):
 |---|---|---|
 | syce, cyce, sagen | `steps`: generator training steps | `batch_size`: images per step, all classes |
 | cae | `steps`: autoencoder training steps | `batch_size`: images per step, all classes |
-| latent | `vae_steps`, `predictor_steps`, `shift_steps`: each network's training steps | `batch_size`: images per step |
+| latent | `vae_steps`, `predictor_steps`, `shift_steps`: each network's training steps (`vae_steps` unused with a pretrained `generator=`) | `batch_size`: images per step |
 | fido | `steps`: mask optimisation steps per image in `explain` | `chunk_size`: images optimised together in `explain` |
 | disc | `steps`: inversion steps per image in `explain` (`fit_steps`, the prior's fit to the query, stays) | `chunk_size`: images optimised together in `explain` |
 """
@@ -53,10 +53,11 @@ class Explainer(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  """fit(classifier, images, *, config, seed, steps, batch_size, workdir[, attributes]):
-  trains what the method needs; with `workdir` it checkpoints there, resumes, and saves
-  the fitted explainer to `<workdir>/explainer`. load(meta, classifier, path): the
-  explainer saved at `path`, whose explainer.json is `meta`, checked against `classifier`.
+  """fit(classifier, images, *, config, seed, steps, batch_size, workdir[, attributes]
+  [, generator]): trains what the method needs; with `workdir` it checkpoints there,
+  resumes, and saves the fitted explainer to `<workdir>/explainer`.
+  load(meta, classifier, path[, generator]): the explainer saved at `path`, whose
+  explainer.json is `meta`, checked against `classifier`.
   """
 
   name: str
@@ -64,6 +65,7 @@ class Entry:
   load: Callable[[dict, object, str], Explainer]
   optimises_per_image: bool = False  # `explain` runs an optimisation for every image
   uses_attributes: bool = False      # `fit` takes attribute labels of the images
+  uses_generator: bool = False       # `fit` and `load` take a pretrained generator
   # grid(config) -> (multiple, square): image sides the method's networks take are
   # multiples of `multiple`, and equal if `square` (the API pads other sizes).
   grid: Callable[[object], tuple[int, bool]] = lambda config: (1, False)
@@ -150,10 +152,10 @@ def _own_class_entry(name: str, cls, defaults, *, steps_settings=("steps",),
       explainer.save(os.path.join(workdir, "explainer"))  # collective on every process
     return explainer
 
-  def load(meta, classifier, path):
+  def load(meta, classifier, path, **extra):
     clf = as_classifier(classifier, meta["image_shape"])
     check_fingerprint(meta["classifier_fingerprint"], clf, f"explainer at {path}")
-    return cls.from_meta(meta, clf, path)
+    return cls.from_meta(meta, clf, path, **extra)
 
   return Entry(name, fit, load, **flags)
 
@@ -168,7 +170,7 @@ REGISTRY: dict[str, Entry] = {
                              optimises_per_image=True),
     "latent": _own_class_entry("latent", LatentExplainer, latent_config,
                                steps_settings=("vae_steps", "predictor_steps", "shift_steps"),
-                               uses_attributes=True, grid=_halving_grid(
+                               uses_attributes=True, uses_generator=True, grid=_halving_grid(
                                    "vae_features", latent_config().vae_features, 0)),
 }
 

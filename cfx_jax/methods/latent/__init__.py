@@ -3,10 +3,16 @@
 After Alipour et al., "Explaining image classifiers using contrastive counterfactuals in
 generative latent spaces" (arXiv 2206.05257). Three learned pieces:
 
-  G             a generator with a latent space. The paper uses a frozen StyleGAN2; here
-                a small conv VAE (`cfx_jax.models.vae`) trained on the explained images:
-                it trains stably on CPU, and its encoder gives the latent code of a real
-                image without a per-image GAN inversion.
+  G             a generator with a latent space. As in the paper, it may be pretrained
+                and frozen, on other images of the same shape: `fit(..., generator=G)`
+                with G a `PretrainedGenerator` (or any object with its fields: traceable
+                encode(images) -> z and decode(z) -> images, images in [-1, 1], z of any
+                `latent_shape`, optionally sample_prior(key, n) -> z; without a prior,
+                encoded training images stand in for prior draws). G is never trained
+                then. Without one, a small conv VAE (`cfx_jax.models.vae`) is trained on
+                the explained images: it trains stably on CPU, and its encoder gives the
+                latent code of a real image without a per-image GAN inversion
+                (`explainer.generator.as_pretrained()` reuses it for another classifier).
   predictors    one sigmoid output per binary attribute (a small CNN trained on real,
                 labelled images), plus the classifier itself as one more attribute, the
                 last one, named "outcome" (its probability of class 1).
@@ -37,5 +43,6 @@ Causal scores (PN, PS, PNS of each attribute for the decision): `cfx_jax.methods
 """
 
 from cfx_jax.methods.latent.explainer import LatentExplainer
+from cfx_jax.methods.latent.generator import PretrainedGenerator
 
-__all__ = ["LatentExplainer"]
+__all__ = ["LatentExplainer", "PretrainedGenerator"]

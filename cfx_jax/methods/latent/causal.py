@@ -3,7 +3,8 @@
 Global explanations of the latent-space method (`cfx_jax.methods.latent`).
 
 Causal scores (global explanations), for binary attribute A and outcome Y (the
-classifier decides class 1), by Monte Carlo over latents z ~ N(0, I):
+classifier decides class 1), by Monte Carlo over latents z from the generator's prior
+(N(0, I) for the VAE; encoded training images for a pretrained generator without one):
 
   PN  = P(Y_{A<-0} = 0 | A = 1, Y = 1)     necessity
   PS  = P(Y_{A<-1} = 1 | A = 0, Y = 0)     sufficiency
@@ -91,15 +92,18 @@ def necessity_sufficiency(a, y, y_do1, y_do0, *, confidence: float = 0.95) -> di
 
 def sample_latents(generator: LatentGenerator, num_samples: int, seed: int = 0,
                    images=None) -> np.ndarray:
-  """z ~ N(0, I), or, given images, z ~ q(z | x) for x drawn uniformly from them (the
-  aggregate posterior: the latents the generator decodes into realistic images)."""
+  """z from the generator's prior (N(0, I) for the VAE; encoded training images for a
+  pretrained generator without a prior), or, given images, z ~ q(z | x) for x drawn
+  uniformly from them (the aggregate posterior: the latents the generator decodes into
+  realistic images; a pretrained generator's code of x, without noise)."""
   key_pick, key_noise = jax.random.split(jax.random.key(int(seed)))
-  shape = (int(num_samples), generator.latent_dim)
-  noise = np.asarray(jax.random.normal(key_noise, shape))
   if images is None:
-    return noise
+    return generator.sample_latents(key_noise, int(num_samples))
   mean, logvar = generator.encode(images)
   pick = np.asarray(jax.random.randint(key_pick, (int(num_samples),), 0, len(mean)))
+  if logvar is None:
+    return mean[pick].astype(np.float32)
+  noise = np.asarray(jax.random.normal(key_noise, (int(num_samples), generator.latent_dim)))
   return (mean[pick] + np.exp(0.5 * logvar[pick]) * noise).astype(np.float32)
 
 
@@ -108,8 +112,8 @@ def causal_scores(explainer: LatentExplainer, *, num_samples: int | None = None,
   """PN, PS and PNS of every attribute (not the outcome) for the classifier's decision.
 
   num_samples: latents drawn (default: the explainer's `num_samples` setting, 4096).
-  Latents z ~ N(0, I) (or, given `images`, their aggregate posterior: see
-  `sample_latents`); A and Y are decided on G(z). Y_{A<-1} is decided on the edit
+  Latents z from the generator's prior (or, given `images`, their aggregate posterior:
+  see `sample_latents`); A and Y are decided on G(z). Y_{A<-1} is decided on the edit
   G(z + shift(z, +e_A)) where A = 0 and equals Y where A = 1 (consistency: intervening
   to the value a sample already has changes nothing); likewise Y_{A<-0}. Then
   PNS = P(A=1, Y=1) PN + P(A=0, Y=0) PS exactly. Each attribute's entry also holds how

@@ -35,7 +35,8 @@ def latent_config(**overrides) -> ml_collections.ConfigDict:
   c.keep_clip = 8.0             # their logits are compared clipped to [-keep_clip, keep_clip]
   c.outcome_keep = 0.0          # the same weight when the outcome is the requested change
   c.flip_fraction = 0.75        # share of requests that ask for the opposite of the decision
-  c.prior_fraction = 0.5        # share of shift-training latents drawn from the prior
+  c.prior_fraction = 0.5        # share of shift-training latents drawn from the prior (none
+                                # for a pretrained generator without sample_prior)
   c.num_samples = 4096          # latent samples for the causal scores
   c.confidence = 0.95           # of the Wilson intervals
   c.num_devices = 1             # devices of the training mesh (0: all)

@@ -17,8 +17,9 @@ from cfx_jax.methods import common
 from cfx_jax.methods.latent.config import (EXPLAINER_META, OUTCOME, check_attributes,
                                            check_binary_classifier, config_from_json,
                                            latent_config)
-from cfx_jax.methods.latent.generator import (LatentGenerator, build_shift,
-                                              load_or_train_generator, restore_networks)
+from cfx_jax.methods.latent.generator import (LatentGenerator, as_pretrained, build_shift,
+                                              load_or_train_generator, pretrained_generator,
+                                              probe_decodings, restore_networks)
 from cfx_jax.methods.latent.shift import train_shift, attribute_logits, decode_latent
 
 
@@ -31,8 +32,8 @@ class LatentExplainer(common.ClassifierBound):
   explain: z = the encoder mean of x, dz = shift(z, t) with t = +-1 on the outcome
   (towards the target class) and 0 on the attributes; counterfactual = G(z + dz);
   map = |G(z + dz) - G(z)| averaged over channels. The map compares two decodings, not
-  the counterfactual with x, so the VAE's reconstruction error (blur everywhere) cancels
-  and the map shows only what the shift changed.
+  the counterfactual with x, so the generator's reconstruction error (the VAE's blur
+  everywhere) cancels and the map shows only what the shift changed.
   """
 
   def __init__(self, classifier, generator: LatentGenerator, shift_params, config=None, *,
@@ -55,9 +56,14 @@ class LatentExplainer(common.ClassifierBound):
 
   @classmethod
   def fit(cls, classifier, images, *, seed: int = 0, config=None, workdir=None,
-          attributes=None, attribute_names=None) -> LatentExplainer:
+          attributes=None, attribute_names=None, generator=None) -> LatentExplainer:
     """Train (or reuse, from `<workdir>/generator`) the VAE and attribute predictor on
     `images`, then the shift predictor for this classifier.
+
+    generator: a pretrained generative model, used as it is and never trained (a
+    `PretrainedGenerator`, or any object with its encode, decode, latent_shape and
+    image_shape): then only the attribute predictor and the shift train, and the VAE
+    settings are not used. It is checked before anything trains.
 
     attributes: (N, K) binary labels of `images` (None: the outcome is the only
     attribute); attribute_names: their K names (default attribute_0, ...). Binary
@@ -80,13 +86,16 @@ class LatentExplainer(common.ClassifierBound):
     if len(x) < int(cfg.batch_size):
       raise ValueError(f"need at least batch_size={cfg.batch_size} images to train, got "
                        f"{len(x)}")
+    pretrained = None if generator is None else as_pretrained(generator, clf.image_shape, x)
     if workdir:
       os.makedirs(workdir, exist_ok=True)
-    gen = load_or_train_generator(x, attributes, names, cfg, workdir)
+    if pretrained is None:
+      gen = load_or_train_generator(x, attributes, names, cfg, workdir)
+    else:
+      gen = pretrained_generator(pretrained, x, attributes, names, cfg, workdir)
     _, shift_params, shift_metrics = train_shift(gen, clf, x, cfg, workdir)
     explainer = cls(clf, gen, shift_params, cfg, metrics={"shift": shift_metrics})
-    z = np.asarray(jax.random.normal(jax.random.key(int(cfg.seed) + 3),
-                                     (min(512, int(cfg.num_samples)), gen.latent_dim)))
+    z = gen.sample_latents(jax.random.key(int(cfg.seed) + 3), min(512, int(cfg.num_samples)))
     explainer.metrics["edits"] = explainer.edit_success(z)
     return explainer
 
@@ -99,11 +108,8 @@ class LatentExplainer(common.ClassifierBound):
     return self.generator.num_attributes
 
   def _params(self):
-    p = {**self.generator.params(), "classifier": self.classifier.params,
-         "shift": self.shift_params}
-    if self.generator.predictor_params is None:
-      del p["predictor"]
-    return p
+    return {**self.generator.params(), "classifier": self.classifier.params,
+            "shift": self.shift_params}
 
   def _shift(self, params, z, t):
     return nnx.merge(self.shift_def, params["shift"])(z, t)
@@ -111,7 +117,7 @@ class LatentExplainer(common.ClassifierBound):
   def _explain_chunk(self, params, x, t):
     gen, clf = self.generator, self.classifier
     probs = jax.nn.softmax(clf.apply(params["classifier"], x), axis=-1)
-    z = nnx.merge(gen.vae_def, params["vae"]).encode(x)[0]
+    z = gen.encode_fn(params["generator"], x)
     request = jnp.zeros((x.shape[0], gen.num_attributes + 1), z.dtype)
     request = request.at[:, -1].set(2.0 * t.astype(z.dtype) - 1.0)
     base = decode_latent(gen, params, z)
@@ -143,12 +149,22 @@ class LatentExplainer(common.ClassifierBound):
     return common.report_failures("latent", explanation, "did not reach the target class",
                                      stacklevel)
 
-  def edit(self, z, t) -> np.ndarray:
-    """G(z + shift(z, t)) for latents (N, latent_dim) and requests (N, K + 1) in {-1, 0, 1}."""
+  def _latents(self, z) -> np.ndarray:
+    """z (N, latent_dim), or (N, *latent_shape) flattened."""
     z = np.asarray(z, np.float32)
+    gen = self.generator
+    if z.shape[1:] == gen.latent_shape:
+      z = z.reshape(len(z), -1)
+    if z.ndim != 2 or z.shape[1] != gen.latent_dim:
+      raise ValueError(f"z must have shape (N, {gen.latent_dim}) or (N, *{gen.latent_shape}), "
+                       f"got {z.shape}")
+    return z
+
+  def edit(self, z, t) -> np.ndarray:
+    """G(z + shift(z, t)) for latents (N, latent_dim) or (N, *latent_shape) and requests
+    (N, K + 1) in {-1, 0, 1}."""
+    z = self._latents(z)
     t = np.asarray(t, np.float32)
-    if z.ndim != 2 or z.shape[1] != self.generator.latent_dim:
-      raise ValueError(f"z must have shape (N, {self.generator.latent_dim}), got {z.shape}")
     if t.shape != (len(z), self.num_attributes + 1) or not np.isin(t, (-1, 0, 1)).all():
       raise ValueError(f"t must have shape ({len(z)}, {self.num_attributes + 1}) with entries "
                        f"in {{-1, 0, 1}} (the attributes, then the outcome), got {t.shape}")
@@ -190,9 +206,7 @@ class LatentExplainer(common.ClassifierBound):
     "kept_do1" / "kept_do0" (N, K, K): every attribute after editing attribute k;
     "y_set1" / "y_set0" (N,): the outcome after asking for outcome 1 / 0.
     """
-    z = np.asarray(z, np.float32)
-    if z.ndim != 2 or z.shape[1] != self.generator.latent_dim:
-      raise ValueError(f"z must have shape (N, {self.generator.latent_dim}), got {z.shape}")
+    z = self._latents(z)
     params = self._params()
     out = map_in_chunks(lambda zb: self._intervene_program(params, zb), [z],
                         int(self.config.chunk_size))
@@ -219,21 +233,52 @@ class LatentExplainer(common.ClassifierBound):
     return result
 
   def save(self, path: str) -> None:
-    """Settings, the classifier's fingerprint, the generator and the shift predictor."""
+    """Settings, the classifier's fingerprint, the generator and the shift predictor.
+
+    A pretrained generator is not saved (its functions are the caller's code): the saved
+    explainer holds the rest and needs it again to load,
+    `load_explainer(path, classifier, generator=G)`, which checks that G decodes as the
+    one fitted with.
+    """
     gen = self.generator
     meta = {"architecture": gen.architecture, "attribute_names": list(gen.attribute_names),
             "generator_metrics": gen.metrics, "metrics": self.metrics}
-    tree = {"vae": gen.vae_params, "shift": self.shift_params}
+    tree = {"shift": self.shift_params}
     if gen.predictor_params is not None:
       tree["predictor"] = gen.predictor_params
+    if gen.pretrained is None:
+      tree["vae"] = gen.vae_params
+    else:
+      tree["probe"] = probe_decodings(gen.pretrained)
+      if gen.latents is not None:
+        tree["latents"] = np.asarray(gen.latents, np.float32)
+        meta["num_latents"] = len(gen.latents)
     persistence.save(path, EXPLAINER_META, meta, "networks", tree)
     common.save_settings(path, "latent", self)
 
   @classmethod
-  def from_meta(cls, meta: dict, classifier: Classifier, path: str) -> LatentExplainer:
+  def from_meta(cls, meta: dict, classifier: Classifier, path: str,
+                generator=None) -> LatentExplainer:
     cfg = config_from_json(meta["config"])
     saved = persistence.read_meta(path, EXPLAINER_META, "latent explainer")
-    gen, shift = restore_networks(path, "networks", saved["architecture"],
-                                   saved["attribute_names"], saved.get("generator_metrics", {}),
-                                   shift_hidden=cfg.shift_hidden)
+    arch = saved["architecture"]
+    pretrained = None
+    if "latent_shape" not in arch:
+      if generator is not None:
+        raise ValueError(f"the latent explainer at {path} has its own VAE; generator= is "
+                         "only for explainers fitted with a pretrained generator")
+    elif generator is None:
+      raise ValueError(f"the latent explainer at {path} was fitted with a pretrained "
+                       "generator, which the library does not save: pass it again, "
+                       "load_explainer(path, classifier, generator=G)")
+    else:
+      shape = tuple(arch["image_shape"])
+      pretrained = as_pretrained(generator, shape, np.zeros((2,) + shape, np.float32))
+      if pretrained.latent_shape != tuple(arch["latent_shape"]):
+        raise ValueError(f"the generator's latent_shape is {pretrained.latent_shape}; the "
+                         f"explainer at {path} was fitted with {tuple(arch['latent_shape'])}")
+    gen, shift = restore_networks(path, "networks", arch, saved["attribute_names"],
+                                  saved.get("generator_metrics", {}),
+                                  shift_hidden=cfg.shift_hidden, pretrained=pretrained,
+                                  num_latents=saved.get("num_latents", 0))
     return cls(classifier, gen, shift, cfg, metrics=saved.get("metrics", {}))

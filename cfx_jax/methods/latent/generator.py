@@ -1,12 +1,14 @@
-"""The generative model (a conv VAE) and the attribute predictor: training, saving, loading."""
+"""The generative model (the built-in conv VAE, or a pretrained one used as it is) and the
+attribute predictor: training, saving, loading."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -79,8 +81,86 @@ def train_network(name: str, loss_fn, params, frozen, arrays: dict, cfg, *, step
 
 
 @dataclasses.dataclass(frozen=True)
+class PretrainedGenerator:
+  """A frozen generative model that the latent method uses as it is, never trains.
+
+  encode(images) -> z and decode(z) -> images: JAX-traceable functions of a batch, with
+  images (N, *image_shape) in [-1, 1] (the range the method works in, whatever range the
+  caller's images are in) and z (N, *latent_shape). They close over their own weights.
+  sample_prior(key, n) -> z (optional): n draws of the model's latent prior. Without it,
+  the shift trains on encoded training images only (`prior_fraction` has no effect), and
+  the samples of the causal scores and of the fit's edit check are encoded training
+  images.
+  """
+
+  encode: Callable
+  decode: Callable
+  latent_shape: tuple[int, ...]
+  image_shape: tuple[int, int, int]
+  sample_prior: Callable | None = None
+
+  def __post_init__(self):
+    for name in ("encode", "decode"):
+      if not callable(getattr(self, name)):
+        raise TypeError(f"generator.{name} must be callable")
+    if self.sample_prior is not None and not callable(self.sample_prior):
+      raise TypeError("generator.sample_prior must be callable or None")
+    for name, what in (("latent_shape", "sizes"), ("image_shape", "sizes (H, W, C)")):
+      given = getattr(self, name)
+      shape = (given,) if isinstance(given, (int, np.integer)) else tuple(given)
+      if (not shape or any(int(d) < 1 for d in shape)
+          or (name == "image_shape" and len(shape) != 3)):
+        raise ValueError(f"generator.{name} must be a tuple of positive {what}, got {given}")
+      object.__setattr__(self, name, tuple(int(d) for d in shape))
+
+
+def as_pretrained(generator, image_shape, images) -> PretrainedGenerator:
+  """`generator` (a `PretrainedGenerator` or any object with its attributes) checked
+  against the classifier's `image_shape` and, on two of `images`, the shapes its
+  functions return; fails before anything trains."""
+  if not isinstance(generator, PretrainedGenerator):
+    missing = [a for a in ("encode", "decode", "latent_shape", "image_shape")
+               if not hasattr(generator, a)]
+    if missing:
+      raise TypeError(f"a pretrained generator needs encode, decode, latent_shape and "
+                      f"image_shape (see PretrainedGenerator); {type(generator).__name__} "
+                      f"lacks {missing}")
+    generator = PretrainedGenerator(generator.encode, generator.decode, generator.latent_shape,
+                                    generator.image_shape,
+                                    getattr(generator, "sample_prior", None))
+  g = generator
+  if g.image_shape != tuple(image_shape):
+    raise ValueError(f"the generator's image_shape is {g.image_shape}, the classifier takes "
+                     f"images of shape {tuple(image_shape)}")
+  x = jnp.asarray(images[:2])
+  n = x.shape[0]
+
+  def check(what, out, expected):
+    if not hasattr(out, "shape") or tuple(out.shape) != expected:
+      raise ValueError(f"generator.{what} returned {getattr(out, 'shape', type(out).__name__)}, "
+                       f"expected {expected}")
+
+  z = jax.eval_shape(g.encode, x)
+  check(f"encode of {n} images", z, (n,) + g.latent_shape)
+  check(f"decode of {n} latents", jax.eval_shape(g.decode, z), (n,) + g.image_shape)
+  if g.sample_prior is not None:
+    prior = jax.eval_shape(lambda key: g.sample_prior(key, n), jax.random.key(0))
+    check(f"sample_prior(key, {n})", prior, (n,) + g.latent_shape)
+  return g
+
+
+@dataclasses.dataclass(frozen=True)
 class LatentGenerator:
-  """The VAE and (when attributes were given) the attribute predictor, used functionally."""
+  """The generative model and (when attributes were given) the attribute predictor, used
+  functionally.
+
+  The model is the built-in VAE (`vae_def`; its parameters `vae_params` are an argument
+  of the compiled programs) or a `PretrainedGenerator` (`pretrained`, which closes over
+  its own). Compiled code reaches it only through `encode_fn`, `decode_fn`,
+  `shift_latents` with `params()["generator"]`; latents there are flat,
+  (N, latent_dim) with latent_dim the size of `latent_shape`. `latents`: encoded
+  training images, what a pretrained model without a prior samples instead.
+  """
 
   vae_def: Any
   vae_params: Any
@@ -90,34 +170,98 @@ class LatentGenerator:
   attribute_names: tuple[str, ...]
   architecture: dict
   metrics: dict = dataclasses.field(default_factory=dict)
+  pretrained: PretrainedGenerator | None = None
+  latents: np.ndarray | None = None
+
+  @property
+  def latent_shape(self) -> tuple[int, ...]:
+    if self.pretrained is not None:
+      return self.pretrained.latent_shape
+    return (int(self.architecture["latent_dim"]),)
 
   @property
   def latent_dim(self) -> int:
-    return int(self.architecture["latent_dim"])
+    return int(np.prod(self.latent_shape))
 
   @property
   def num_attributes(self) -> int:
     return len(self.attribute_names)
 
   def params(self):
-    return {"vae": self.vae_params, "predictor": self.predictor_params}
+    p = {"generator": self.vae_params if self.pretrained is None else {}}
+    if self.predictor_params is not None:
+      p["predictor"] = self.predictor_params
+    return p
 
   def without_attributes(self) -> LatentGenerator:
     return dataclasses.replace(self, predictor_def=None, predictor_params=None,
                                attribute_names=())
 
-  def encode(self, images, chunk_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """The encoder's (mean, log-variance) of each image, (N, latent_dim) each."""
+  # Traceable: `params` is `params()["generator"]`.
+
+  def encode_fn(self, params, x):
+    """The latent code of each image, (N, latent_dim): the VAE's posterior mean."""
+    if self.pretrained is None:
+      return nnx.merge(self.vae_def, params).encode(x)[0]
+    return self.pretrained.encode(x).reshape(x.shape[0], -1)
+
+  def decode_fn(self, params, z):
+    if self.pretrained is None:
+      return nnx.merge(self.vae_def, params).decode(z)
+    return self.pretrained.decode(z.reshape((z.shape[0],) + self.latent_shape))
+
+  def shift_latents(self, params, x, key_data, key_prior):
+    """(latents of the images x, prior draws or None) to train the shift on. The VAE's
+    are posterior samples and N(0, I) draws; a pretrained model's are its encodings and
+    its `sample_prior` draws (None without one)."""
+    if self.pretrained is None:
+      mean, logvar = nnx.merge(self.vae_def, params).encode(x)
+      return (mean + jnp.exp(0.5 * logvar) * jax.random.normal(key_data, mean.shape),
+              jax.random.normal(key_prior, mean.shape))
+    return self.encode_fn(params, x), self._prior(key_prior, x.shape[0])
+
+  def _prior(self, key, n: int):
+    if self.pretrained is None:
+      return jax.random.normal(key, (n, self.latent_dim))
+    if self.pretrained.sample_prior is None:
+      return None
+    return self.pretrained.sample_prior(key, n).reshape(n, -1)
+
+  # NumPy, in compiled chunks.
+
+  @functools.cached_property
+  def _programs(self):
+    return {"encode": jax.jit(self.encode_fn), "decode": jax.jit(self.decode_fn),
+            "posterior": jax.jit(lambda p, x: nnx.merge(self.vae_def, p).encode(x))}
+
+  def encode(self, images, chunk_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+    """The encoder's (mean, log-variance) of each image, (N, latent_dim) each; for a
+    pretrained model (its code, None)."""
+    if self.pretrained is not None:
+      return self.encode_mean(images, chunk_size), None
     x = validation.check_images(images, self.image_shape)
-    return map_in_chunks(lambda xb: _encode_program(self.vae_def, self.vae_params, xb), [x],
-                         chunk_size)
+    params = self.params()["generator"]
+    return map_in_chunks(lambda xb: self._programs["posterior"](params, xb), [x], chunk_size)
 
   def encode_mean(self, images, chunk_size: int = 256) -> np.ndarray:
-    return self.encode(images, chunk_size)[0]
+    x = validation.check_images(images, self.image_shape)
+    params = self.params()["generator"]
+    return map_in_chunks(lambda xb: self._programs["encode"](params, xb), [x], chunk_size)
 
   def decode(self, z, chunk_size: int = 256) -> np.ndarray:
-    return map_in_chunks(lambda zb: _decode_program(self.vae_def, self.vae_params, zb),
-                         [np.asarray(z, np.float32)], chunk_size)
+    params = self.params()["generator"]
+    z = np.asarray(z, np.float32).reshape(len(z), -1)
+    return map_in_chunks(lambda zb: self._programs["decode"](params, zb), [z], chunk_size)
+
+  def sample_latents(self, key, n: int) -> np.ndarray:
+    """n latents (n, latent_dim) from the prior; for a pretrained model without one,
+    encoded training images drawn uniformly (`latents`)."""
+    z = self._prior(key, int(n))
+    if z is not None:
+      return np.asarray(z, np.float32)
+    if self.latents is None:
+      raise ValueError("this generator has neither a prior nor encoded training images")
+    return self.latents[np.asarray(jax.random.randint(key, (int(n),), 0, len(self.latents)))]
 
   def attribute_probs(self, images, chunk_size: int = 256) -> np.ndarray:
     if self.predictor_def is None:
@@ -127,16 +271,17 @@ class LatentGenerator:
         lambda xb: _attribute_program(self.predictor_def, self.predictor_params, xb), [x],
         chunk_size)
 
-
-# Compiled once per network structure (the graphdef is static), not once per call.
-@functools.partial(jax.jit, static_argnums=0)
-def _encode_program(graphdef, params, images):
-  return nnx.merge(graphdef, params).encode(images)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _decode_program(graphdef, params, z):
-  return nnx.merge(graphdef, params).decode(z)
+  def as_pretrained(self) -> PretrainedGenerator:
+    """The built-in VAE as a frozen `PretrainedGenerator` (encoder mean, N(0, I) prior),
+    e.g. to explain a classifier of other images of the same shape; its attribute
+    predictor is not part of it."""
+    if self.pretrained is not None:
+      return self.pretrained
+    vae_def, params, shape = self.vae_def, self.vae_params, self.latent_shape
+    return PretrainedGenerator(
+        lambda x: nnx.merge(vae_def, params).encode(x)[0],
+        lambda z: nnx.merge(vae_def, params).decode(z), shape, self.image_shape,
+        lambda key, n: jax.random.normal(key, (n,) + shape))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -250,22 +395,37 @@ def load_generator(path: str) -> LatentGenerator:
                            meta.get("metrics", {}))[0]
 
 
-def restore_networks(path, tree_dir, arch, names, metrics, shift_hidden=None):
-  """(generator, shift params or None) from a tree saved with "vae", optionally
-  "predictor" (when there are attribute names) and "shift" (when shift_hidden is given)."""
-  vae_def, vae_abstract = nnx.split(nnx.eval_shape(lambda: build_vae(arch)))
-  abstract = {"vae": vae_abstract}
+def restore_networks(path, tree_dir, arch, names, metrics, shift_hidden=None,
+                     pretrained: PretrainedGenerator | None = None, num_latents: int = 0):
+  """(generator, shift params or None) from a tree saved with "vae" (or, for a
+  `pretrained` generator given again, "probe" and `num_latents` encoded "latents"),
+  optionally "predictor" (when there are attribute names) and "shift" (when shift_hidden
+  is given)."""
+  vae_def, abstract = None, {}
+  if pretrained is None:
+    vae_def, abstract["vae"] = nnx.split(nnx.eval_shape(lambda: build_vae(arch)))
+    latent_dim = int(arch["latent_dim"])
+  else:
+    latent_dim = int(np.prod(pretrained.latent_shape))
+    abstract["probe"] = jax.ShapeDtypeStruct((2,) + pretrained.image_shape, jnp.float32)
+    if num_latents:
+      abstract["latents"] = jax.ShapeDtypeStruct((int(num_latents), latent_dim), jnp.float32)
   pred_def = None
   if names:
     pred_def, abstract["predictor"] = nnx.split(nnx.eval_shape(
         lambda: build_predictor(arch, len(names))))
   if shift_hidden is not None:
     abstract["shift"] = nnx.state(nnx.eval_shape(
-        lambda: build_shift(int(arch["latent_dim"]), len(names) + 1, shift_hidden)))
+        lambda: build_shift(latent_dim, len(names) + 1, shift_hidden)))
   tree = persistence.restore(path, tree_dir, abstract)
-  gen = LatentGenerator(vae_def, tree["vae"], pred_def, tree.get("predictor"),
+  if pretrained is not None and not np.allclose(probe_decodings(pretrained), tree["probe"],
+                                                atol=1e-3):
+    raise ValueError(f"the generator given decodes differently from the one the explainer at "
+                     f"{path} was fitted with; pass that one")
+  gen = LatentGenerator(vae_def, tree.get("vae"), pred_def, tree.get("predictor"),
                         tuple(int(d) for d in arch["image_shape"]), tuple(names), dict(arch),
-                        dict(metrics))
+                        dict(metrics), pretrained,
+                        None if "latents" not in tree else np.asarray(tree["latents"]))
   return gen, tree.get("shift")
 
 
@@ -304,4 +464,40 @@ def load_or_train_generator(images: np.ndarray, attributes: np.ndarray | None,
       int(cfg.chunk_size))
   if path:
     save_generator(path, gen)
+  return gen
+
+
+def probe_decodings(g: PretrainedGenerator) -> np.ndarray:
+  """The model's decodings of two fixed latents: tells one pretrained generator from
+  another (shift checkpoints in a shared workdir, loading a saved explainer)."""
+  z = jax.random.normal(jax.random.key(0), (2,) + g.latent_shape)
+  return np.asarray(jax.jit(g.decode)(z), np.float32)
+
+
+def pretrained_generator(pretrained: PretrainedGenerator, images: np.ndarray,
+                         attributes: np.ndarray | None, names: tuple[str, ...], cfg,
+                         workdir: str | None = None) -> LatentGenerator:
+  """`pretrained` as it is, with an attribute predictor trained on `images` (when
+  attributes are given); nothing else trains. A model without a prior keeps the codes of
+  up to `num_samples` training images to sample from."""
+  probe = np.round(probe_decodings(pretrained), 3)
+  arch = {"image_shape": list(pretrained.image_shape),
+          "latent_shape": list(pretrained.latent_shape),
+          "predictor_features": [int(f) for f in cfg.predictor_features],
+          "generator": hashlib.sha1(probe.tobytes()).hexdigest()[:10]}
+  pred_def = pred_params = None
+  metrics = {}
+  if attributes is not None:
+    pred_def, pred_params, metrics["predictor"] = train_attribute_predictor(
+        images, attributes, cfg, workdir)
+  gen = LatentGenerator(None, None, pred_def, pred_params, pretrained.image_shape,
+                        tuple(names) if attributes is not None else (), arch, metrics,
+                        pretrained)
+  if pretrained.sample_prior is None:
+    pick = np.random.default_rng(int(cfg.seed)).permutation(len(images))[:int(cfg.num_samples)]
+    gen = dataclasses.replace(gen, latents=gen.encode_mean(images[pick], int(cfg.chunk_size)))
+  held = slice(0, min(len(images), 1024))
+  gen.metrics["train_fit"] = evaluate_generator(
+      gen, images[held], None if attributes is None else attributes[held],
+      int(cfg.chunk_size))
   return gen

@@ -32,7 +32,7 @@ def attribute_logits(gen: LatentGenerator, classifier: Classifier, params, image
 
 
 def decode_latent(gen: LatentGenerator, params, z):
-  return nnx.merge(gen.vae_def, params["vae"]).decode(z)
+  return gen.decode_fn(params["generator"], z)
 
 
 def shift_loss(shift: ShiftPredictor, gen: LatentGenerator, classifier: Classifier, frozen,
@@ -41,11 +41,11 @@ def shift_loss(shift: ShiftPredictor, gen: LatentGenerator, classifier: Classifi
   k = gen.num_attributes
   n = images.shape[0]
   k_post, k_prior, k_which, k_entry, k_flip = jax.random.split(key, 5)
-  mean, logvar = nnx.merge(gen.vae_def, frozen["vae"]).encode(images)
-  z_post = mean + jnp.exp(0.5 * logvar) * jax.random.normal(k_post, mean.shape)
-  z_prior = jax.random.normal(k_prior, mean.shape)
-  use_prior = jax.random.bernoulli(k_which, float(cfg.prior_fraction), (n, 1))
-  z = jax.lax.stop_gradient(jnp.where(use_prior, z_prior, z_post))
+  z, z_prior = gen.shift_latents(frozen["generator"], images, k_post, k_prior)
+  if z_prior is not None:
+    use_prior = jax.random.bernoulli(k_which, float(cfg.prior_fraction), (n, 1))
+    z = jnp.where(use_prior, z_prior, z)
+  z = jax.lax.stop_gradient(z)
 
   before = jax.lax.stop_gradient(
       attribute_logits(gen, classifier, frozen, decode_latent(gen, frozen, z)))
@@ -92,15 +92,14 @@ def train_shift(gen: LatentGenerator, classifier: Classifier, images: np.ndarray
                 workdir: str | None = None):
   """Fit the shift predictor for this classifier; returns (graphdef, params, metrics).
 
-  Checkpoints are kept per classifier and settings (`<workdir>/shift_<hash>_checkpoints`,
-  the hash of the classifier's fingerprint and the shift settings), so explainers of
-  several classifiers can share a workdir and its generator.
+  Checkpoints are kept per classifier, generator and settings
+  (`<workdir>/shift_<hash>_checkpoints`, the hash of the classifier's fingerprint, the
+  generator's architecture and the shift settings), so explainers of several classifiers
+  can share a workdir and its generator.
   """
   graphdef, params = nnx.split(build_shift(gen.latent_dim, gen.num_attributes + 1,
                                             cfg.shift_hidden, int(cfg.seed) + 2))
   frozen = {**gen.params(), "classifier": classifier.params}
-  if gen.predictor_params is None:
-    del frozen["predictor"]
 
   def loss_fn(p, fr, batch, key, step):
     del step

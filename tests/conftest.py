@@ -14,15 +14,17 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import tempfile  # noqa: E402
 
-import jax  # noqa: E402  (after XLA_FLAGS)
+# Many tests build the same programs again (a fresh closure per train call, the same
+# train step in several tests, jobs started as processes). One compilation cache for the
+# whole session loads them instead of recompiling. Set in the environment by the first
+# process that reads this file (pytest-xdist's controller), so that both workers and
+# every job they start share it.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="cfx_jax_xla_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-# Many tests build the same programs again (a fresh closure per train call); a
-# compilation cache for the session loads them instead of recompiling.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="cfx_jax_xla_"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 IMAGE_SHAPE = (16, 16, 3)
 PATCH = (slice(4, 8), slice(4, 8))

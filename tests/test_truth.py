@@ -105,6 +105,9 @@ def test_oracle_cache_is_keyed_on_data_and_settings(tmp_path, monkeypatch):
   again = oracle_lib.load_or_train_oracle(str(tmp_path), train, test, steps=2, batch_size=16)
   assert calls == []
   np.testing.assert_array_equal(first.predict(test["image"]), again.predict(test["image"]))
+  # A setting given at its default value is the same oracle (seed 17 is the default).
+  oracle_lib.load_or_train_oracle(str(tmp_path), train, test, steps=2, batch_size=16, seed=17)
+  assert calls == []
   other = dict(train, image=train["image"][::-1].copy())
   oracle_lib.load_or_train_oracle(str(tmp_path), other, test, steps=2, batch_size=16)
   assert calls == [1]

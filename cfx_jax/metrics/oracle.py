@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -135,11 +136,18 @@ def train_oracle(train: dict, test: dict, *, steps: int = 1200, batch_size: int 
   return dataclasses.replace(oracle, test_accuracy=accuracy)
 
 
+# What `train_oracle` does when a setting is not given: a cache key holds only the
+# settings that differ from these, so `steps=1200` finds the oracle trained by default.
+_DEFAULTS = {k: p.default for k, p in inspect.signature(train_oracle).parameters.items()
+             if p.default is not inspect.Parameter.empty}
+
+
 def load_or_train_oracle(path: str, train: dict, test: dict, *, progress: bool = True,
                          **settings) -> Oracle:
   """The oracle cached at `path` if it was trained on the same data and settings."""
+  changed = {k: v for k, v in settings.items() if k not in _DEFAULTS or v != _DEFAULTS[k]}
   key = {"data": fingerprint(train["image"], train["label"]),
-         "settings": {k: settings[k] for k in sorted(settings)}}
+         "settings": {k: changed[k] for k in sorted(changed)}}
   meta_file = os.path.join(path, "oracle.json")
   if os.path.exists(meta_file):
     meta = persistence.read_meta(path, "oracle.json", "oracle")

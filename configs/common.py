@@ -55,8 +55,9 @@ def leaderboard(dataset: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   generator = {"steps": 600}
   c.trained = ml_collections.ConfigDict(dict(
       methods=None, seeds=(0, 1, 2),
-      # Settings of every method, by name. Optimisation methods keep their paper
-      # settings but explain fewer images (each image costs an optimisation).
+      # Settings of every method (or row: "fido/mean" is FIDO with its own), by name.
+      # Optimisation methods keep their paper settings but explain fewer images (each
+      # image costs an optimisation).
       settings={"syce": generator, "cyce": generator, "sagen": generator,
                 "fido": {"warn_failures": False},
                 "disc": {"warn_failures": False},
@@ -64,6 +65,7 @@ def leaderboard(dataset: ml_collections.ConfigDict) -> ml_collections.ConfigDict
                 "latent": {"vae_steps": 3000, "shift_steps": 1000,
                            "progress": False, "warn_failures": False}},
       optimiser_images=32))
+  # methods: None for every baseline, () for none.
   c.baselines = ml_collections.ConfigDict(dict(methods=None, seed=0))
   # scores: families of `cfx_jax.jobs.evaluators`, each a table of the leaderboard.
   c.eval = ml_collections.ConfigDict(dict(

@@ -73,18 +73,38 @@ def test_leaderboard_job_writes_every_method(tmp_path):
       result["methods"]["fido"]["scores"]["pixel_auroc"]["mean"], abs=1e-6)
 
 
-def test_scores_are_the_named_evaluators_only(tmp_path):
+def test_named_scores_and_rows_of_one_method_with_settings_of_their_own(tmp_path):
+  """Only the named evaluators run (no oracle without truth or realism); a row such as
+  `fido/inpainter` is FIDO with its own settings, here the in-painter trained first."""
+  from cfx_jax.methods.fido.inpainter_train import inpainter_config
   c = tiny_config()
-  c.trained.methods, c.trained.seeds, c.baselines.methods = ("fido",), (0,), ("random",)
+  c.inpainter = inpainter_config()
+  i = c.inpainter
+  i.steps, i.batch_size, i.num_devices, i.progress, i.chunk_size = 2, 8, 1, False, 16
+  i.model.features, i.model.disc_features, i.eval.num_images = (8, 16), (8, 16), 8
+  rows = {"fido/mean": "mean", "fido/inpainter": "inpainter"}
+  c.trained.methods, c.trained.seeds, c.baselines.methods = tuple(rows), (0,), ("random",)
+  c.trained.settings = {row: {"steps": 2, "samples": 2, "warn_failures": False,
+                              "infiller": infiller} for row, infiller in rows.items()}
   c.eval.scores = ("localization", "counterfactual")
   result = leaderboard.run_leaderboard(c, str(tmp_path))
+
   localization = {"pixel_auroc", "average_precision", "iou_curve_area", "iou_95", "ncc",
                   "pointing_game", "relevance_mass", "relevance_rank"}
+  assert set(result["methods"]) == set(rows) | {"random"}
   assert set(result["methods"]["random"]["scores"]) == localization
-  assert set(result["methods"]["fido"]["scores"]) == localization | {
+  assert set(result["methods"]["fido/mean"]["scores"]) == localization | {
       "flip_rate", "proximity_l1", "proximity_l2", "sparsity"}
   assert not (tmp_path / "oracle").exists()  # no truth or realism: no oracle trained
-  assert "## Faithfulness" not in (tmp_path / "leaderboard.md").read_text()
+  text = (tmp_path / "leaderboard.md").read_text()
+  assert "## Faithfulness" not in text and "| fido/inpainter |" in text
+
+  assert (tmp_path / "inpainter" / "inpainter.json").exists()
+  for row, infiller in rows.items():
+    saved = tmp_path / "explainers" / f"{row.replace('/', '-')}_seed0" / "explainer"
+    assert json.loads((saved / "explainer.json").read_text())["config"]["infiller"] == infiller
+  maps = [np.load(tmp_path / "scores" / f"{row.replace('/', '-')}.npz")["maps"] for row in rows]
+  assert not np.allclose(maps[0], maps[1])  # the in-filler changes what FIDO finds
 
 
 def test_unknown_score_family_names_the_nearest():

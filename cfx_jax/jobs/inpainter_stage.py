@@ -134,7 +134,8 @@ def save_inpainting_figure(path: str, samples: dict, rows: int = 6,
 
 def run_inpainter_stage(config: ml_collections.ConfigDict, train: dict, test: dict,
                         workdir: str) -> dict:
-  """Train (or reuse `<workdir>/inpainter`), evaluate on held-out images, write outputs.
+  """Train (or reuse `<workdir>/inpainter`), evaluate on held-out images, write outputs,
+  and register it as FIDO's in-filler "inpainter" for the explainers of the same job.
 
   Writes `<workdir>/inpainter_metrics.json` and `<workdir>/inpainter.png`.
   """
@@ -153,4 +154,5 @@ def run_inpainter_stage(config: ml_collections.ConfigDict, train: dict, test: di
                            rows=int(config.eval.figure_rows))
   logger.info("inpainter dropped-pixel L1: %s", ", ".join(
       f"{k}={v:.4f}" for k, v in metrics["l1_dropped"].items()))
+  infillers_lib.register_inpainter(inpainter)
   return metrics

@@ -4,6 +4,11 @@ Trained explainers (everything `fit_explainer` accepts) are fitted once per seed
 finished one is loaded from the work directory instead of refitted; map-only baselines
 run directly. A method registered in either place appears without editing this file.
 
+A row may be a method under settings of its own: `fido/mean` is FIDO with the settings
+filed under that name in `config.trained.settings` (e.g. another in-filler). With
+`config.inpainter`, FIDO's learned in-filler is trained first (or reused) and named
+"inpainter", so that such a row can use it.
+
 Each score is a mean with a 95% confidence interval: over seeds for trained explainers
 (each seed's mean over images is one sample, Student t), over images for the rest.
 Which scores are computed is `config.eval.scores`, names of `jobs.evaluators`.
@@ -28,6 +33,7 @@ from cfx_jax.methods import registry
 from cfx_jax.metrics.oracle import load_or_train_oracle
 from cfx_jax.jobs import classifier_training, evaluators
 from cfx_jax.jobs.datasets import load_split
+from cfx_jax.jobs.inpainter_stage import run_inpainter_stage
 from cfx_jax.engine.logging import is_main_process
 
 # Scores where a lower value is better; every other score is better higher.
@@ -44,26 +50,39 @@ def _classifier(config, train, test, workdir):
   return clf
 
 
+def method_of(row: str) -> str:
+  """The method of a leaderboard row: `fido/inpainter` is FIDO."""
+  return row.split("/", 1)[0]
+
+
+def _file_name(row: str) -> str:
+  return row.replace("/", "-")
+
+
 def _saved_explainer(workdir, name, seed) -> str:
-  return os.path.join(workdir, "explainers", f"{name}_seed{seed}", "explainer", "explainer.json")
+  return os.path.join(workdir, "explainers", f"{_file_name(name)}_seed{seed}", "explainer",
+                      "explainer.json")
 
 
 def trained_explainers(config, clf, train_images, workdir) -> dict[str, list]:
-  """{method: [explainer per seed]}, fitting only what the work directory lacks."""
+  """{row: [explainer per seed]}, fitting only what the work directory lacks."""
   names = config.trained.methods or trainable_methods()
+  for name in names:
+    registry.get(method_of(name))  # an unknown method fails before anything trains
   out = {}
   for name in names:
     out[name] = []
     for seed in config.trained.seeds:
-      path = os.path.join(workdir, "explainers", f"{name}_seed{seed}")
-      if os.path.exists(_saved_explainer(workdir, name, seed)):
-        out[name].append(load_explainer(os.path.join(path, "explainer"), clf))
+      saved = _saved_explainer(workdir, name, seed)
+      path = os.path.dirname(os.path.dirname(saved))
+      if os.path.exists(saved):
+        out[name].append(load_explainer(os.path.dirname(saved), clf))
         continue
       settings = config.trained.settings.get(name) or {}
       if isinstance(settings, ml_collections.ConfigDict):
         settings = settings.to_dict()
-      explainer = fit_explainer(clf, train_images, method=name, seed=seed, workdir=path,
-                                config=settings)
+      explainer = fit_explainer(clf, train_images, method=method_of(name), seed=seed,
+                                workdir=path, config=settings)
       out[name].append(explainer)
   return out
 
@@ -86,6 +105,8 @@ def _score_key(config, name: str, num_images: int, workdir: str) -> dict:
   """What a method's scores depend on; a cached row is reused only when this matches."""
   key = {"num_images": int(num_images), "eval": config.eval.to_dict(),
          "classifier": persistence.digest(os.path.join(workdir, "classifier"))}
+  if config.get("inpainter") is not None:  # an explainer may fill with it
+    key["inpainter"] = persistence.digest(os.path.join(workdir, "inpainter"))
   if name in BASELINES:
     key["seed"] = int(config.baselines.seed)
   else:  # the explainers it was computed from, by content
@@ -96,7 +117,7 @@ def _score_key(config, name: str, num_images: int, workdir: str) -> dict:
 
 def _cached_scores(workdir: str, name: str, key: dict):
   """(row, maps, counterfactuals or None) saved by an earlier run with the same key."""
-  path = os.path.join(workdir, "scores", name)
+  path = os.path.join(workdir, "scores", _file_name(name))
   try:
     with open(path + ".json") as f:
       saved = json.load(f)
@@ -114,7 +135,7 @@ def _save_scores(workdir: str, name: str, key: dict, row: dict, maps, counterfac
   if not is_main_process():
     return
   os.makedirs(os.path.join(workdir, "scores"), exist_ok=True)
-  path = os.path.join(workdir, "scores", name)
+  path = os.path.join(workdir, "scores", _file_name(name))
   arrays = {"maps": np.asarray(maps)}
   if counterfactuals is not None:
     arrays["counterfactuals"] = np.asarray(counterfactuals)
@@ -135,6 +156,8 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t_start = time.time()
   train, test = load_split(config.dataset, "train"), load_split(config.dataset, "test")
   clf = _classifier(config, train, test, workdir)
+  if config.get("inpainter") is not None:
+    run_inpainter_stage(config.inpainter, train, test, workdir)
   n = min(config.eval.num_images, len(test["image"]))
   x, masks = test["image"][:n], test.get("mask")
   masks = None if masks is None else masks[:n]
@@ -143,7 +166,7 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rows, examples, curves, counterfactuals = {}, {}, {}, {}
   for name, explainers in trained.items():
     # Optimisation methods cost a full optimisation per image: they may use fewer.
-    per_image = registry.get(name).optimises_per_image
+    per_image = registry.get(method_of(name)).optimises_per_image
     m = min(n, config.trained.optimiser_images) if per_image else n
     xm, mm = x[:m], None if masks is None else masks[:m]
     key = _score_key(config, name, m, workdir)
@@ -165,7 +188,8 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if mm is not None:
       curves[name] = _iou_curves(examples[name], mm)
 
-  for name in config.baselines.methods or sorted(BASELINES):
+  baselines = config.baselines.methods
+  for name in sorted(BASELINES) if baselines is None else baselines:
     key = _score_key(config, name, n, workdir)
     cached = _cached_scores(workdir, name, key)
     if cached is not None:

@@ -68,7 +68,7 @@ def trained_explainers(config, clf, train_images, workdir) -> dict[str, list]:
   """{row: [explainer per seed]}, fitting only what the work directory lacks."""
   names = config.trained.methods or trainable_methods()
   for name in names:
-    registry.get(method_of(name))  # an unknown method fails before anything trains
+    registry.get(method_of(name))  # an unknown method fails before any explainer trains
   out = {}
   for name in names:
     out[name] = []

@@ -40,7 +40,7 @@ DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "results", "disc_ablation_
 
 def load_data(args):
   if args.smoke:
-    return (make_lesions(256, image_size=16, seed=0), make_lesions(64, image_size=16, seed=1))
+    return (make_lesions(256, image_size=16, seed=0), make_lesions(64, image_size=16, seed=1, twins=True))
   from cfx_jax.jobs.datasets import load_split
   from configs import lesions_classifier
   config = lesions_classifier.get_config()

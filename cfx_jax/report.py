@@ -220,12 +220,14 @@ def plot_explanation(images, explanation, path_or_ax, *, num_rows: int = 8,
 
 
 def save_method_grid(path, images, maps: Mapping[str, np.ndarray], masks=None, *,
-                     num_rows: int = 6, panels: str = 'maps') -> str:
+                     num_rows: int = 6, panels: str = 'maps',
+                     row_labels: Sequence[str] | None = None) -> str:
   """input | one panel per method | ground truth, for the same images.
 
   Rows are images with evidence where masks exist. panels="maps": each map normalised per
   image and outlined at its top 5%, the region IoU@95 scores, so methods compare at a
   glance; panels="images": `maps` holds each method's counterfactual images instead.
+  `row_labels`, one per row shown, name the rows at the left.
   """
   if panels not in ('maps', 'images'):
     raise ValueError(f"panels must be 'maps' or 'images', got {panels!r}")
@@ -237,6 +239,8 @@ def save_method_grid(path, images, maps: Mapping[str, np.ndarray], masks=None, *
     rows = np.linspace(0, len(images) - 1, min(num_rows, len(images))).astype(int)
   if len(rows) == 0:
     raise ValueError('no examples to plot')
+  if row_labels is not None and len(row_labels) != len(rows):
+    raise ValueError(f'{len(row_labels)} row labels for {len(rows)} rows')
   names = list(maps)
   n_cols = 1 + len(names) + (masks is not None)
   fig, axes = plt.subplots(len(rows), n_cols, squeeze=False,
@@ -262,6 +266,8 @@ def save_method_grid(path, images, maps: Mapping[str, np.ndarray], masks=None, *
       if r == 0:
         title = (['input'] + names + (['mask'] if masks is not None else []))[c]
         a.set_title(title, fontsize=8)
+    if row_labels is not None:
+      ax[0].set_ylabel(row_labels[r], fontsize=8)
   return save_figure(fig, path)
 
 

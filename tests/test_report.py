@@ -64,6 +64,21 @@ def test_grid_handles_constant_map_and_few_examples(tmp_path):
   assert height < 700  # Only the two available rows.
 
 
+def test_method_grid_of_images_with_row_labels(tmp_path):
+  images, e, masks = _explanation(n=4)
+  masks[:] = 0
+  masks[:, 4:8, 4:8] = 1  # every row has evidence
+  cfs = {'one': e.counterfactual, 'two': e.stable}
+  path = tmp_path / 'methods.png'
+  report.save_method_grid(path, images, cfs, masks, num_rows=4, panels='images',
+                          row_labels=['a', 'b', 'c', 'd'])
+  width, height = _png_size(path)
+  assert width > 3 * 100 and height > 4 * 100  # input, two methods, mask; four rows
+  with pytest.raises(ValueError, match='3 row labels for 4 rows'):
+    report.save_method_grid(path, images, cfs, masks, num_rows=4, panels='images',
+                            row_labels=['a', 'b', 'c'])
+
+
 def test_pick_rows_mixes_classes():
   predicted = np.array([0, 0, 0, 0, 1, 1, 2])
   assert report._pick_rows(predicted, 4) == [0, 4, 6, 1]

@@ -42,12 +42,15 @@ def _build(image_shape, num_classes, features, seed=0) -> CNNClassifier:
 
 
 def train_classifier(config: ml_collections.ConfigDict, train: dict, test: dict,
-                     workdir: str | None = None) -> tuple[Classifier, dict]:
+                     workdir: str | None = None, *, num_classes: int | None = None
+                     ) -> tuple[Classifier, dict]:
   """Supervised training with BatchNorm; returns the frozen classifier and test metrics.
 
   With `workdir`, a run stopped by SIGTERM resumes from `<workdir>/classifier_checkpoints`.
+  `num_classes` defaults to the largest label + 1; give it where the labels may not
+  show every class.
   """
-  num_classes = int(max(train["label"].max(), test["label"].max())) + 1
+  num_classes = num_classes or int(max(train["label"].max(), test["label"].max())) + 1
   image_shape = train["image"].shape[1:]
   model = _build(image_shape, num_classes, config.features, config.seed)
   graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)

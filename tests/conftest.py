@@ -26,6 +26,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+def pytest_collection_modifyitems(items):
+  """The long tests first: a worker that drew one last would keep the other waiting."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 IMAGE_SHAPE = (16, 16, 3)
 PATCH = (slice(4, 8), slice(4, 8))
 # Confident enough that the flip term outweighs the proximity terms at the start.

@@ -7,6 +7,7 @@ import pytest
 from benchmarks import step_time
 
 
+@pytest.mark.slow
 def test_step_time_smoke(tmp_path):
   out = tmp_path / "step_time.json"
   result = step_time.main(["--smoke", "--out", str(out)])

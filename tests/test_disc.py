@@ -292,6 +292,7 @@ def test_ablation_smoke(trained, workdir):
 
 
 
+@pytest.mark.slow
 def test_fit_explainer_trains_the_auxiliary_model_and_round_trips(trained, lesions, tmp_path):
   import cfx_jax
   clf, _ = trained

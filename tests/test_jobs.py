@@ -20,6 +20,7 @@ def tiny_config(explainer):
   return c
 
 
+@pytest.mark.slow
 def test_fido_job_writes_the_report_and_reruns_the_same(tmp_path):
   c = tiny_config(common.method_config("fido", steps=2, samples=2, warn_failures=False))
   c.eval.scores = ("counterfactual", "localisation")
@@ -61,6 +62,7 @@ def test_classifier_predict_proba_is_the_softmax_of_its_logits():
   np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_latent_job_trains_on_the_attribute_labels(tmp_path):
   from configs import attributes_latent
   c = attributes_latent.get_config()

@@ -382,6 +382,7 @@ def test_bad_pretrained_generators_raise_before_training(attribute_data, classif
     cfx_jax.fit_explainer(linear_logits, x, method="fido", generator=g)
 
 
+@pytest.mark.slow
 def test_causal_study_job_end_to_end(tmp_path):
   from configs.attributes_causal import get_config
   from cfx_jax.jobs.causal_study import run_spurious_marker_study

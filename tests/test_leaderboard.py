@@ -33,6 +33,7 @@ def tiny_config():
   return c
 
 
+@pytest.mark.slow
 def test_leaderboard_job_writes_every_method(tmp_path):
   result = leaderboard.run_leaderboard(tiny_config(), str(tmp_path))
   assert set(result["methods"]) == {"cyce", "fido", "gradient", "random"}

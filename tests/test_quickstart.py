@@ -4,10 +4,13 @@ images, the quick start's config otherwise)."""
 import json
 import os
 
+import pytest
+
 from configs import lesions_syce
 from cfx_jax.jobs.train import train_and_evaluate
 
 
+@pytest.mark.slow
 def test_short_run_localizes_the_lesion(tmp_path):
   c = lesions_syce.get_config()
   c.dataset.num_train, c.dataset.num_test = 2000, 256
@@ -15,7 +18,7 @@ def test_short_run_localizes_the_lesion(tmp_path):
   c.classifier.steps, c.classifier.num_devices, c.classifier.progress = 200, 1, False
   c.explainer.steps, c.explainer.num_devices, c.explainer.progress = 120, 1, False
   c.explainer.batch_size, c.explainer.checkpoint_every = 32, 120
-  c.eval.num_images, c.eval.oracle_steps = 256, 200
+  c.eval.num_images, c.eval.oracle_steps = 128, 200
   train_and_evaluate(c, str(tmp_path))
 
   for name in ("report.md", "explanations.png", "metrics.json", "config.json",
@@ -29,5 +32,5 @@ def test_short_run_localizes_the_lesion(tmp_path):
   assert "pixel_auroc" in (tmp_path / "report.md").read_text()
   truth = metrics["explainer"]["truth"]
   assert truth["oracle_test_accuracy"] > 0.9 and truth["oracle_agreement_on_twins"] > 0.9
-  assert truth["twin_images"] > 50 and "twin_removal_median" in (tmp_path / "report.md").read_text()
+  assert truth["twin_images"] > 40 and "twin_removal_median" in (tmp_path / "report.md").read_text()
   assert os.path.exists(tmp_path / "oracle" / "oracle.json")

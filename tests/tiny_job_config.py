@@ -10,8 +10,8 @@ def get_config():
   c.classifier.steps, c.classifier.num_devices, c.classifier.progress = 20, 1, False
   c.classifier.features = (8, 16)
   e = c.explainer
-  e.steps, e.batch_size, e.num_devices, e.progress = 200, 8, 1, False
+  e.steps, e.batch_size, e.num_devices, e.progress = 60, 8, 1, False
   e.model.gen_features, e.model.disc_features = (8, 16), (8, 16)
-  e.log_every, e.checkpoint_every, e.log_example_ids = 1, 50, True
+  e.log_every, e.checkpoint_every, e.log_example_ids = 1, 20, True
   c.eval.num_images, c.eval.grid_rows, c.eval.oracle_steps = 32, 2, 5
   return c

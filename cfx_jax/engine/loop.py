@@ -54,6 +54,12 @@ def step_of(state) -> int:
   return int(state["step"] if isinstance(state, dict) else state.step)
 
 
+@jax.jit
+def _all_finite(leaves) -> jax.Array:
+  """One compiled check over every leaf (eager checks compile two programs per shape)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves] or [jnp.bool_(True)]))
+
+
 def check_finite(state, metrics: dict | None, name: str, step: int) -> None:
   """States that record their first non-finite step (the GAN states) are checked by it;
   others by their logged metrics."""
@@ -65,8 +71,8 @@ def check_finite(state, metrics: dict | None, name: str, step: int) -> None:
                            "stopped and the last good checkpoint was kept (try a lower "
                            "learning rate)")
   elif metrics is None:  # before a save: never checkpoint a non-finite state
-    if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(state)
-               if jnp.issubdtype(a.dtype, jnp.inexact)):
+    if not bool(_all_finite([a for a in jax.tree.leaves(state)
+                             if jnp.issubdtype(a.dtype, jnp.inexact)])):
       raise NonFiniteError(f"{name} weights became non-finite by step {step}; the last "
                            "good checkpoint was kept (try a lower learning rate)")
   else:

@@ -67,6 +67,8 @@ def main(argv=None):
   has = masks.reshape(n, -1).max(axis=1) > 0
 
   results = json.load(open(args.out)) if os.path.exists(args.out) else {"variants": {}}
+  results.update(classifier_accuracy=float(np.mean(clf.predict(test["image"]) == test["label"])),
+                 oracle_accuracy=oracle.test_accuracy, num_images=n)
   counterfactuals = {}
   for name in args.variants.split(","):
     t0 = time.perf_counter()
@@ -86,8 +88,6 @@ def main(argv=None):
     counterfactuals[name] = np.asarray(out.counterfactual)
     print(json.dumps({name: {k: v for k, v in row.items() if not isinstance(v, dict)}}),
           flush=True)
-    results.update(classifier_accuracy=float(np.mean(clf.predict(test["image"]) == test["label"])),
-                   oracle_accuracy=oracle.test_accuracy, num_images=n)
     report.save_json(args.out, results)
   rows = np.flatnonzero(has)[:6]
   report.save_method_grid(os.path.splitext(args.out)[0] + ".png", x[rows],

@@ -25,7 +25,7 @@ from cfx_jax.methods.latent import generator as latent_generator
 from cfx_jax.methods.latent.causal import necessity_sufficiency
 from cfx_jax.methods.latent import LatentExplainer, PretrainedGenerator
 from cfx_jax.methods.latent.config import latent_config
-from cfx_jax.models.vae import AttributePredictor, ConvVAE, ShiftPredictor
+from cfx_jax.models.vae import AttributePredictor, ConvShiftPredictor, ConvVAE, ShiftPredictor
 
 TINY = dict(latent_dim=4, vae_features=(8, 16), predictor_features=(8, 16), shift_hidden=(32,),
             vae_steps=80, predictor_steps=40, shift_steps=200, batch_size=32, learning_rate=3e-3,
@@ -71,6 +71,57 @@ def test_network_shapes():
   np.testing.assert_allclose(dz, 0.0)  # starts as "no shift"
   with pytest.raises(ValueError, match="divisible by 2\\*\\*2"):
     ConvVAE((18, 18, 3), features=(8, 16), rngs=nnx.Rngs(0))
+
+
+def test_spatial_latent_is_local():
+  """A latent grid codes each neighbourhood on its own: a change in one image corner moves
+  the code only at the grid positions whose receptive field holds it, and the decoding
+  only near them; the convolutional shift keeps the grid shape and starts at zero."""
+  vae = ConvVAE((32, 32, 3), latent_dim=4, features=(8, 16), spatial=True, rngs=nnx.Rngs(0))
+  assert vae.latent_shape == (8, 8, 4)
+  x = jax.random.uniform(jax.random.key(1), (1, 32, 32, 3), minval=-1, maxval=1)
+  corner = x.at[:, :2, :2].set(1.0)
+  moved = np.abs(np.asarray(vae.encode(corner)[0] - vae.encode(x)[0])).reshape(8, 8, 4)
+  assert moved[:2, :2].max() > 1e-4 and moved[3:].max() == 0 and moved[:, 3:].max() == 0
+  z = vae.encode(x)[0]
+  dz = jnp.zeros_like(z).reshape(1, 8, 8, 4).at[:, 0, 0].set(1.0).reshape(1, -1)
+  changed = np.abs(np.asarray(vae.decode(z + dz) - vae.decode(z)))[0].max(-1)
+  assert changed[:4, :4].max() > 1e-4 and changed[16:].max() == 0 and changed[:, 16:].max() == 0
+  shift = ConvShiftPredictor((8, 8, 4), 2, hidden=(8,), rngs=nnx.Rngs(0))
+  out = shift(z, jnp.ones((1, 2)))
+  assert out.shape == z.shape
+  np.testing.assert_allclose(out, 0.0)
+  with pytest.raises(ValueError, match="latent grid"):
+    ConvShiftPredictor((16,), 2, rngs=nnx.Rngs(0))
+
+
+def test_local_shift_size_is_a_sum_over_grid_positions(attribute_data, classifier):
+  from cfx_jax.methods.latent.shift import shift_size
+  dz = np.random.default_rng(0).normal(size=(3, 2 * 2 * 4)).astype(np.float32)
+  per_position = np.linalg.norm(dz.reshape(3, 4, 4), axis=-1).sum(-1)
+  np.testing.assert_allclose(shift_size(dz, (2, 2, 4), local=True), per_position, rtol=1e-5)
+  np.testing.assert_allclose(shift_size(dz, (2, 2, 4)), np.linalg.norm(dz, axis=-1), rtol=1e-5)
+  # One moved position costs the same either way; the same change spread costs more.
+  one = np.zeros((1, 16), np.float32)
+  one[0, :4] = 1.0
+  assert float(shift_size(one, (2, 2, 4), True)[0]) == pytest.approx(2.0, rel=1e-5)
+  with pytest.raises(ValueError, match="shift_local needs a latent grid"):
+    LatentExplainer.fit(classifier, attribute_data["image"], config=dict(TINY, shift_local=True))
+
+
+def test_spatial_latent_fit_save_load(classifier, attribute_data, tmp_path):
+  x = attribute_data["image"]
+  ex = LatentExplainer.fit(classifier, x, config=dict(TINY, spatial_latent=True, shift_steps=40))
+  assert ex.generator.latent_shape == (4, 4, 4) and ex.generator.latent_dim == 64
+  assert isinstance(nnx.merge(ex.shift_def, ex.shift_params), ConvShiftPredictor)
+  ex.save(str(tmp_path))
+  loaded = cfx_jax.load_explainer(str(tmp_path), classifier)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    a, b = ex.explain(x[:6]), loaded.explain(x[:6])
+  np.testing.assert_allclose(a.counterfactual, b.counterfactual, atol=1e-6)
+  g = ex.generator.as_pretrained()
+  assert g.latent_shape == (4, 4, 4) and g.encode(jnp.asarray(x[:2])).shape == (2, 4, 4, 4)
 
 
 def test_short_vae_training_lowers_the_loss(attribute_data):

@@ -51,21 +51,34 @@ class ConvVAE(nnx.Module):
   """Encoder: stride-2 convs to an (H / 2^L, W / 2^L) grid, then mean and log-variance.
 
   Decoder: the mirror image, ending in tanh so that images lie in [-1, 1].
+
+  The latent is a vector of `latent_dim` (a dense layer over the whole grid), or with
+  `spatial=True` a grid of `latent_dim` channels at the encoder's last resolution: each
+  position then codes its own neighbourhood, so a small object anywhere on a textured
+  background survives, and changing it changes the code only where it is. Either way the
+  code goes in and out flat, (N, latent_size).
   """
 
   def __init__(self, image_shape, *, latent_dim: int = 16, features=(32, 64, 128),
-               rngs: nnx.Rngs):
+               spatial: bool = False, rngs: nnx.Rngs):
     features = tuple(int(f) for f in features)
     if not features or latent_dim < 1:
       raise ValueError(f"need at least one feature level and latent_dim >= 1, got "
                        f"features={features}, latent_dim={latent_dim}")
     h, w, c = check_image_shape(image_shape, len(features))
     self.latent_dim = int(latent_dim)
+    self.spatial = bool(spatial)
     self.grid = (h // 2 ** len(features), w // 2 ** len(features), features[-1])
     flat = self.grid[0] * self.grid[1] * self.grid[2]
+    self.latent_shape = ((self.grid[0], self.grid[1], self.latent_dim) if self.spatial
+                         else (self.latent_dim,))
     self.down = _down_convs(c, features, rngs)
-    self.stats = nnx.Linear(flat, 2 * self.latent_dim, rngs=rngs)
-    self.expand = nnx.Linear(self.latent_dim, flat, rngs=rngs)
+    if self.spatial:
+      self.stats = nnx.Conv(features[-1], 2 * self.latent_dim, (1, 1), rngs=rngs)
+      self.expand = nnx.Conv(self.latent_dim, features[-1], (3, 3), rngs=rngs)
+    else:
+      self.stats = nnx.Linear(flat, 2 * self.latent_dim, rngs=rngs)
+      self.expand = nnx.Linear(self.latent_dim, flat, rngs=rngs)
     self.up = nnx.List()
     prev = features[-1]
     for f in reversed(features):
@@ -74,14 +87,17 @@ class ConvVAE(nnx.Module):
     self.out = nnx.Conv(prev, c, (3, 3), rngs=rngs)
 
   def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(mean, log-variance), each (N, latent_dim)."""
+    """(mean, log-variance), each (N, latent_size) with latent_size the product of
+    `latent_shape`."""
     for conv in self.down:
       x = jax.nn.silu(conv(x))
-    stats = self.stats(x.reshape(x.shape[0], -1))
-    mean, logvar = jnp.split(stats, 2, axis=-1)
+    stats = self.stats(x if self.spatial else x.reshape(x.shape[0], -1))
+    mean, logvar = (a.reshape(a.shape[0], -1) for a in jnp.split(stats, 2, axis=-1))
     return mean, jnp.clip(logvar, -10.0, 5.0)
 
   def decode(self, z: jax.Array) -> jax.Array:
+    if self.spatial:
+      z = z.reshape((z.shape[0],) + self.latent_shape)
     x = jax.nn.silu(self.expand(z)).reshape((z.shape[0],) + self.grid)
     for conv in self.up:
       x = jax.nn.silu(conv(_upsample(x)))
@@ -147,3 +163,36 @@ class ShiftPredictor(nnx.Module):
     for layer in self.layers:
       h = jax.nn.silu(layer(h))
     return self.out(h)
+
+
+class ConvShiftPredictor(nnx.Module):
+  """(z, t) -> dz for a latent grid (h, w, c), flat in and out: 3x3 convs over the code
+  with t broadcast to every position, the last one starting at zero ("no shift").
+
+  The same local rule applies at every position, so an edit learned where the evidence
+  happened to be in training applies wherever it is in a new image, and positions far from
+  it are left alone."""
+
+  def __init__(self, latent_shape, num_attributes: int, *, hidden=(64, 64),
+               rngs: nnx.Rngs):
+    self.latent_shape = tuple(int(d) for d in latent_shape)
+    if len(self.latent_shape) != 3:
+      raise ValueError(f"a convolutional shift needs a latent grid (h, w, c), got "
+                       f"{self.latent_shape}")
+    self.layers = nnx.List()
+    prev = self.latent_shape[-1] + int(num_attributes)
+    for width in hidden:
+      self.layers.append(nnx.Conv(prev, int(width), (3, 3), rngs=rngs))
+      prev = int(width)
+    self.out = nnx.Conv(prev, self.latent_shape[-1], (3, 3),
+                        kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+  def __call__(self, z: jax.Array, t: jax.Array) -> jax.Array:
+    n = z.shape[0]
+    grid = z.reshape((n,) + self.latent_shape)
+    h, w, _ = self.latent_shape
+    cond = jnp.broadcast_to(t.astype(z.dtype)[:, None, None, :], (n, h, w, t.shape[-1]))
+    x = jnp.concatenate([grid, cond], axis=-1)
+    for layer in self.layers:
+      x = jax.nn.silu(layer(x))
+    return self.out(x).reshape(n, -1)

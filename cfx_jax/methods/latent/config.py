@@ -18,18 +18,22 @@ EXPLAINER_META = "latent.json"
 def latent_config(**overrides) -> ml_collections.ConfigDict:
   """CPU-sized defaults for 32 px images; overrides on top (unknown names raise)."""
   c = ml_collections.ConfigDict()
-  c.latent_dim = 16
+  c.latent_dim = 16              # size of the latent vector, or channels of the latent grid
   c.vae_features = (16, 32, 64)
+  c.spatial_latent = False      # True: a latent grid at the last feature level (objects
+                                # anywhere on a textured background), edited by a
+                                # convolutional shift predictor
   c.vae_steps = 6000            # the lesion, a few pixels across, is encoded late in training
   c.beta = 0.5                  # KL weight; the reconstruction term is the summed squared error
   c.kl_warmup = 500             # steps over which the KL weight ramps up from 0
   c.predictor_features = (16, 32, 64)
   c.predictor_steps = 600
-  c.shift_hidden = (128, 128)
+  c.shift_hidden = (128, 128)   # hidden widths (channels, for a latent grid)
   c.shift_steps = 1500
   c.batch_size = 32
   c.learning_rate = 1e-3        # Adam, cosine-decayed, for each of the three networks
   c.shift_norm = 0.05           # weight of |dz|_2
+  c.shift_local = False         # latent grid only: |dz| summed over positions (few change)
   c.margin = 2.0                # logit margin the requested change must clear
   c.keep = 1.0                  # weight of holding the unrequested attributes
   c.keep_clip = 8.0             # their logits are compared clipped to [-keep_clip, keep_clip]

@@ -17,7 +17,8 @@ from cfx_jax.methods import common
 from cfx_jax.methods.latent.config import (EXPLAINER_META, OUTCOME, check_attributes,
                                            check_binary_classifier, config_from_json,
                                            latent_config)
-from cfx_jax.methods.latent.generator import (LatentGenerator, as_pretrained, build_shift,
+from cfx_jax.methods.latent.generator import (LatentGenerator, architecture, as_pretrained,
+                                              build_shift, builtin_latent_shape,
                                               load_or_train_generator, pretrained_generator,
                                               probe_decodings, restore_networks)
 from cfx_jax.methods.latent.shift import train_shift, attribute_logits, decode_latent
@@ -47,7 +48,7 @@ class LatentExplainer(common.ClassifierBound):
     self.config = config
     self.generator = generator
     self.shift_def = nnx.graphdef(nnx.eval_shape(lambda: build_shift(
-        generator.latent_dim, generator.num_attributes + 1, config.shift_hidden)))
+        generator.latent_shape, generator.num_attributes + 1, config.shift_hidden)))
     self.shift_params = shift_params
     self.metrics = dict(metrics or {})
     self._explain_program = jax.jit(self._explain_chunk)
@@ -87,6 +88,11 @@ class LatentExplainer(common.ClassifierBound):
       raise ValueError(f"need at least batch_size={cfg.batch_size} images to train, got "
                        f"{len(x)}")
     pretrained = None if generator is None else as_pretrained(generator, clf.image_shape, x)
+    latent_shape = (builtin_latent_shape(architecture(cfg, x.shape[1:])) if pretrained is None
+                    else pretrained.latent_shape)
+    if cfg.shift_local and len(latent_shape) != 3:
+      raise ValueError(f"shift_local needs a latent grid (h, w, c); this latent has shape "
+                       f"{latent_shape} (spatial_latent=True gives the built-in VAE one)")
     if workdir:
       os.makedirs(workdir, exist_ok=True)
     if pretrained is None:

@@ -19,7 +19,8 @@ from flax import nnx
 from cfx_jax import data as data_lib
 from cfx_jax import persistence, validation
 from cfx_jax.batching import map_in_chunks
-from cfx_jax.models.vae import AttributePredictor, ConvVAE, ShiftPredictor, gaussian_kl
+from cfx_jax.models.vae import (AttributePredictor, ConvShiftPredictor, ConvVAE,
+                                ShiftPredictor, gaussian_kl)
 from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine import state as state_lib
 from cfx_jax.engine.loop import LoopConfig, train_loop
@@ -177,7 +178,7 @@ class LatentGenerator:
   def latent_shape(self) -> tuple[int, ...]:
     if self.pretrained is not None:
       return self.pretrained.latent_shape
-    return (int(self.architecture["latent_dim"]),)
+    return builtin_latent_shape(self.architecture)
 
   @property
   def latent_dim(self) -> int:
@@ -279,7 +280,7 @@ class LatentGenerator:
       return self.pretrained
     vae_def, params, shape = self.vae_def, self.vae_params, self.latent_shape
     return PretrainedGenerator(
-        lambda x: nnx.merge(vae_def, params).encode(x)[0],
+        lambda x: nnx.merge(vae_def, params).encode(x)[0].reshape((x.shape[0],) + shape),
         lambda z: nnx.merge(vae_def, params).decode(z), shape, self.image_shape,
         lambda key, n: jax.random.normal(key, (n,) + shape))
 
@@ -292,12 +293,21 @@ def _attribute_program(graphdef, params, images):
 def architecture(cfg, image_shape) -> dict:
   return {"image_shape": [int(d) for d in image_shape], "latent_dim": int(cfg.latent_dim),
           "vae_features": [int(f) for f in cfg.vae_features],
+          "spatial_latent": bool(cfg.spatial_latent),
           "predictor_features": [int(f) for f in cfg.predictor_features]}
 
 
 def build_vae(arch: dict, seed: int = 0) -> ConvVAE:
   return ConvVAE(tuple(arch["image_shape"]), latent_dim=int(arch["latent_dim"]),
-                 features=tuple(arch["vae_features"]), rngs=nnx.Rngs(seed))
+                 features=tuple(arch["vae_features"]),
+                 spatial=bool(arch.get("spatial_latent", False)), rngs=nnx.Rngs(seed))
+
+
+def builtin_latent_shape(arch: dict) -> tuple[int, ...]:
+  if not arch.get("spatial_latent", False):
+    return (int(arch["latent_dim"]),)
+  h, w = (int(d) // 2 ** len(arch["vae_features"]) for d in arch["image_shape"][:2])
+  return (h, w, int(arch["latent_dim"]))
 
 
 def build_predictor(arch: dict, num_attributes: int, seed: int = 0) -> AttributePredictor:
@@ -305,9 +315,12 @@ def build_predictor(arch: dict, num_attributes: int, seed: int = 0) -> Attribute
                             features=tuple(arch["predictor_features"]), rngs=nnx.Rngs(seed))
 
 
-def build_shift(latent_dim: int, num_entries: int, hidden, seed: int = 0) -> ShiftPredictor:
-  return ShiftPredictor(latent_dim, num_entries, hidden=tuple(int(h) for h in hidden),
-                        rngs=nnx.Rngs(seed))
+def build_shift(latent_shape, num_entries: int, hidden, seed: int = 0):
+  """An MLP shift for a latent vector, a convolutional one for a latent grid (h, w, c)."""
+  hidden, rngs = tuple(int(h) for h in hidden), nnx.Rngs(seed)
+  if len(latent_shape) == 3:
+    return ConvShiftPredictor(latent_shape, num_entries, hidden=hidden, rngs=rngs)
+  return ShiftPredictor(int(np.prod(latent_shape)), num_entries, hidden=hidden, rngs=rngs)
 
 
 def vae_loss(vae: ConvVAE, images: jax.Array, key: jax.Array, beta):
@@ -404,19 +417,20 @@ def restore_networks(path, tree_dir, arch, names, metrics, shift_hidden=None,
   vae_def, abstract = None, {}
   if pretrained is None:
     vae_def, abstract["vae"] = nnx.split(nnx.eval_shape(lambda: build_vae(arch)))
-    latent_dim = int(arch["latent_dim"])
+    latent_shape = builtin_latent_shape(arch)
   else:
-    latent_dim = int(np.prod(pretrained.latent_shape))
+    latent_shape = pretrained.latent_shape
     abstract["probe"] = jax.ShapeDtypeStruct((2,) + pretrained.image_shape, jnp.float32)
     if num_latents:
-      abstract["latents"] = jax.ShapeDtypeStruct((int(num_latents), latent_dim), jnp.float32)
+      abstract["latents"] = jax.ShapeDtypeStruct(
+          (int(num_latents), int(np.prod(latent_shape))), jnp.float32)
   pred_def = None
   if names:
     pred_def, abstract["predictor"] = nnx.split(nnx.eval_shape(
         lambda: build_predictor(arch, len(names))))
   if shift_hidden is not None:
     abstract["shift"] = nnx.state(nnx.eval_shape(
-        lambda: build_shift(latent_dim, len(names) + 1, shift_hidden)))
+        lambda: build_shift(latent_shape, len(names) + 1, shift_hidden)))
   tree = persistence.restore(path, tree_dir, abstract)
   if pretrained is not None and not np.allclose(probe_decodings(pretrained), tree["probe"],
                                                 atol=1e-3):

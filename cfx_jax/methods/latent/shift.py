@@ -35,6 +35,17 @@ def decode_latent(gen: LatentGenerator, params, z):
   return gen.decode_fn(params["generator"], z)
 
 
+def shift_size(dz, latent_shape, local: bool = False):
+  """|dz|_2 per example; with `local` (a latent grid (h, w, c) only), the sum over grid
+  positions of each position's |dz|_2, a group lasso: moving one position costs the same
+  as before, spreading the same change over many costs more, so the edit stays where the
+  evidence is."""
+  if not local:
+    return jnp.sqrt(jnp.sum(jnp.square(dz), axis=-1) + 1e-12)
+  per_position = dz.reshape((dz.shape[0], -1, latent_shape[-1]))
+  return jnp.sum(jnp.sqrt(jnp.sum(jnp.square(per_position), axis=-1) + 1e-12), axis=-1)
+
+
 def shift_loss(shift: ShiftPredictor, gen: LatentGenerator, classifier: Classifier, frozen,
                images, key, cfg):
   """The shift-training objective on one batch (see the module docstring)."""
@@ -71,7 +82,7 @@ def shift_loss(shift: ShiftPredictor, gen: LatentGenerator, classifier: Classifi
   c = float(cfg.keep_clip)
   keep = jnp.sum(held * optax.huber_loss(jnp.clip(after[:, :k], -c, c),
                                          jnp.clip(before[:, :k], -c, c)), axis=-1)
-  norm = jnp.sqrt(jnp.sum(jnp.square(dz), axis=-1) + 1e-12)
+  norm = shift_size(dz, gen.latent_shape, bool(cfg.shift_local))
   loss = jnp.mean(change + keep_weight * keep + float(cfg.shift_norm) * norm)
   reached = jnp.sum(requested * ((after > 0) == (value[:, None] > 0.5)), axis=-1)
   kept = jnp.sum(held * ((after[:, :k] > 0) == (before[:, :k] > 0)), axis=-1)
@@ -97,7 +108,7 @@ def train_shift(gen: LatentGenerator, classifier: Classifier, images: np.ndarray
   generator's architecture and the shift settings), so explainers of several classifiers
   can share a workdir and its generator.
   """
-  graphdef, params = nnx.split(build_shift(gen.latent_dim, gen.num_attributes + 1,
+  graphdef, params = nnx.split(build_shift(gen.latent_shape, gen.num_attributes + 1,
                                             cfg.shift_hidden, int(cfg.seed) + 2))
   frozen = {**gen.params(), "classifier": classifier.params}
 
@@ -110,6 +121,7 @@ def train_shift(gen: LatentGenerator, classifier: Classifier, images: np.ndarray
           "weights": [float(cfg[k]) for k in ("shift_norm", "margin", "keep", "keep_clip",
                                                "outcome_keep", "flip_fraction",
                                                "prior_fraction")],
+          "shift_local": bool(cfg.shift_local),
           "learning_rate": float(cfg.learning_rate), "seed": int(cfg.seed),
           "batch_size": int(cfg.batch_size)}
   run = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:10]

@@ -17,7 +17,8 @@ generative latent spaces" (arXiv 2206.05257). Three learned pieces:
                 labelled images), plus the classifier itself as one more attribute, the
                 last one, named "outcome" (its probability of class 1).
   shift         an MLP (z, t) -> dz, t in {-1, 0, +1}^(K+1) the requested changes, trained
-                so that the predictors on G(z + dz) show them.
+                so that the predictors on G(z + dz) show them; for a latent grid (h, w, c),
+                as the VAE's with `spatial_latent=True`, 3x3 convs over the grid instead.
 
 Shift training (one jitted step): latents z come from the prior and from encoded
 training images; each example requests one change (an attribute or the outcome, chosen
@@ -28,7 +29,7 @@ logits of the predictors on G(z + dz), l0_j on G(z) and s = +-1 the requested di
   softplus(margin - s * l_requested)            BCE towards the requested value; the
                                                 margin makes the edit clear, not borderline
   + keep * sum_j huber(clip(l_j) - clip(l0_j))  j: the other attributes (not the outcome)
-  + shift_norm * |dz|_2
+  + shift_norm * |dz|_2                         (`shift_local`: summed over grid positions)
 
 The keep term compares (clipped) logits rather than decisions: a lesion that fades under
 a brightness edit but is still just detected keeps its decision, yet it has changed, and

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 import warnings
 
-import jax
 import numpy as np
 
+from benchmarks.step_time import environment
 from cfx_jax import report
 from cfx_jax.data import make_lesions
 from cfx_jax.methods.disc import auxiliary as aux_lib
@@ -130,8 +129,7 @@ def main(argv=None):
           flush=True)
   cfg = disc_config(**overrides)
   result = {
-      "device": jax.devices()[0].device_kind, "host": platform.processor() or platform.machine(),
-      "cpu_count": os.cpu_count(), "jax": jax.__version__, "smoke": args.smoke,
+      **environment(), "smoke": args.smoke,
       "images": int(len(x)), "image_shape": list(x.shape[1:]),
       "classifier_test_accuracy": float(np.mean(clf.predict(test["image"]) == test["label"])),
       "auxiliary_test_accuracy": float(np.mean(aux.predict(test["image"]) == test["label"])),

@@ -32,16 +32,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 import types
 import warnings
 
-import jax
 import numpy as np
 
 import cfx_jax
 from benchmarks import disc_ablation
+from benchmarks.step_time import environment
 from cfx_jax import report
 from cfx_jax.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from cfx_jax.jobs import classifier_training
@@ -226,8 +225,7 @@ def main(argv=None):
   boundary = boundary_study(clf, explainers, train, test, args)
   corruptions, figure = corruption_study(clf, oracle, explainers, test, args)
   result = {
-      "device": jax.devices()[0].device_kind, "host": platform.processor() or platform.machine(),
-      "cpu_count": os.cpu_count(), "jax": jax.__version__, "smoke": args.smoke,
+      **environment(), "smoke": args.smoke,
       "image_shape": list(train["image"].shape[1:]),
       "classifier_test_accuracy": float(np.mean(clf.predict(test["image"]) == test["label"])),
       "oracle_test_accuracy": oracle.test_accuracy, "setup_seconds": round(setup_s, 1),

@@ -37,9 +37,10 @@ from configs import common
 # Every variant starts from the defaults before this study (residual generator, direct
 # L1 proximity, the papers' loss weights, one learning rate); these restore them.
 PREVIOUS_DEFAULTS = {"weights.cycle_grad": 1.0, "weights.adv": 0.25,
-                     "disc_lr_scale": 1.0}
+                     "disc_lr_scale": 1.0, "weights.tv": 0.0, "weights.flip_partial": 0.0}
 
-# SyCE's default now (the variant detach_adv1_lr4).
+# SyCE's second default (the variant detach_adv1_lr4); its third, the current one, adds
+# a weakened-edit flip and a total-variation proximity (default_partial5_tv3).
 NEW_DEFAULT = {"weights.cycle_grad": 0.0, "weights.adv": 1.0, "disc_lr_scale": 4.0}
 
 # The flip loss of ten-class SyCE before its multi-class defaults raised it (flip weight
@@ -87,6 +88,15 @@ VARIANTS = {
                                        "weights.flip_margin": 5.0, "weights.l1_cap": 0.1},
     "default_flipjitter_disc2_margin5": {**NEW_DEFAULT, "flip_jitter": 1.0, "disc_steps": 2,
                                          "weights.flip_margin": 5.0},
+    # The flip also asked of a random share in [1 - p, 1] of the edit (flip_partial p):
+    "default_partial3": {**NEW_DEFAULT, "weights.flip_partial": 0.3},
+    "default_partial4": {**NEW_DEFAULT, "weights.flip_partial": 0.4},
+    # ... and the edit's total variation charged (weights.tv):
+    "default_partial3_tv1": {**NEW_DEFAULT, "weights.flip_partial": 0.3, "weights.tv": 1.0},
+    "default_partial3_tv3": {**NEW_DEFAULT, "weights.flip_partial": 0.3, "weights.tv": 3.0},
+    "default_partial4_tv1": {**NEW_DEFAULT, "weights.flip_partial": 0.4, "weights.tv": 1.0},
+    "default_partial5_tv1": {**NEW_DEFAULT, "weights.flip_partial": 0.5, "weights.tv": 1.0},
+    "default_partial5_tv3": {**NEW_DEFAULT, "weights.flip_partial": 0.5, "weights.tv": 3.0},
     # Ten classes, on top of the defaults (which drop SyCE's symmetric term, train half
     # the images toward their runner-up class and push the flip harder when there are
     # more than two classes):
@@ -150,8 +160,6 @@ def main():
 
   out_path = args.out or os.path.join(
       os.path.dirname(__file__), "results", f"counterfactual_truth_{args.task}.json")
-  results = json.load(open(out_path)) if os.path.exists(out_path) else {}
-  results.setdefault("variants", {})
   n = args.num_images
   for name in args.variants.split(","):
     c = explainer_config(args.method)
@@ -162,6 +170,8 @@ def main():
     explainer = train_explainer(clf, train["image"], c)
     fit_s = time.time() - t0
     out = explainer.explain(test["image"][:n])
+    np.save(os.path.join(workdir, f"{args.method}_{name}_counterfactuals.npy"),
+            np.asarray(out.counterfactual))
     row = {"method": args.method, "steps": args.steps, "batch_size": args.batch_size,
            "overrides": VARIANTS[name],
            "fit_seconds": round(fit_s, 1), "flip_rate": float(np.mean(out.flipped)),
@@ -171,7 +181,6 @@ def main():
       has = test["mask"][:n].reshape(n, -1).max(1) > 0
       row["pixel_auroc"] = localization_report(out.maps[has], test["mask"][:n][has])[
           "pixel_auroc"]
-    results["variants"][f"{args.method}/{name}"] = row
     # What a person sees: lesion images first, with the twin and the oracle's verdict.
     rows = np.argsort(-test["label"][:n], kind="stable")[:6].tolist() + [
         int(i) for i in np.flatnonzero(test["label"][:n] == 0)[:2]]
@@ -182,6 +191,9 @@ def main():
         twins=test["twin"][:n][rows] if "twin" in test else None,
         oracle_predictions=oracle.predict(sub.counterfactual),
         class_names=CLASS_NAMES.get(args.task))
+    # Re-read just before writing: runs of other variants may share the file.
+    results = json.load(open(out_path)) if os.path.exists(out_path) else {}
+    results.setdefault("variants", {})[f"{args.method}/{name}"] = row
     results.update(task=args.task, classifier_accuracy=accuracy,
                    oracle_accuracy=oracle.test_accuracy, num_images=n)
     print(json.dumps({name: row}, indent=1), flush=True)

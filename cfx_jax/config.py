@@ -68,11 +68,13 @@ def explainer_config(method: str = "syce", preset: str = "small") -> ml_collecti
 
 
 def paper_form(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The papers' exact form: re-synthesis with tanh, no direct L1 proximity, the papers'
-  adversarial weight, cycles that train both passes, one discriminator learning rate."""
+  """The papers' exact form: re-synthesis with tanh, no direct L1 or total-variation
+  proximity, the papers' adversarial weight and flip, cycles that train both passes, one
+  discriminator learning rate."""
   c = c.copy_and_resolve_references()
   c.model.residual = False
   c.weights.l1 = 0.0
+  c.weights.tv, c.weights.flip_partial = 0.0, 0.0
   for name in ("cycle_grad", "adv"):
     if name in c.weights:
       del c.weights[name]

@@ -51,6 +51,15 @@ def np_l0(a, b, scale=0.05):
   return np.mean(d / (d + scale))
 
 
+def np_tv(a, b):
+  """Total variation of the edit, loop over neighbours written out."""
+  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  h, w = d.shape[-3], d.shape[-2]
+  down = [np.abs(d[..., i + 1, :, :] - d[..., i, :, :]) for i in range(h - 1)]
+  right = [np.abs(d[..., :, j + 1, :] - d[..., :, j, :]) for j in range(w - 1)]
+  return np.mean(np.stack(down)) + np.mean(np.stack(right))
+
+
 def np_logits(x, num_classes):
   """NumPy twin of `jax_logits`."""
   x = np.asarray(x, np.float64)
@@ -63,7 +72,7 @@ def np_logits(x, num_classes):
 
 def jax_logits(num_classes):
   """Linear classifiers on a 4x4 patch: binary (0, s) or one logit per channel."""
-  def f(x):
+  def f(x, start=None):  # `start`: where the flip's edit began (the train step's contract)
     means = jnp.mean(x[:, PATCH[0], PATCH[1], :], axis=(1, 2))
     if num_classes == 2:
       s = 20.0 * jnp.mean(means, axis=-1) + 0.05
@@ -182,9 +191,9 @@ def test_gradient_penalty_quadratic_critic_interpolates():
 # Composite losses ---------------------------------------------------------------
 
 EXPECTED_TERMS = {
-    "syce": {"flip", "adv", "cycle", "cycle_cls", "sym", "sym_cls", "l1", "l0"},
-    "cyce": {"flip", "adv", "cycle", "cycle_cls", "l1", "l0"},
-    "sagen": {"flip", "keep", "adv", "stable_prox", "l1", "l0"},
+    "syce": {"flip", "adv", "cycle", "cycle_cls", "sym", "sym_cls", "l1", "l0", "tv"},
+    "cyce": {"flip", "adv", "cycle", "cycle_cls", "l1", "l0", "tv"},
+    "sagen": {"flip", "keep", "adv", "stable_prox", "l1", "l0", "tv"},
 }
 B = 3
 
@@ -245,6 +254,7 @@ def _reference_terms(name, gen, disc, xs, sources, targets, k):
         "stable_prox": np_mse_mae(stable, xn),
         "l1": np_l1(adv, xn),
         "l0": np_l0(adv, xn),
+        "tv": np_tv(adv, xn),
     }
   xa = gen(x, src, tgt)
   cycled = np.asarray(gen(xa, tgt, src))
@@ -255,6 +265,7 @@ def _reference_terms(name, gen, disc, xs, sources, targets, k):
       "cycle_cls": np_ce(np_logits(cycled, k), s),
       "l1": np_l1(xa, xn),
       "l0": np_l0(xa, xn),
+      "tv": np_tv(xa, xn),
   }
   if name == "syce":
     twice = np.asarray(gen(xa, src, tgt))
@@ -424,6 +435,19 @@ def test_paper_form_drops_l1_and_residual():
   c = cfx_jax.paper_form(cfx_jax.explainer_config("cyce"))
   assert c.weights.l1 == 0.0 and c.model.residual is False
   assert cfx_jax.explainer_config("cyce").model.residual is True
+  syce = GENERATORS["syce"]
+  paper = syce.weights(2, dict(cfx_jax.paper_form(cfx_jax.explainer_config("syce")).weights))
+  assert paper["tv"] == 0.0 and paper["flip_partial"] == 0.0
+
+
+def test_weakened_edit_flip_and_smooth_edit_are_two_class_syce_defaults():
+  """Measured on two classes only (README, fourth round); more classes keep without."""
+  syce = GENERATORS["syce"]
+  assert (syce.weights(2, {})["tv"], syce.weights(2, {})["flip_partial"]) == (3.0, 0.5)
+  assert (syce.weights(10, {})["tv"], syce.weights(10, {})["flip_partial"]) == (0.0, 0.0)
+  for name in ("cyce", "sagen"):
+    assert (GENERATORS[name].weights(2, {})["tv"],
+            GENERATORS[name].weights(2, {})["flip_partial"]) == (0.0, 0.0)
 
 
 def test_paper_preset_widths_build_a_paper_size_generator():

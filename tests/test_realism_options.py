@@ -80,6 +80,21 @@ def test_edited_fraction_counts_pixels_not_amounts():
   assert float(losses.l1(large, x)) == pytest.approx(100 * float(losses.l1(small, x)))
 
 
+def test_edit_variation_charges_speckle_not_a_flat_fill():
+  """Erasing a disc to its background costs edges only; speckle of 0.4 times its
+  amplitude on the same pixels costs more; a uniform shift of the image costs nothing."""
+  yy, xx = np.mgrid[:16, :16]
+  disc = ((yy - 8) ** 2 + (xx - 8) ** 2 < 16).astype(np.float32)[None, :, :, None]
+  x = jnp.asarray(0.5 * disc * np.ones((1, 1, 1, 3), np.float32))
+  erased = jnp.zeros_like(x)
+  speckle = x + 0.2 * disc * jnp.asarray(
+      np.random.default_rng(0).choice([-1.0, 1.0], x.shape), jnp.float32)
+  tv = lambda a: float(losses.edit_variation(a, x))
+  assert tv(x + 0.3) == pytest.approx(0.0, abs=1e-7)
+  assert tv(speckle) > tv(erased) > 0
+  assert float(losses.l1(speckle, x)) < float(losses.l1(erased, x))
+
+
 @pytest.mark.parametrize("name", ["syce", "sagen"])
 def test_step_with_every_option_is_finite_and_deterministic(name):
   w = np.linspace(-1, 1, 16 * 16 * 3).reshape(16, 16, 3).astype(np.float32)
@@ -89,7 +104,8 @@ def test_step_with_every_option_is_finite_and_deterministic(name):
 
   def run():
     models, state = gan.init(GENERATORS[name], spec, seed=0, lr=1e-3, b1=0.5, disc_lr_scale=2.0)
-    step = jax.jit(gan.make_train_step(GENERATORS[name], models, clf.apply, {"l0": 1.0},
+    step = jax.jit(gan.make_train_step(GENERATORS[name], models, clf.apply,
+                                       {"l0": 1.0, "tv": 1.0, "flip_partial": 0.5},
                                        disc_steps=2, disc_jitter=1.0, flip_jitter=1.0))
     for _ in range(2):
       state, metrics = step(state, clf.params, x)
@@ -102,6 +118,22 @@ def test_step_with_every_option_is_finite_and_deterministic(name):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match="disc_steps"):
     gan.make_train_step(GENERATORS[name], None, clf.apply, {}, disc_steps=0)
+  with pytest.raises(ValueError, match="flip_partial"):
+    gan.make_train_step(GENERATORS[name], None, clf.apply, {"flip_partial": 1.0})
+
+
+def test_partial_edit_scales_each_images_edit_by_one_share_in_range():
+  start = jnp.asarray(X[:4])
+  edited = start + jnp.asarray(np.random.default_rng(1).normal(size=start.shape), jnp.float32)
+  out = np.asarray(gan.partial_edit(jax.random.key(0), start, edited, 0.4))
+  diff = np.asarray(edited - start)
+  shares = np.sum(diff * (out - np.asarray(start)), axis=(1, 2, 3)) / np.sum(diff ** 2, (1, 2, 3))
+  np.testing.assert_allclose(out, np.asarray(start) + shares[:, None, None, None] * diff,
+                             atol=1e-5)
+  assert np.all((shares >= 0.6 - 1e-6) & (shares <= 1.0 + 1e-6))
+  assert np.ptp(shares) > 0   # one draw per image, not one for the batch
+  np.testing.assert_allclose(gan.partial_edit(jax.random.key(0), start, edited, 0.0), edited,
+                             atol=1e-6)
 
 
 def test_step_with_runner_up_targets_is_finite_and_deterministic():

@@ -7,6 +7,7 @@ import pytest
 from cfx_jax.data import lesion_twins, make_lesions
 from cfx_jax.explanation import Explanation
 from cfx_jax.metrics import change_outside, truth_report, twin_removal
+from cfx_jax.metrics.truth import edit_concentration
 from cfx_jax.metrics import oracle as oracle_lib
 
 
@@ -77,6 +78,20 @@ def test_truth_report_scores_true_counterfactuals_perfectly():
   assert r["twin_images"] == int(d["label"].sum())
   assert set(r["oracle_agreement_by_direction"]) == {"0->1", "1->0"}
   assert "fid" in r["oracle_realism"]
+  assert r["added_concentration_median"] == pytest.approx(1.0)
+
+
+def test_concentration_is_one_for_a_drawn_spot_and_low_for_stripes(twins):
+  x, x0, m = twins
+  # Adding the true lesion (the twin read backwards) is one lesion-sized spot.
+  np.testing.assert_allclose(edit_concentration(x0, x, radius=0.15 * 32), 1.0)
+  stripes = x0 + 0.1 * np.sin(np.arange(32) * 1.3)[None, :, None, None]
+  assert np.all(edit_concentration(x0, stripes, radius=0.15 * 32) < 0.2)
+  two_spots = x0.copy()
+  two_spots[:, 2:5, 2:5] += 0.3
+  two_spots[:, 26:29, 26:29] += 0.3
+  np.testing.assert_allclose(edit_concentration(x0, two_spots, radius=3), 0.5, atol=1e-6)
+  assert np.isnan(edit_concentration(x0, x0, radius=3)).all()
 
 
 def _small_split(seed):

@@ -16,8 +16,9 @@ import numpy as np
 
 from cfx_jax.data.resize import bilinear_matrix
 
-# Relative sizes, as fractions of the image side.
-_LESION_RADIUS = (0.07, 0.15)
+# Relative sizes, as fractions of the image side (the lesion's is public: the truth
+# scores size a lesion-sized spot by it).
+LESION_RADIUS = (0.07, 0.15)
 _CORE_FRACTION = 0.5  # core radius relative to the lesion radius
 _DISC_RADIUS = (0.07, 0.16)
 _SQUARE_HALF = (0.07, 0.15)
@@ -112,7 +113,7 @@ def _render(params, coarse, grain_noise, labels, image_size, channels):
   # Lesion: a target (core and rim of opposite contrast) in positives only.
   lp = params[:, _P_LESION:_P_LESION + 5]
   # Pixel floors keep the core and rim non-empty on small images.
-  radius = np.maximum(_lerp(lp[:, 2], _LESION_RADIUS) * s, 2.0)
+  radius = np.maximum(_lerp(lp[:, 2], LESION_RADIUS) * s, 2.0)
   margin = radius + 1.0
   cx = (margin + lp[:, 0] * (s - 2 * margin))[:, None, None]
   cy = (margin + lp[:, 1] * (s - 2 * margin))[:, None, None]

@@ -21,7 +21,9 @@ from flax import nnx
 
 from cfx_jax.methods import losses
 
-Logits = Callable[[jax.Array], jax.Array]
+# The classifier as the train step queries it: `f(images, start=None) -> logits`. The flip
+# term passes `start`, the images its edit began from (gan.partial_edit).
+Logits = Callable[..., jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)

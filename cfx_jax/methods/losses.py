@@ -62,6 +62,19 @@ def edited_fraction(a: jax.Array, b: jax.Array, scale: float = 0.05) -> jax.Arra
   return jnp.mean(d / (d + scale))
 
 
+def edit_variation(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Total variation of the edit a - b: mean |difference| between neighbouring pixels.
+
+  Charges how rough an edit is, not how large: a lesion erased down to a flat background
+  changes only at the lesion's own edges, while fine speckle that scrambles the
+  evidence for the classifier (and leaves it visible to a person) pays at every pixel.
+  """
+  d = a - b
+  dy = jnp.abs(d[..., 1:, :, :] - d[..., :-1, :, :])
+  dx = jnp.abs(d[..., :, 1:, :] - d[..., :, :-1, :])
+  return jnp.mean(dy) + jnp.mean(dx)
+
+
 def gradient_penalty(critic, real: jax.Array, fake: jax.Array, key: jax.Array) -> jax.Array:
   """Mean (||grad critic(interp)|| - 1)^2 on random interpolates of real and fake.
 

@@ -11,6 +11,10 @@ counterfactual image itself:
   a colour shift on the evidence scores near 0 or below.
 - change outside the evidence: mean |cf - x| off the mask; a counterfactual should
   not repaint the rest of the image.
+- concentration of added evidence: where the counterfactual adds a lesion, the largest
+  share of its change that one lesion-sized disc holds. A drawn lesion is one spot
+  (the true twin scores 1); texture spread over the image, which can fool the oracle
+  too, scores low.
 - oracle agreement: the share of counterfactuals that an independently trained,
   augmentation-hardened classifier (`cfx_jax.metrics.oracle`) assigns to the target
   class. The explained classifier was the generator's adversary during training, so
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cfx_jax.data.lesions import LESION_RADIUS
 from cfx_jax.metrics.realism import frechet_distance, kernel_inception_distance
 
 
@@ -56,6 +61,22 @@ def change_outside(x_batch, cf_batch, s_batch) -> np.ndarray:
   values = np.sum(off, axis=(1, 2, 3)) * x.shape[-1]
   with np.errstate(invalid="ignore", divide="ignore"):
     return np.sum(off * np.abs(cf - x), axis=(1, 2, 3)) / values
+
+
+def edit_concentration(x_batch, cf_batch, radius: float) -> np.ndarray:
+  """Per image (N,): the largest share of sum_c |cf - x| inside one disc of `radius`
+  pixels, over every centre; NaN for an unchanged image."""
+  x = np.asarray(x_batch, np.float64)
+  change = np.sum(np.abs(_check("cf_batch", cf_batch, x.shape) - x), axis=-1)
+  r = int(np.floor(radius))
+  offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)
+             if dy * dy + dx * dx <= radius * radius]
+  padded = np.pad(change, ((0, 0), (r, r), (r, r)))
+  h, w = change.shape[1:]
+  inside = sum(padded[:, r + dy:r + dy + h, r + dx:r + dx + w] for dy, dx in offsets)
+  total = np.sum(change, axis=(1, 2))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(total > 0, np.max(inside, axis=(1, 2)) / total, np.nan)
 
 
 def agreement(oracle_predictions, target) -> np.ndarray:
@@ -133,4 +154,9 @@ def truth_report(test: dict, out, oracle, *, realism: bool = True) -> dict:
           twin_removal_mean=float(np.nanmean(removal)),
           change_outside_evidence=float(np.mean(outside)),
           twin_images=int(removal_rows.sum()))
+    adding_rows = (labels == 0) & (target == 1)
+    if adding_rows.any():
+      radius = LESION_RADIUS[1] * x.shape[1]
+      report["added_concentration_median"] = float(np.nanmedian(
+          edit_concentration(x[adding_rows], cf[adding_rows], radius)))
   return report

@@ -68,6 +68,20 @@ class Jittered:
     return self.disc.grouped(augment.jitter(key, xs, self.strength), classes)
 
 
+def partial_edit(key: jax.Array, start: jax.Array, edited: jax.Array,
+                 share: float) -> jax.Array:
+  """`start + k * (edited - start)` with k uniform in [1 - share, 1], one k per image.
+
+  Asking the classifier to flip even when only part of the edit is applied rules out
+  edits that stop just past its decision boundary: a lesion faded until the classifier
+  no longer sees it, but still visible as a ghost ring, passes at k = 1 and fails at
+  k < 1. A drawn lesion must likewise be strong enough to survive being weakened.
+  """
+  k = jax.random.uniform(key, (start.shape[0],) + (1,) * (start.ndim - 1),
+                         minval=1.0 - share, maxval=1.0)
+  return start + k * (edited - start)
+
+
 def make_train_step(method: Method, models: GanModels, classifier_apply, weights: dict, *,
                     disc_steps: int = 1, disc_jitter: float = 0.0, flip_jitter: float = 0.0,
                     runner_up_share: float = 0.0):
@@ -77,10 +91,14 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
   discriminator updates (each with its own directions) precede the generator update;
   `disc_jitter` and `flip_jitter` are the strengths of the photometric jitter the
   discriminator and the classifier see (0: none); `runner_up_share` see `directions`.
-  `weights` override the method's defaults for the step's number of classes.
+  `weights` override the method's defaults for the step's number of classes; the weight
+  `flip_partial` (0: off) is the share of the edit that the flip may leave out
+  (`partial_edit`).
   """
   if disc_steps < 1:
     raise ValueError(f"disc_steps must be >= 1, got {disc_steps}")
+  if not 0.0 <= weights.get("flip_partial", 0.0) < 1.0:
+    raise ValueError(f"flip_partial must be in [0, 1), got {weights['flip_partial']}")
 
   def judge(disc, key):
     return Jittered(disc, key, disc_jitter) if disc_jitter > 0 else disc
@@ -89,18 +107,21 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
     num_classes = images.shape[0]
     w = method.weights(num_classes, weights)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-    k_dir, k_gp, k_dj, k_gj, k_fj = jax.random.split(key, 5)
+    k_dir, k_gp, k_dj, k_gj, k_fj, k_fp = jax.random.split(key, 6)
     runner_ups = None
     if num_classes > 2 and runner_up_share > 0:
       logits = classifier_apply(clf_params, flatten_groups(images)).astype(jnp.float32)
       runner_ups = other_class(logits).reshape(images.shape[:2])
     draw = lambda k: directions(num_classes, k, runner_ups, runner_up_share)
     sources, targets, shift = draw(k_dir)
-    if flip_jitter > 0:
-      f = lambda x: classifier_apply(
-          clf_params, augment.jitter(k_fj, x, flip_jitter)).astype(jnp.float32)
-    else:
-      f = lambda x: classifier_apply(clf_params, x).astype(jnp.float32)
+
+    def f(x, start=None):
+      """Classifier logits; with `start`, the images the edit began from (for the flip)."""
+      if start is not None and w.get("flip_partial", 0.0) > 0:
+        x = partial_edit(k_fp, start, x, w["flip_partial"])
+      if flip_jitter > 0:
+        x = augment.jitter(k_fj, x, flip_jitter)
+      return classifier_apply(clf_params, x).astype(jnp.float32)
     gen = nnx.merge(models.gen_def, state.gen)
 
     disc_params, disc_opt = state.disc, state.disc_opt

@@ -20,7 +20,7 @@ class StableAdversarialExplainer(Method):
   name = "sagen"
   paper_map_reference = "stable"
   default_weights = dict(flip=0.2, keep=0.2, adv=0.25, stable_prox=10.0, l1=1.0,
-                         l1_cap=0.0, l0=0.0, gp=1.0)
+                         l1_cap=0.0, l0=0.0, tv=0.0, gp=1.0, flip_partial=0.0)
 
   def build(self, spec: ModelSpec, rngs: nnx.Rngs):
     gen = TwoHeadGenerator(spec.channels, spec.num_classes, features=spec.gen_features,
@@ -39,12 +39,13 @@ class StableAdversarialExplainer(Method):
     src, tgt = group_labels(sources, b), group_labels(targets, b)
     stable, adv = gen.grouped(xs, targets)
     terms = {
-        "flip": losses.cross_entropy(f(flatten_groups(adv)), tgt),
+        "flip": losses.cross_entropy(f(flatten_groups(adv), start=flatten_groups(xs)), tgt),
         "keep": losses.cross_entropy(f(flatten_groups(stable)), src),
         "adv": losses.bce_logits(disc.grouped(adv, targets), real=True),
         "stable_prox": losses.mse_mae(stable, xs),
         "l1": losses.l1(adv, xs, w.get("l1_cap", 0.0)),
         "l0": losses.edited_fraction(adv, xs),
+        "tv": losses.edit_variation(adv, xs),
     }
     return weighted_total(terms, w)
 

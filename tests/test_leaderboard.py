@@ -39,7 +39,8 @@ def test_leaderboard_job_writes_every_method(tmp_path):
   assert set(result["methods"]) == {"cyce", "fido", "gradient", "random"}
   cyce = result["methods"]["cyce"]["scores"]
   assert cyce["pixel_auroc"]["n"] == 2              # one sample per seed
-  for truth in ("twin_removal", "change_outside", "oracle_agreement", "fid_oracle"):
+  for truth in ("twin_removal", "change_outside", "added_concentration", "oracle_agreement",
+                "fid_oracle"):
     assert cyce[truth]["n"] == 2, truth
   assert "twin_removal" not in result["methods"]["gradient"]["scores"]
   assert result["methods"]["fido"]["num_images"] == 16

@@ -157,6 +157,8 @@ evidence where the dataset has it.
 - `twin_removal_median`: 1 - sum |cf - twin| / sum |input - twin| over the lesion, for
   images whose lesion the counterfactual should remove; 1 = removed and background
   restored, 0 = untouched. `change_outside_evidence`: mean |cf - input| off the lesion.
+- `added_concentration_median`: for images that should gain a lesion, the share of the
+  change inside the best-placed lesion-sized disc; 1 = one spot, as a drawn lesion.
 - `oracle_realism`: FID and KID of the counterfactuals against real images of their
   target class, in the oracle's features.
 - `pixel_auroc`: how well map values rank evidence pixels above the rest (0.5 = chance).

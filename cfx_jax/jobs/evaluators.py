@@ -126,6 +126,8 @@ def truth(name, x, out, masks, ctx: Scoring) -> dict:
   if "twin_removal_median" in t:
     scores.update(twin_removal=t["twin_removal_median"],
                   change_outside=t["change_outside_evidence"])
+  if "added_concentration_median" in t:
+    scores["added_concentration"] = t["added_concentration_median"]
   return scores
 
 

@@ -253,9 +253,9 @@ COLUMNS = {
                      "pointing_game", "relevance_mass", "relevance_rank"],
     "faithfulness and sanity": ["deletion_auc", "insertion_auc", "randomisation_correlation"],
     "counterfactual": ["flip_rate", "preservation_rate", "proximity_l1", "sparsity"],
-  "counterfactual truth": ["twin_removal", "change_outside", "oracle_agreement",
-                           "oracle_agreement_1->0", "oracle_agreement_0->1", "fid_oracle",
-                           "kid_oracle"],
+    "counterfactual truth": ["twin_removal", "change_outside", "added_concentration",
+                             "oracle_agreement", "oracle_agreement_1->0",
+                             "oracle_agreement_0->1", "fid_oracle", "kid_oracle"],
     "realism": ["fid_classifier", "kid_classifier", "fid_autoencoder", "kid_autoencoder"],
 }
 
@@ -348,7 +348,9 @@ _HOW_TO_READ = """\
 - Counterfactual truth: `twin_removal` (median) is how much of the lesion the
   counterfactual removed against the image's exact twin without it (1 = gone and the
   background restored, 0 = untouched), `change_outside` the mean change per value off
-  the lesion; `oracle_agreement` the share of counterfactuals an independently trained,
+  the lesion, `added_concentration` (median) the share of a lesion-free image's change
+  toward "lesion" that one lesion-sized disc holds (1 = one spot, as a drawn lesion;
+  low = texture spread over the image); `oracle_agreement` the share of counterfactuals an independently trained,
   colour-jitter-hardened classifier assigns to the target (overall and per direction),
   `fid_oracle`/`kid_oracle` realism in that oracle's features. The explained classifier
   was the generator's adversary in training; the oracle was not.

@@ -1,6 +1,6 @@
 """Quick start: classifier + SyCE explainer on the lesion set, scored against the masks.
 
-The explainer trains in about 9 minutes on a 2-core CPU. Other methods:
+The explainer trains in 8 to 17 minutes on a 2-core CPU (README). Other methods:
 --config.explainer.method=cyce|sagen.
 """
 

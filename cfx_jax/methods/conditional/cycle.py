@@ -32,19 +32,15 @@ class CycleExplainer(Method):
     self.default_weights = dict(
         flip=0.2, adv=0.25, cycle=2.0 if symmetric else 10.0, cycle_cls=0.005,
         sym=10.0 if symmetric else 0.0, sym_cls=0.01 if symmetric else 0.0,
-        l1=1.0, l1_cap=0.0, l0=0.0, gp=1.0, cycle_grad=1.0, flip_margin=0.0,
-        # SyCE with two classes: the flip asked of a weakened edit and the edit's total
-        # variation charged. On the lesion set they took the oracle's agreement with
-        # added lesions from 0.45 to 0.94 and halved the change outside the lesion
-        # (README "Counterfactual truth", fourth round); not measured with more classes.
-        tv=3.0 if symmetric else 0.0, flip_partial=0.5 if symmetric else 0.0)
+        l1=1.0, l1_cap=0.0, l0=0.0, tv=0.0, gp=1.0, cycle_grad=1.0, flip_margin=0.0,
+        flip_partial=0.0)
     # With more than two classes the symmetric term asks G(., s -> t) to undo itself on
     # an image that starts as the input, and the conditional generator stays the identity
     # (ten-class Fashion-MNIST: mean change 7e-5, flip 0). Without it, a flip weight of 1
     # and a margin of 3 took SyCE from flip 0.59 to 0.80 at 300 steps, and to 0.965
     # (oracle 0.867) at 600 (README "Ten classes").
-    self.multiclass_weights = (dict(sym=0.0, sym_cls=0.0, flip=1.0, flip_margin=3.0,
-                                    tv=0.0, flip_partial=0.0) if symmetric else {})
+    self.multiclass_weights = (dict(sym=0.0, sym_cls=0.0, flip=1.0, flip_margin=3.0)
+                               if symmetric else {})
 
   def trains_stable(self, weights: dict[str, float]) -> bool:
     """SyCE's stable image G(G(x)) is trained only by its symmetric terms; CyCE's cycle

@@ -1,5 +1,7 @@
 """Ground-truth counterfactual scores: twins, change outside the evidence, the oracle."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -79,6 +81,11 @@ def test_truth_report_scores_true_counterfactuals_perfectly():
   assert set(r["oracle_agreement_by_direction"]) == {"0->1", "1->0"}
   assert "fid" in r["oracle_realism"]
   assert r["added_concentration_median"] == pytest.approx(1.0)
+  # Nothing added anywhere: the concentration is undefined and left out, not NaN.
+  negative = d["label"][:, None, None, None] == 0
+  unchanged = dataclasses.replace(
+      out, counterfactual=np.where(negative, d["image"], d["twin"]))
+  assert "added_concentration_median" not in truth_report(d, unchanged, _ThresholdOracle())
 
 
 def test_concentration_is_one_for_a_drawn_spot_and_low_for_stripes(twins):

@@ -155,8 +155,8 @@ def truth_report(test: dict, out, oracle, *, realism: bool = True) -> dict:
           change_outside_evidence=float(np.mean(outside)),
           twin_images=int(removal_rows.sum()))
     adding_rows = (labels == 0) & (target == 1)
-    if adding_rows.any():
-      radius = LESION_RADIUS[1] * x.shape[1]
-      report["added_concentration_median"] = float(np.nanmedian(
-          edit_concentration(x[adding_rows], cf[adding_rows], radius)))
+    concentration = edit_concentration(x[adding_rows], cf[adding_rows],
+                                       LESION_RADIUS[1] * x.shape[1])
+    if np.isfinite(concentration).any():  # undefined where nothing was changed
+      report["added_concentration_median"] = float(np.nanmedian(concentration))
   return report

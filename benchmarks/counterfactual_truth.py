@@ -39,8 +39,8 @@ from configs import common
 PREVIOUS_DEFAULTS = {"weights.cycle_grad": 1.0, "weights.adv": 0.25,
                      "disc_lr_scale": 1.0, "weights.tv": 0.0, "weights.flip_partial": 0.0}
 
-# SyCE's second default (the variant detach_adv1_lr4); its third, the current one, adds
-# a weakened-edit flip and a total-variation proximity (default_partial5_tv3).
+# SyCE's default now (the variant detach_adv1_lr4). The lesion quick start adds a
+# weakened-edit flip and a total-variation proximity (default_partial5_tv3).
 NEW_DEFAULT = {"weights.cycle_grad": 0.0, "weights.adv": 1.0, "disc_lr_scale": 4.0}
 
 # The flip loss of ten-class SyCE before its multi-class defaults raised it (flip weight

@@ -11,7 +11,8 @@ left alone, and do the maps still localise.
   python -m benchmarks.counterfactual_truth --task fashion10 --variants ten_default \
       --steps 600 --batch_size 80
 
-Results go to benchmarks/results/counterfactual_truth_<task>.json (merged by variant).
+Results go to benchmarks/results/counterfactual_truth_<task>.json (merged by variant);
+each variant's counterfactuals and figure to <workdir>/<task>/.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ VARIANTS = {
     "default_partial4_tv1": {**NEW_DEFAULT, "weights.flip_partial": 0.4, "weights.tv": 1.0},
     "default_partial5_tv1": {**NEW_DEFAULT, "weights.flip_partial": 0.5, "weights.tv": 1.0},
     "default_partial5_tv3": {**NEW_DEFAULT, "weights.flip_partial": 0.5, "weights.tv": 3.0},
+    "partial5_tv3": {"weights.flip_partial": 0.5, "weights.tv": 3.0},  # for CyCE, SAGen
     # Ten classes, on top of the defaults (which drop SyCE's symmetric term, train half
     # the images toward their runner-up class and push the flip harder when there are
     # more than two classes):

@@ -47,6 +47,15 @@ def check_image_shape(image_shape, levels: int) -> tuple[int, int, int]:
   return shape
 
 
+def vae_latent_shape(image_shape, latent_dim: int, levels: int,
+                     spatial: bool) -> tuple[int, ...]:
+  """The code's shape: (latent_dim,), or for a latent grid (H / 2^L, W / 2^L, latent_dim)."""
+  h, w, _ = check_image_shape(image_shape, levels)
+  if not spatial:
+    return (int(latent_dim),)
+  return (h // 2 ** levels, w // 2 ** levels, int(latent_dim))
+
+
 class ConvVAE(nnx.Module):
   """Encoder: stride-2 convs to an (H / 2^L, W / 2^L) grid, then mean and log-variance.
 
@@ -70,8 +79,7 @@ class ConvVAE(nnx.Module):
     self.spatial = bool(spatial)
     self.grid = (h // 2 ** len(features), w // 2 ** len(features), features[-1])
     flat = self.grid[0] * self.grid[1] * self.grid[2]
-    self.latent_shape = ((self.grid[0], self.grid[1], self.latent_dim) if self.spatial
-                         else (self.latent_dim,))
+    self.latent_shape = vae_latent_shape(image_shape, self.latent_dim, len(features), self.spatial)
     self.down = _down_convs(c, features, rngs)
     if self.spatial:
       self.stats = nnx.Conv(features[-1], 2 * self.latent_dim, (1, 1), rngs=rngs)

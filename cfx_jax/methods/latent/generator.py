@@ -20,7 +20,7 @@ from cfx_jax import data as data_lib
 from cfx_jax import persistence, validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.models.vae import (AttributePredictor, ConvShiftPredictor, ConvVAE,
-                                ShiftPredictor, gaussian_kl)
+                                ShiftPredictor, gaussian_kl, vae_latent_shape)
 from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine import state as state_lib
 from cfx_jax.engine.loop import LoopConfig, train_loop
@@ -304,10 +304,8 @@ def build_vae(arch: dict, seed: int = 0) -> ConvVAE:
 
 
 def builtin_latent_shape(arch: dict) -> tuple[int, ...]:
-  if not arch.get("spatial_latent", False):
-    return (int(arch["latent_dim"]),)
-  h, w = (int(d) // 2 ** len(arch["vae_features"]) for d in arch["image_shape"][:2])
-  return (h, w, int(arch["latent_dim"]))
+  return vae_latent_shape(arch["image_shape"], arch["latent_dim"], len(arch["vae_features"]),
+                          bool(arch.get("spatial_latent", False)))
 
 
 def build_predictor(arch: dict, num_attributes: int, seed: int = 0) -> AttributePredictor:

@@ -89,13 +89,9 @@ def main(argv=None):
 
   dataset = common.lesions()
   train, test = load_split(dataset, "train"), load_split(dataset, "test")
-  clf_dir = os.path.join(args.workdir, "classifier")
-  if os.path.exists(os.path.join(clf_dir, "classifier.json")):
-    clf = classifier_training.load_classifier(clf_dir)
-  else:
-    cc = common.experiment(dataset, None).classifier
-    cc.steps, cc.progress = args.classifier_steps, False
-    clf, _ = classifier_training.train_classifier(cc, train, test, args.workdir)
+  cc = common.experiment(dataset, None).classifier
+  cc.steps, cc.progress = args.classifier_steps, False
+  clf, _ = classifier_training.load_or_train_classifier(cc, train, test, args.workdir)
   oracle = load_or_train_oracle(os.path.join(args.workdir, "oracle"), train, test)
   n = args.images
   x, masks = test["image"][:n], test["mask"][:n]

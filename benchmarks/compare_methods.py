@@ -43,11 +43,8 @@ def main():
 
   config = lesions_syce.get_config()
   train, test = load_split(config.dataset, "train"), load_split(config.dataset, "test")
-  clf_dir = os.path.join(args.workdir, "classifier")
-  if os.path.exists(os.path.join(clf_dir, "classifier.json")):
-    clf = classifier_training.load_classifier(clf_dir)
-  else:
-    clf, _ = classifier_training.train_classifier(config.classifier, train, test, args.workdir)
+  clf, _ = classifier_training.load_or_train_classifier(config.classifier, train, test,
+                                                        args.workdir)
   accuracy = float((clf.predict(test["image"]) == test["label"]).mean())
 
   rows = {}

@@ -148,13 +148,9 @@ def main():
     dataset.num_train, dataset.num_test = None, None
   train, test = load_split(dataset, "train"), load_split(dataset, "test")
   workdir = os.path.abspath(os.path.join(args.workdir, args.task))
-  clf_dir = os.path.join(workdir, "classifier")
-  if os.path.exists(os.path.join(clf_dir, "classifier.json")):
-    clf = classifier_training.load_classifier(clf_dir)
-  else:
-    cc = common.experiment(dataset, None).classifier
-    cc.steps, cc.progress = args.classifier_steps, False
-    clf, _ = classifier_training.train_classifier(cc, train, test, workdir)
+  cc = common.experiment(dataset, None).classifier
+  cc.steps, cc.progress = args.classifier_steps, False
+  clf, _ = classifier_training.load_or_train_classifier(cc, train, test, workdir)
   accuracy = float(np.mean(clf.predict(test["image"]) == test["label"]))
   oracle = load_or_train_oracle(os.path.join(workdir, "oracle"), train, test)
   print(f"classifier accuracy {accuracy:.3f}, oracle accuracy {oracle.test_accuracy:.3f}",

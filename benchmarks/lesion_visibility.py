@@ -61,13 +61,9 @@ def main():
   dataset = common.lesions()
   train, test = load_split(dataset, "train"), load_split(dataset, "test")
   workdir = os.path.abspath(os.path.join(args.workdir, "lesions"))
-  clf_dir = os.path.join(workdir, "classifier")
-  if os.path.exists(os.path.join(clf_dir, "classifier.json")):
-    clf = classifier_training.load_classifier(clf_dir)
-  else:
-    cc = common.experiment(dataset, None).classifier
-    cc.progress = False
-    clf, _ = classifier_training.train_classifier(cc, train, test, workdir)
+  cc = common.experiment(dataset, None).classifier
+  cc.progress = False
+  clf, _ = classifier_training.load_or_train_classifier(cc, train, test, workdir)
   oracle = load_or_train_oracle(os.path.join(workdir, "oracle"), train, test)
   judges = {"classifier": clf.predict, "oracle": oracle.predict}
 

@@ -26,7 +26,7 @@ import numpy as np
 from cfx_jax import data as data_lib
 from cfx_jax.data.attributes import ATTRIBUTES
 from cfx_jax.methods.latent import LatentExplainer, causal
-from cfx_jax.jobs.classifier_training import load_classifier, train_classifier
+from cfx_jax.jobs.classifier_training import load_or_train_classifier
 from cfx_jax.engine.logging import is_main_process
 
 logger = logging.getLogger(__name__)
@@ -63,13 +63,8 @@ def classifier_report(classifier, test: dict, reconstructions: np.ndarray | None
 
 
 def _train_or_load(config, name: str, train: dict, test: dict, workdir: str):
-  folder = os.path.join(workdir, f"classifier_{name}")
-  path = os.path.join(folder, "classifier")
-  if os.path.exists(os.path.join(path, "classifier.json")):
-    logger.info("causal study: reusing the %s classifier in %s", name, path)
-    return load_classifier(path)
-  clf, _ = train_classifier(config.classifier, train, test, folder)
-  return clf
+  return load_or_train_classifier(config.classifier, train, test,
+                                  os.path.join(workdir, f"classifier_{name}"))[0]
 
 
 def run_spurious_marker_study(config: ml_collections.ConfigDict, workdir: str) -> dict:

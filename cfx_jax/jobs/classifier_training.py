@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -18,6 +19,8 @@ from cfx_jax.models import CNNClassifier
 from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine import state as state_lib
 from cfx_jax.engine.loop import LoopConfig, train_loop
+
+logger = logging.getLogger(__name__)
 
 
 def classifier_config() -> ml_collections.ConfigDict:
@@ -103,6 +106,18 @@ def save_classifier(path: str, clf: Classifier, config, metrics: dict) -> None:
   meta = {"image_shape": list(clf.image_shape), "num_classes": clf.num_classes,
           "features": list(config.features), "metrics": metrics}
   persistence.save(path, "classifier.json", meta, "state", clf.params)
+
+
+def load_or_train_classifier(config: ml_collections.ConfigDict, train: dict, test: dict,
+                             workdir: str) -> tuple[Classifier, dict]:
+  """The classifier saved in `<workdir>/classifier` and its test metrics; where there is
+  none, one trained from `config` (and saved there), so a rerun reuses it."""
+  path = os.path.join(workdir, "classifier")
+  if os.path.exists(os.path.join(path, "classifier.json")):
+    logger.info("classifier: reusing %s", path)
+    return load_classifier(path), persistence.read_meta(path, "classifier.json",
+                                                        "classifier")["metrics"]
+  return train_classifier(config, train, test, workdir)
 
 
 def load_classifier(path: str) -> Classifier:

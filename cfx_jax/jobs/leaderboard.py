@@ -42,14 +42,6 @@ LOWER_IS_BETTER = {"deletion_auc", "proximity_l1", "proximity_l2", "sparsity",
                    "randomisation_correlation", "change_outside", "fid_oracle", "kid_oracle"}
 
 
-def _classifier(config, train, test, workdir):
-  clf_dir = os.path.join(workdir, "classifier")
-  if os.path.exists(os.path.join(clf_dir, "classifier.json")):
-    return classifier_training.load_classifier(clf_dir)
-  clf, _ = classifier_training.train_classifier(config.classifier, train, test, workdir)
-  return clf
-
-
 def method_of(row: str) -> str:
   """The method of a leaderboard row: `fido/inpainter` is FIDO."""
   return row.split("/", 1)[0]
@@ -155,7 +147,7 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
   train, test = load_split(config.dataset, "train"), load_split(config.dataset, "test")
-  clf = _classifier(config, train, test, workdir)
+  clf, _ = classifier_training.load_or_train_classifier(config.classifier, train, test, workdir)
   if config.get("inpainter") is not None:
     run_inpainter_stage(config.inpainter, train, test, workdir)
   n = min(config.eval.num_images, len(test["image"]))
@@ -350,8 +342,9 @@ _HOW_TO_READ = """\
   background restored, 0 = untouched), `change_outside` the mean change per value off
   the lesion, `added_concentration` (median) the share of a lesion-free image's change
   toward "lesion" that one lesion-sized disc holds (1 = one spot, as a drawn lesion;
-  low = texture spread over the image); `oracle_agreement` the share of counterfactuals an independently trained,
-  colour-jitter-hardened classifier assigns to the target (overall and per direction),
-  `fid_oracle`/`kid_oracle` realism in that oracle's features. The explained classifier
-  was the generator's adversary in training; the oracle was not.
+  low = texture spread over the image); `oracle_agreement` the share of counterfactuals
+  an independently trained, colour-jitter-hardened classifier assigns to the target
+  (overall and per direction), `fid_oracle`/`kid_oracle` realism in that oracle's
+  features. The explained classifier was the generator's adversary in training; the
+  oracle was not.
 """

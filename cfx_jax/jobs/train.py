@@ -20,7 +20,7 @@ import time
 
 import ml_collections
 
-from cfx_jax import persistence, report
+from cfx_jax import report
 from cfx_jax.api import fit_explainer
 from cfx_jax.methods import registry
 from cfx_jax.metrics.oracle import load_or_train_oracle
@@ -59,14 +59,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logger.info("wrote %s/inpainter_metrics.json, inpainter.png", workdir)
       return results
 
-  clf_dir = os.path.join(workdir, "classifier")
   t0 = time.time()
-  if os.path.exists(os.path.join(clf_dir, "classifier.json")):
-    clf = classifier_training.load_classifier(clf_dir)
-    clf_metrics = persistence.read_meta(clf_dir, "classifier.json", "classifier")["metrics"]
-    logger.info("classifier: reusing %s", clf_dir)
-  else:
-    clf, clf_metrics = classifier_training.train_classifier(config.classifier, train, test, workdir)
+  clf, clf_metrics = classifier_training.load_or_train_classifier(config.classifier, train, test,
+                                                                 workdir)
   timings["classifier_s"] = time.time() - t0
   logger.info("classifier test accuracy: %.4f", clf_metrics["test_accuracy"])
   results = {"dataset": config.dataset.name, "classifier": clf_metrics}

@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 
+from cfx_jax.data.corruptions import gaussian_blur
 from cfx_jax.jobs import classifier_training
 from cfx_jax.jobs.datasets import load_split
 from cfx_jax.metrics.oracle import load_or_train_oracle
@@ -33,23 +34,6 @@ from configs import common
 
 STRENGTHS = (1.0, 0.6, 0.5, 0.4, 0.3, 0.2)
 BLURS = (0.0, 0.5, 0.75, 1.0)
-
-
-def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
-  """Separable Gaussian blur over (H, W) of (N, H, W, C), edges repeated."""
-  if sigma <= 0:
-    return images
-  r = int(np.ceil(3 * sigma))
-  taps = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma * sigma))
-  taps /= taps.sum()
-  out = images
-  for axis in (1, 2):
-    pad = [(0, 0)] * 4
-    pad[axis] = (r, r)
-    padded = np.pad(out, pad, mode="edge")
-    n = out.shape[axis]
-    out = sum(t * np.take(padded, np.arange(i, i + n), axis=axis) for i, t in enumerate(taps))
-  return out
 
 
 def main():
@@ -72,7 +56,7 @@ def main():
   lesion = x - twin
   seen = {name: {} for name in judges}
   for sigma in BLURS:
-    blurred = gaussian_blur(lesion, sigma)
+    blurred = gaussian_blur(lesion, sigma) if sigma > 0 else lesion
     for g in STRENGTHS:
       remnant = np.clip(twin + g * blurred, -1.0, 1.0)
       for name, predict in judges.items():

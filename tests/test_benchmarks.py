@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from benchmarks import step_time
@@ -76,21 +75,3 @@ def test_host_flop_count_matches_the_layers_by_hand():
   by_hand += flops.dense_flops(n, c_in, 2)
   assert by_hand <= counted <= 1.1 * by_hand
 
-
-def test_lesion_visibility_blur_matches_a_direct_convolution():
-  """The probe's blur: identity at sigma 0, mass kept, and equal to a plain 2-D
-  convolution with the normalised Gaussian away from the edges."""
-  from benchmarks.lesion_visibility import gaussian_blur
-  images = np.random.default_rng(0).normal(size=(2, 12, 12, 3))
-  np.testing.assert_array_equal(gaussian_blur(images, 0.0), images)
-  out = gaussian_blur(images, 0.75)
-  r = 3
-  taps = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * 0.75 ** 2))
-  kernel = np.outer(taps, taps) / np.sum(taps) ** 2
-  for i in range(r, 12 - r):
-    for j in range(r, 12 - r):
-      window = images[:, i - r:i + r + 1, j - r:j + r + 1]
-      np.testing.assert_allclose(out[:, i, j], np.einsum("nhwc,hw->nc", window, kernel),
-                                 rtol=1e-10)
-  constant = np.full((1, 8, 8, 1), 0.3)
-  np.testing.assert_allclose(gaussian_blur(constant, 1.0), constant)

@@ -47,6 +47,9 @@ def explainer_config(method: str = "syce", preset: str = "small") -> ml_collecti
   c.disc_jitter = 0.0
   c.flip_jitter = 0.0
   c.disc_steps = 1                 # discriminator updates per generator update
+  # The class prior (methods/conditional/prior.py), fitted when weights.prior > 0: one
+  # autoencoder per class, its training steps and code size.
+  c.prior = ml_collections.ConfigDict(dict(steps=1500, code_dim=128))
   # More than two classes: the share of images trained toward their runner-up class (the
   # class `explain` aims at by default) rather than a random other one (0: one random
   # shift of every group per step). README "Ten classes".
@@ -74,7 +77,7 @@ def paper_form(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c = c.copy_and_resolve_references()
   c.model.residual = False
   c.weights.l1 = 0.0
-  c.weights.tv, c.weights.flip_partial = 0.0, 0.0
+  c.weights.tv, c.weights.flip_partial, c.weights.prior = 0.0, 0.0, 0.0
   for name in ("cycle_grad", "adv"):
     if name in c.weights:
       del c.weights[name]

@@ -33,7 +33,7 @@ class CycleExplainer(Method):
         flip=0.2, adv=0.25, cycle=2.0 if symmetric else 10.0, cycle_cls=0.005,
         sym=10.0 if symmetric else 0.0, sym_cls=0.01 if symmetric else 0.0,
         l1=1.0, l1_cap=0.0, l0=0.0, tv=0.0, gp=1.0, cycle_grad=1.0, flip_margin=0.0,
-        flip_partial=0.0)
+        flip_partial=0.0, prior=0.0)
     # With more than two classes the symmetric term asks G(., s -> t) to undo itself on
     # an image that starts as the input, and the conditional generator stays the identity
     # (ten-class Fashion-MNIST: mean change 7e-5, flip 0). Without it, a flip weight of 1

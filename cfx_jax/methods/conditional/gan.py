@@ -20,6 +20,8 @@ from cfx_jax.data import augment
 from cfx_jax.engine.state import (GanModels, GanState, commit_if_finite, init_gan,
                                   optimizer)
 from cfx_jax.methods.base import Method, ModelSpec, flatten_groups, other_class
+from cfx_jax.methods.conditional import prior
+from cfx_jax.models.generator import group_labels
 
 
 def init(method: Method, spec: ModelSpec, *, seed: int, lr: float, b1: float,
@@ -84,7 +86,7 @@ def partial_edit(key: jax.Array, start: jax.Array, edited: jax.Array,
 
 def make_train_step(method: Method, models: GanModels, classifier_apply, weights: dict, *,
                     disc_steps: int = 1, disc_jitter: float = 0.0, flip_jitter: float = 0.0,
-                    runner_up_share: float = 0.0):
+                    runner_up_share: float = 0.0, prior_graphdef=None):
   """Returns the pure step `(state, classifier_params, images) -> (state, metrics)`.
 
   `images` is (K, B, H, W, C), grouped by the classifier's prediction. `disc_steps`
@@ -93,7 +95,9 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
   discriminator and the classifier see (0: none); `runner_up_share` see `directions`.
   `weights` override the method's defaults for the step's number of classes; the weight
   `flip_partial` (0: off) is the share of the edit that the flip may leave out
-  (`partial_edit`).
+  (`partial_edit`). With `prior_graphdef` (the class prior's autoencoder, `prior.py`)
+  the second argument is `(classifier_params, prior_params)` and the counterfactuals
+  pay the weight `prior` times their reconstruction error under their target class.
   """
   if disc_steps < 1:
     raise ValueError(f"disc_steps must be >= 1, got {disc_steps}")
@@ -103,7 +107,8 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
   def judge(disc, key):
     return Jittered(disc, key, disc_jitter) if disc_jitter > 0 else disc
 
-  def step(state: GanState, clf_params, images):
+  def step(state: GanState, frozen, images):
+    clf_params, prior_params = frozen if prior_graphdef is not None else (frozen, None)
     num_classes = images.shape[0]
     w = method.weights(num_classes, weights)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
@@ -141,7 +146,14 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
     def g_loss(gen_params):
       g = nnx.merge(models.gen_def, gen_params)
       d = judge(nnx.merge(models.disc_def, disc_params), k_gj)
-      return method.generator_loss(g, d, f, images, sources, targets, w)
+      loss, metrics = method.generator_loss(g, d, f, images, sources, targets, w)
+      if prior_graphdef is None:
+        return loss, metrics
+      cf = method.counterfactuals(g, images, sources, targets)
+      error = prior.reconstruction_error(prior_graphdef, prior_params, flatten_groups(cf),
+                                         group_labels(targets, images.shape[1]))
+      loss = loss + w["prior"] * error
+      return loss, {**metrics, "g_prior": error, "g_loss": loss}
 
     (_, g_metrics), g_grads = jax.value_and_grad(g_loss, has_aux=True)(state.gen)
     g_updates, gen_opt = models.gen_tx.update(g_grads, state.gen_opt, state.gen)

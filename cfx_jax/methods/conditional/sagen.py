@@ -20,7 +20,8 @@ class StableAdversarialExplainer(Method):
   name = "sagen"
   paper_map_reference = "stable"
   default_weights = dict(flip=0.2, keep=0.2, adv=0.25, stable_prox=10.0, l1=1.0,
-                         l1_cap=0.0, l0=0.0, tv=0.0, gp=1.0, flip_partial=0.0)
+                         l1_cap=0.0, l0=0.0, tv=0.0, gp=1.0, flip_partial=0.0,
+                         prior=0.0)
 
   def build(self, spec: ModelSpec, rngs: nnx.Rngs):
     gen = TwoHeadGenerator(spec.channels, spec.num_classes, features=spec.gen_features,

@@ -21,7 +21,7 @@ from cfx_jax.methods import common
 from cfx_jax.methods.base import ModelSpec
 from cfx_jax.methods.conditional import get_generator
 from cfx_jax.methods.conditional.explainer import GeneratorExplainer
-from cfx_jax.methods.conditional import gan
+from cfx_jax.methods.conditional import gan, prior
 from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine.logging import MetricsLog
 from cfx_jax.engine.loop import LoopConfig, train_loop
@@ -132,13 +132,21 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
   replicated = mesh_lib.replicated(mesh)
   images_sharding = mesh_lib.batch_sharding(mesh, 5, axis=1)
   state = jax.device_put(state, state_sharding)
-  clf_params = jax.device_put(classifier.params, replicated)
+  frozen = classifier.params
+  prior_graphdef = None
+  if method.weights(k, dict(config.weights))["prior"] > 0:
+    prior_graphdef, prior_params = prior.fit_class_prior(
+        images, predicted, k, steps=config.prior.steps, code_dim=config.prior.code_dim,
+        seed=config.seed, workdir=workdir)
+    frozen = (frozen, prior_params)
+  frozen = jax.device_put(frozen, replicated)
   step_fn = jax.jit(gan.make_train_step(method, models, classifier.apply,
                                         dict(config.weights),
                                         disc_steps=int(config.get("disc_steps", 1)),
                                         disc_jitter=float(config.get("disc_jitter", 0.0)),
                                         flip_jitter=float(config.get("flip_jitter", 0.0)),
-                                        runner_up_share=float(config.get("runner_up_share", 0.0))),
+                                        runner_up_share=float(config.get("runner_up_share", 0.0)),
+                                        prior_graphdef=prior_graphdef),
                     in_shardings=(state_sharding, replicated, images_sharding),
                     out_shardings=(state_sharding, replicated), donate_argnums=0)
 
@@ -156,7 +164,7 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
                                 metrics_file="explainer_metrics.jsonl",
                                 shown=("d_loss", "g_loss", "g_flip"))
   state, log = train_loop(
-      state, lambda s, images: step_fn(s, clf_params, images), batch_at, loop, mesh=mesh,
+      state, lambda s, images: step_fn(s, frozen, images), batch_at, loop, mesh=mesh,
       workdir=workdir, meta=meta, compare=("method", "image_shape", "num_classes"),
       check_saved=lambda saved: check_fingerprint(saved["classifier_fingerprint"],
                                                   classifier, f"checkpoint in {workdir}"),

@@ -99,6 +99,20 @@ VARIANTS = {
     "default_partial5_tv1": {**NEW_DEFAULT, "weights.flip_partial": 0.5, "weights.tv": 1.0},
     "default_partial5_tv3": {**NEW_DEFAULT, "weights.flip_partial": 0.5, "weights.tv": 3.0},
     "partial5_tv3": {"weights.flip_partial": 0.5, "weights.tv": 3.0},  # for CyCE, SAGen
+    # On top of the lesion quick start's setting: a smoother edit, a discriminator less
+    # tied by its gradient penalty, a patch discriminator, two discriminator steps.
+    "default_partial5_tv10": {**NEW_DEFAULT, "weights.flip_partial": 0.5, "weights.tv": 10.0},
+    "default_partial5_tv30": {**NEW_DEFAULT, "weights.flip_partial": 0.5, "weights.tv": 30.0},
+    "default_partial5_tv3_gp01": {**NEW_DEFAULT, "weights.flip_partial": 0.5,
+                                  "weights.tv": 3.0, "weights.gp": 0.1},
+    "default_partial5_tv3_patch": {**NEW_DEFAULT, "weights.flip_partial": 0.5,
+                                   "weights.tv": 3.0, "model.disc_kind": "patch"},
+    # ... and the class prior: an autoencoder of the target class's images charges what
+    # it cannot reconstruct (weights.prior).
+    "default_partial5_tv3_prior5": {**NEW_DEFAULT, "weights.flip_partial": 0.5,
+                                    "weights.tv": 3.0, "weights.prior": 5.0},
+    "default_partial5_tv3_prior20": {**NEW_DEFAULT, "weights.flip_partial": 0.5,
+                                     "weights.tv": 3.0, "weights.prior": 20.0},
     # Ten classes, on top of the defaults (which drop SyCE's symmetric term, train half
     # the images toward their runner-up class and push the flip harder when there are
     # more than two classes):

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from cfx_jax.classifier import as_classifier
@@ -69,3 +70,5 @@ def test_step_charges_the_counterfactuals_reconstruction_error():
   np.testing.assert_allclose(metrics["g_prior"], expected, rtol=1e-5)
   np.testing.assert_allclose(metrics["g_loss"], without["g_loss"] + 2.0 * expected,
                              rtol=1e-5)
+  with pytest.raises(ValueError, match="prior"):
+    gan.make_train_step(method, models, clf.apply, {"prior": 2.0})

@@ -103,6 +103,9 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
     raise ValueError(f"disc_steps must be >= 1, got {disc_steps}")
   if not 0.0 <= weights.get("flip_partial", 0.0) < 1.0:
     raise ValueError(f"flip_partial must be in [0, 1), got {weights['flip_partial']}")
+  if weights.get("prior", 0.0) > 0 and prior_graphdef is None:
+    raise ValueError("weights.prior > 0 needs the class prior's autoencoders "
+                     "(prior_graphdef; methods/conditional/prior.py)")
 
   def judge(disc, key):
     return Jittered(disc, key, disc_jitter) if disc_jitter > 0 else disc

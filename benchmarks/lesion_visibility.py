@@ -36,18 +36,25 @@ STRENGTHS = (1.0, 0.6, 0.5, 0.4, 0.3, 0.2)
 BLURS = (0.0, 0.5, 0.75, 1.0)
 
 
+def lesion_classifier(workdir: str):
+  """(train, test, <workdir>/lesions, classifier): the lesion task's split and the
+  classifier of `benchmarks.counterfactual_truth`, trained there if missing."""
+  dataset = common.lesions()
+  train, test = load_split(dataset, "train"), load_split(dataset, "test")
+  workdir = os.path.abspath(os.path.join(workdir, "lesions"))
+  cc = common.experiment(dataset, None).classifier
+  cc.progress = False
+  clf, _ = classifier_training.load_or_train_classifier(cc, train, test, workdir)
+  return train, test, workdir, clf
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", default="runs/counterfactual_truth")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                "lesion_visibility.json"))
   args = p.parse_args()
-  dataset = common.lesions()
-  train, test = load_split(dataset, "train"), load_split(dataset, "test")
-  workdir = os.path.abspath(os.path.join(args.workdir, "lesions"))
-  cc = common.experiment(dataset, None).classifier
-  cc.progress = False
-  clf, _ = classifier_training.load_or_train_classifier(cc, train, test, workdir)
+  train, test, workdir, clf = lesion_classifier(args.workdir)
   oracle = load_or_train_oracle(os.path.join(workdir, "oracle"), train, test)
   judges = {"classifier": clf.predict, "oracle": oracle.predict}
 

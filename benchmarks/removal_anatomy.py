@@ -33,10 +33,8 @@ import numpy as np
 from flax import nnx
 
 from cfx_jax.config import explainer_config
-from cfx_jax.jobs import classifier_training
-from cfx_jax.jobs.datasets import load_split
+from benchmarks.lesion_visibility import lesion_classifier
 from cfx_jax.methods.conditional import prior
-from configs import common
 
 
 def anatomy(x, twin, mask, cf) -> dict:
@@ -60,12 +58,7 @@ def main():
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                "removal_anatomy_lesions.json"))
   args = p.parse_args()
-  dataset = common.lesions()
-  train, test = load_split(dataset, "train"), load_split(dataset, "test")
-  workdir = os.path.abspath(os.path.join(args.workdir, "lesions"))
-  cc = common.experiment(dataset, None).classifier
-  cc.progress = False
-  clf, _ = classifier_training.load_or_train_classifier(cc, train, test, workdir)
+  train, test, workdir, clf = lesion_classifier(args.workdir)
   defaults = explainer_config().prior
   graphdef, params = prior.fit_class_prior(
       train["image"], clf.predict(train["image"]), 2, steps=defaults.steps,

@@ -71,7 +71,10 @@ class Method:
     """Class-flipped images for grouped inputs, (K, B, H, W, C)."""
     raise NotImplementedError
 
-  def generator_loss(self, gen, disc, f: Logits, xs, sources, targets, w) -> tuple[jax.Array, dict]:
+  def generator_loss(self, gen, disc, f: Logits, xs, sources, targets, w,
+                     prior=None) -> tuple[jax.Array, dict]:
+    """The weighted generator loss and its metrics. `prior`, if given, maps the flat
+    counterfactuals and their target classes to the class prior's error (term `prior`)."""
     raise NotImplementedError
 
   def explain(self, gen, x, predicted, target) -> tuple[jax.Array, jax.Array]:

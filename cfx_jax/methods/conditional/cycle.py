@@ -69,7 +69,7 @@ class CycleExplainer(Method):
   def counterfactuals(self, gen, xs, sources, targets):
     return gen.grouped(xs, sources, targets)
 
-  def generator_loss(self, gen, disc, f, xs, sources, targets, w):
+  def generator_loss(self, gen, disc, f, xs, sources, targets, w, prior=None):
     b = xs.shape[1]
     src, tgt = group_labels(sources, b), group_labels(targets, b)
     xa = gen.grouped(xs, sources, targets)
@@ -90,6 +90,8 @@ class CycleExplainer(Method):
       twice = gen.grouped(xa_back, sources, targets)
       terms["sym"] = losses.mse_mae(xs, twice)
       terms["sym_cls"] = losses.cross_entropy(f(flatten_groups(twice)), src)
+    if prior is not None:
+      terms["prior"] = prior(flatten_groups(xa), tgt)
     return weighted_total(terms, w)
 
   def explain(self, gen, x, predicted, target):

@@ -21,7 +21,6 @@ from cfx_jax.engine.state import (GanModels, GanState, commit_if_finite, init_ga
                                   optimizer)
 from cfx_jax.methods.base import Method, ModelSpec, flatten_groups, other_class
 from cfx_jax.methods.conditional import prior
-from cfx_jax.models.generator import group_labels
 
 
 def init(method: Method, spec: ModelSpec, *, seed: int, lr: float, b1: float,
@@ -131,6 +130,9 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
         x = augment.jitter(k_fj, x, flip_jitter)
       return classifier_apply(clf_params, x).astype(jnp.float32)
     gen = nnx.merge(models.gen_def, state.gen)
+    class_prior = None if prior_graphdef is None else (
+        lambda cf, classes: prior.reconstruction_error(prior_graphdef, prior_params, cf,
+                                                       classes))
 
     disc_params, disc_opt = state.disc, state.disc_opt
     for i in range(disc_steps):
@@ -149,14 +151,7 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
     def g_loss(gen_params):
       g = nnx.merge(models.gen_def, gen_params)
       d = judge(nnx.merge(models.disc_def, disc_params), k_gj)
-      loss, metrics = method.generator_loss(g, d, f, images, sources, targets, w)
-      if prior_graphdef is None:
-        return loss, metrics
-      cf = method.counterfactuals(g, images, sources, targets)
-      error = prior.reconstruction_error(prior_graphdef, prior_params, flatten_groups(cf),
-                                         group_labels(targets, images.shape[1]))
-      loss = loss + w["prior"] * error
-      return loss, {**metrics, "g_prior": error, "g_loss": loss}
+      return method.generator_loss(g, d, f, images, sources, targets, w, prior=class_prior)
 
     (_, g_metrics), g_grads = jax.value_and_grad(g_loss, has_aux=True)(state.gen)
     g_updates, gen_opt = models.gen_tx.update(g_grads, state.gen_opt, state.gen)

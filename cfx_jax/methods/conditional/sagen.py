@@ -35,7 +35,7 @@ class StableAdversarialExplainer(Method):
   def counterfactuals(self, gen, xs, sources, targets):
     return gen.grouped(xs, targets)[1]
 
-  def generator_loss(self, gen, disc, f, xs, sources, targets, w):
+  def generator_loss(self, gen, disc, f, xs, sources, targets, w, prior=None):
     b = xs.shape[1]
     src, tgt = group_labels(sources, b), group_labels(targets, b)
     stable, adv = gen.grouped(xs, targets)
@@ -48,6 +48,8 @@ class StableAdversarialExplainer(Method):
         "l0": losses.edited_fraction(adv, xs),
         "tv": losses.edit_variation(adv, xs),
     }
+    if prior is not None:
+      terms["prior"] = prior(flatten_groups(adv), tgt)
     return weighted_total(terms, w)
 
   def explain(self, gen, x, predicted, target):

@@ -99,6 +99,8 @@ VARIANTS = {
     "default_partial5_tv1": {**NEW_DEFAULT, "weights.flip_partial": 0.5, "weights.tv": 1.0},
     "default_partial5_tv3": {**NEW_DEFAULT, "weights.flip_partial": 0.5, "weights.tv": 3.0},
     "partial5_tv3": {"weights.flip_partial": 0.5, "weights.tv": 3.0},  # for CyCE, SAGen
+    "partial5_tv3_infill": {"weights.flip_partial": 0.5, "weights.tv": 3.0,
+                            "model.infill": True},
     # On top of the lesion quick start's setting: a smoother edit, a discriminator less
     # tied by its gradient penalty, a patch discriminator, two discriminator steps.
     "default_partial5_tv10": {**NEW_DEFAULT, "weights.flip_partial": 0.5, "weights.tv": 10.0},
@@ -113,6 +115,14 @@ VARIANTS = {
                                     "weights.tv": 3.0, "weights.prior": 5.0},
     "default_partial5_tv3_prior20": {**NEW_DEFAULT, "weights.flip_partial": 0.5,
                                      "weights.tv": 3.0, "weights.prior": 20.0},
+    # ... and no cycle at all: nothing asks the edit to stay recoverable.
+    "default_partial5_tv3_nocycle": {**NEW_DEFAULT, "weights.flip_partial": 0.5,
+                                     "weights.tv": 3.0, "weights.cycle": 0.0,
+                                     "weights.sym": 0.0, "weights.cycle_cls": 0.0,
+                                     "weights.sym_cls": 0.0},
+    # ... and the in-fill form: the mask composites the image's own surroundings.
+    "default_partial5_tv3_infill": {**NEW_DEFAULT, "weights.flip_partial": 0.5,
+                                    "weights.tv": 3.0, "model.infill": True},
     # Ten classes, on top of the defaults (which drop SyCE's symmetric term, train half
     # the images toward their runner-up class and push the flip harder when there are
     # more than two classes):

@@ -9,7 +9,7 @@ from flax import nnx
 from cfx_jax.classifier import as_classifier
 from cfx_jax.methods import GENERATORS, ModelSpec, losses
 from cfx_jax.models import Discriminator
-from cfx_jax.models.unet import UNet
+from cfx_jax.models.unet import UNet, surroundings
 from cfx_jax.methods.conditional import gan
 
 X = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)), jnp.float32)
@@ -53,6 +53,32 @@ def test_mask_form_starts_close_to_the_input_and_stays_in_range():
   # Where the mask opens fully, the output is the redrawn fill.
   net.mask_heads[0].bias[...] = jnp.full((1,), 40.0)
   np.testing.assert_allclose(net(X), jnp.tanh(net.heads[0](_features(net, X))), atol=1e-5)
+
+
+def test_infill_fills_an_open_region_from_what_surrounds_it_only():
+  """Inside an open disc the fill is the average of the pixels outside it: a constant
+  background comes back exactly, whatever the disc held; it is a convex average
+  everywhere, so the range holds."""
+  yy, xx = np.mgrid[:16, :16]
+  disc = ((yy - 7) ** 2 + (xx - 9) ** 2 < 9).astype(np.float32)[None, :, :, None]
+  blob = np.random.default_rng(0).uniform(-1, 1, (1, 16, 16, 3)).astype(np.float32)
+  x = jnp.asarray(0.3 * (1 - disc) + blob * disc)
+  fill = surroundings(x, jnp.asarray(disc))
+  np.testing.assert_allclose(np.asarray(fill)[0][disc[0, ..., 0] > 0], 0.3, atol=1e-6)
+  soft = surroundings(jnp.asarray(blob), jnp.full((1, 16, 16, 1), 0.5))
+  assert float(jnp.max(jnp.abs(soft))) <= float(np.max(np.abs(blob))) + 1e-6
+
+
+def test_infill_form_starts_close_to_the_input_and_opens_to_the_surroundings():
+  net = UNet(3, features=(8, 16), infill=True, rngs=nnx.Rngs(0))
+  out = net(X)
+  assert out.shape == X.shape and float(jnp.max(jnp.abs(out))) <= 1.0
+  assert float(jnp.max(jnp.abs(out - X))) < 0.04  # mask sigmoid(-4), residual head zero
+  net.mask_heads[0].bias[...] = jnp.full((1,), 4.0)  # the mask half open everywhere
+  m = jnp.full(X.shape[:3] + (1,), 0.5)
+  np.testing.assert_allclose(net(X), X + m * (surroundings(X, m) - X), atol=1e-5)
+  with pytest.raises(ValueError, match="exclude each other"):
+    UNet(3, features=(8, 16), mask=True, infill=True, rngs=nnx.Rngs(0))
 
 
 def _features(net, x):
@@ -99,7 +125,8 @@ def test_edit_variation_charges_speckle_not_a_flat_fill():
 def test_step_with_every_option_is_finite_and_deterministic(name):
   w = np.linspace(-1, 1, 16 * 16 * 3).reshape(16, 16, 3).astype(np.float32)
   clf = as_classifier(lambda x: (x * w).sum(axis=(1, 2, 3)), (16, 16, 3))
-  spec = ModelSpec(16, 3, 2, (8, 16), (8, 16, 16), mask=True, disc_kind="patch")
+  spec = ModelSpec(16, 3, 2, (8, 16), (8, 16, 16), mask=name == "syce",
+                   infill=name == "sagen", disc_kind="patch")
   x = X.reshape(2, 2, 16, 16, 3)
 
   def run():

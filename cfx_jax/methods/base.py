@@ -38,6 +38,7 @@ class ModelSpec:
   shared: bool | None = None
   dtype: Any = None
   mask: bool = False          # composite a redrawn fill through a soft mask (models/unet.py)
+  infill: bool = False        # ... or the image's own surroundings (models/unet.py)
   disc_kind: str = "global"   # "global" (one logit per image) or "patch" (PatchGAN)
 
 

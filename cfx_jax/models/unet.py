@@ -8,6 +8,12 @@ The mask form `x + m * (g - x)` composites a re-synthesised fill g = tanh(.) int
 input through a soft mask m = sigmoid(. - 4) that starts almost closed: inside the mask
 the image is redrawn rather than nudged, so removing evidence means painting what lies
 around it, not tinting it, and outside the mask nothing changes.
+
+The in-fill form `x + m * (fill(x, m) - x) + 2 tanh(r)` takes the fill from the image
+itself: a normalised Gaussian average of the pixels outside the mask, i.e. the
+background around the region. A generator that opens the mask over a lesion replaces
+it with what surrounds it instead of drawing an approximation of it;
+the residual term still draws what must be added.
 """
 
 from __future__ import annotations
@@ -17,6 +23,32 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cfx_jax.models.layers import strided_conv
+
+# Width of the in-fill's Gaussian, as a fraction of the image side (the lesion set's
+# lesions have radii 0.07-0.15 of it).
+INFILL_SIGMA = 0.06
+
+
+def surroundings(x: jax.Array, m: jax.Array) -> jax.Array:
+  """Each pixel's normalised Gaussian average of the image outside the mask:
+  sum_j k_ij (1 - m_j) x_j / sum_j k_ij (1 - m_j), for (N, H, W, C) x and (N, H, W, 1) m.
+  Where the mask is closed this is a local blur; inside an open region it is the
+  background around the region."""
+  sigma = max(1.0, INFILL_SIGMA * x.shape[1])
+  r = int(3 * sigma)
+  t = jnp.arange(-r, r + 1, dtype=jnp.float32)
+  taps = jnp.exp(-0.5 * (t / sigma) ** 2)
+  taps = taps / jnp.sum(taps)
+  keep = 1.0 - m
+  out = jnp.concatenate([x * keep, keep], axis=-1)
+  for axis in (1, 2):  # separable; zero outside the image, which the ratio renormalises
+    pad = [(0, 0)] * 4
+    pad[axis] = (r, r)
+    padded = jnp.pad(out, pad)
+    n = out.shape[axis]
+    out = sum(jax.lax.slice_in_dim(padded, i, i + n, axis=axis) * taps[i]
+              for i in range(2 * r + 1))
+  return out[..., :-1] / jnp.maximum(out[..., -1:], 1e-3)
 
 
 def _upsample(x: jax.Array) -> jax.Array:
@@ -47,8 +79,12 @@ class UNet(nnx.Module):
 
   def __init__(self, channels: int, *, cond_dim: int = 0,
                features: tuple[int, ...] = (16, 32, 64), heads: int = 1,
-               residual: bool = True, mask: bool = False, dtype=None, rngs: nnx.Rngs):
-    self.channels, self.cond_dim, self.residual, self.mask = channels, cond_dim, residual, mask
+               residual: bool = True, mask: bool = False, infill: bool = False, dtype=None,
+               rngs: nnx.Rngs):
+    if mask and infill:
+      raise ValueError("mask (a drawn fill) and infill (the surroundings) exclude each other")
+    self.channels, self.cond_dim, self.residual = channels, cond_dim, residual
+    self.mask, self.infill = mask, infill
     self.down = nnx.List()
     prev = channels + cond_dim
     for i, f in enumerate(features):
@@ -66,10 +102,11 @@ class UNet(nnx.Module):
     self.heads = nnx.List([
         nnx.Conv(prev, channels, (3, 3), kernel_init=init, dtype=dtype, rngs=rngs)
         for _ in range(heads)])
-    # Mask form: one zero-initialised mask logit per head (the mask starts almost closed).
+    # Mask and in-fill forms: one zero-initialised mask logit per head (the mask starts
+    # almost closed).
     self.mask_heads = nnx.List([
         nnx.Conv(prev, 1, (3, 3), kernel_init=nnx.initializers.zeros_init(), dtype=dtype,
-                 rngs=rngs) for _ in range(heads if mask else 0)])
+                 rngs=rngs) for _ in range(heads if mask or infill else 0)])
 
   def __call__(self, x: jax.Array, cond: jax.Array | None = None):
     """Returns one image per head (a tuple when there are several heads)."""
@@ -89,9 +126,12 @@ class UNet(nnx.Module):
     outs = []
     for i, head in enumerate(self.heads):
       r = head(h).astype(jnp.float32)
-      if self.mask:
+      if self.mask or self.infill:
         m = jax.nn.sigmoid(self.mask_heads[i](h).astype(jnp.float32) - 4.0)
+      if self.mask:
         outs.append(x + m * (jnp.tanh(r) - x))
+      elif self.infill:
+        outs.append(jnp.clip(x + m * (surroundings(x, m) - x) + 2.0 * jnp.tanh(r), -1.0, 1.0))
       elif self.residual:
         outs.append(jnp.clip(x + 2.0 * jnp.tanh(r), -1.0, 1.0))
       else:

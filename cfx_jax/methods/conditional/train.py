@@ -35,7 +35,8 @@ def model_spec(config: ml_collections.ConfigDict, image_shape, num_classes: int)
   return ModelSpec(image_size=h, channels=c, num_classes=num_classes,
                    gen_features=tuple(m.gen_features), disc_features=tuple(m.disc_features),
                    residual=bool(m.residual), shared=m.shared,
-                   mask=bool(m.get("mask", False)), disc_kind=m.get("disc_kind", "global"),
+                   mask=bool(m.get("mask", False)),
+                   infill=bool(m.get("infill", False)), disc_kind=m.get("disc_kind", "global"),
                    dtype=None if m.dtype == "float32" else jnp.dtype(m.dtype))
 
 

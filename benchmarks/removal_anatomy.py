@@ -11,7 +11,9 @@ counterfactual cf leaves on the mask, `cf - x0`, splits into the lesion still th
 Twin removal is below 1 by at most their sum. Then the class prior's view
 (`cfx_jax.methods.conditional.prior`): an autoencoder of the images the classifier
 calls lesion-free, fitted as the explainer fits it, and its squared reconstruction error
-within the lesion for the twins, the inputs and each variant's counterfactuals.
+within the lesion for the twins, the inputs and each variant's counterfactuals. A row
+for the in-fill form's fill (`models/unet.py`) pasted through the true mask gives what
+that form could reach.
 
 Reads the classifier and the counterfactuals that `benchmarks.counterfactual_truth`
 saved in its work directory:
@@ -35,6 +37,7 @@ from flax import nnx
 from cfx_jax.config import explainer_config
 from benchmarks.lesion_visibility import lesion_classifier
 from cfx_jax.methods.conditional import prior
+from cfx_jax.models.unet import surroundings
 
 
 def anatomy(x, twin, mask, cf) -> dict:
@@ -79,6 +82,11 @@ def main():
             "prior_error_share_in_lesion": float(np.median(inside / (inside + outside)))}
 
   rows = {"twin": prior_error(twin), "input": {**prior_error(x), **anatomy(x, twin, mask, x)}}
+  # The in-fill form's fill pasted through the true mask: what it could reach.
+  m = mask[..., None]
+  pasted = np.asarray(x + m * (surroundings(jnp.asarray(x), jnp.asarray(m)) - x))
+  rows["in-fill through the true mask"] = {**prior_error(pasted),
+                                           **anatomy(x, twin, mask, pasted)}
   for name in args.variants.split(","):
     method, variant = name.split("/")
     cf = np.load(os.path.join(workdir, f"{method}_{variant}_counterfactuals.npy"))[:n][positive]

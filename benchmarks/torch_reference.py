@@ -342,7 +342,9 @@ def make_step(gens: PerClass, discs: PerClass, clf: CNNClassifier, *,
     g_opt.step()
     return {k: v.detach() for k, v in {**d_metrics, **g_metrics}.items()}
 
-  return torch.compile(step) if compiled else step
+  # Static shapes: a second size in the same process gets its own graphs, not a slower
+  # dynamic-shape recompile.
+  return torch.compile(step, dynamic=False) if compiled else step
 
 
 def check_against_jax(image_size: int = 16, channels: int = 3, per_class: int = 4,
@@ -406,7 +408,9 @@ def check_against_jax(image_size: int = 16, channels: int = 3, per_class: int = 
   out["steps"] = []
   for _ in range(steps):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-    eps = jax.random.uniform(jax.random.split(key)[1], (2, per_class, 1, 1, 1))
+    # The gradient penalty's key of discriminator step 0, as gan.make_train_step draws it.
+    k_gp = jax.random.fold_in(jax.random.split(key, 6)[1], 0)
+    eps = jax.random.uniform(k_gp, (2, per_class, 1, 1, 1))
     state, jm = jstep(state, clf_fn.params, x)
     tm = tstep(xt, torch.tensor(np.asarray(eps)))
     out["steps"].append({"max_loss_diff": max(diff(jm[k], tm[k]) for k in tm),

@@ -123,6 +123,10 @@ VARIANTS = {
     # ... and the in-fill form: the mask composites the image's own surroundings.
     "default_partial5_tv3_infill": {**NEW_DEFAULT, "weights.flip_partial": 0.5,
                                     "weights.tv": 3.0, "model.infill": True},
+    # ... with a mask that is binary in the forward pass (straight-through gradient).
+    "default_partial5_tv3_infill_hard": {**NEW_DEFAULT, "weights.flip_partial": 0.5,
+                                         "weights.tv": 3.0, "model.infill": True,
+                                         "model.hard_mask": True},
     # Ten classes, on top of the defaults (which drop SyCE's symmetric term, train half
     # the images toward their runner-up class and push the flip harder when there are
     # more than two classes):

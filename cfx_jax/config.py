@@ -40,7 +40,7 @@ def explainer_config(method: str = "syce", preset: str = "small") -> ml_collecti
   c.weights = ml_collections.ConfigDict(dict(TRUTH_WEIGHTS.get(method, {})))
   c.model = ml_collections.ConfigDict(dict(
       **PRESETS[preset], residual=True, shared=ml_collections.FieldReference(None, field_type=bool),
-      mask=False, infill=False, disc_kind="global", dtype="float32"))
+      mask=False, infill=False, hard_mask=False, disc_kind="global", dtype="float32"))
   # Realism and validity that a tint cannot satisfy (0 = off): the discriminator sees
   # real and generated images under the same random colour, contrast and noise jitter,
   # and the flip loss is an expectation over jittered copies (data/augment.py).

@@ -9,7 +9,7 @@ from flax import nnx
 from cfx_jax.classifier import as_classifier
 from cfx_jax.methods import GENERATORS, ModelSpec, losses
 from cfx_jax.models import Discriminator
-from cfx_jax.models.unet import UNet, surroundings
+from cfx_jax.models.unet import UNet, open_mask, surroundings
 from cfx_jax.methods.conditional import gan
 
 X = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)), jnp.float32)
@@ -81,6 +81,22 @@ def test_infill_form_starts_close_to_the_input_and_opens_to_the_surroundings():
     UNet(3, features=(8, 16), mask=True, infill=True, rngs=nnx.Rngs(0))
 
 
+def test_hard_mask_is_binary_forward_with_the_soft_masks_gradient():
+  """A hard mask is 0 or 1, switching where the soft one passes 0.5, and passes the soft
+  mask's gradient back; a closed hard in-fill returns the input exactly."""
+  z = jnp.linspace(0.0, 8.0, 33)
+  hard, soft = open_mask(z, True), open_mask(z, False)
+  np.testing.assert_array_equal(hard, (soft > 0.5).astype(np.float32))
+  w = jnp.cos(z)  # a fixed weight per entry
+  grad = lambda h: jax.grad(lambda z: jnp.sum(open_mask(z, h) * w))(z)
+  np.testing.assert_allclose(grad(True), grad(False), rtol=1e-6)
+  closed = UNet(3, features=(8, 16), infill=True, hard_mask=True, rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(closed(X), X)
+  assert float(jnp.abs(UNet(3, features=(8, 16), infill=True, rngs=nnx.Rngs(0))(X) - X).max()) > 0
+  with pytest.raises(ValueError, match="hard_mask needs a mask"):
+    UNet(3, features=(8, 16), hard_mask=True, rngs=nnx.Rngs(0))
+
+
 def _features(net, x):
   """The decoder features the heads read (the U-Net's forward pass without its heads)."""
   skips, h = [], x
@@ -126,7 +142,7 @@ def test_step_with_every_option_is_finite_and_deterministic(name):
   w = np.linspace(-1, 1, 16 * 16 * 3).reshape(16, 16, 3).astype(np.float32)
   clf = as_classifier(lambda x: (x * w).sum(axis=(1, 2, 3)), (16, 16, 3))
   spec = ModelSpec(16, 3, 2, (8, 16), (8, 16, 16), mask=name == "syce",
-                   infill=name == "sagen", disc_kind="patch")
+                   infill=name == "sagen", hard_mask=name == "sagen", disc_kind="patch")
   x = X.reshape(2, 2, 16, 16, 3)
 
   def run():

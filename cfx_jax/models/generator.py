@@ -25,8 +25,8 @@ class Generator(nnx.Module):
 
   def __init__(self, channels: int, num_classes: int, *, shared: bool | None = None,
                features: tuple[int, ...] = (16, 32, 64), residual: bool = True,
-               mask: bool = False, infill: bool = False, dtype=None,
-               rngs: nnx.Rngs):
+               mask: bool = False, infill: bool = False, hard_mask: bool = False,
+               dtype=None, rngs: nnx.Rngs):
     self.num_classes = num_classes
     self.shared = (num_classes > 2) if shared is None else bool(shared)
     if not self.shared and num_classes != 2:
@@ -35,7 +35,8 @@ class Generator(nnx.Module):
     count, cond_dim = (1, 2 * num_classes) if self.shared else (num_classes, 0)
     self.nets = nnx.List([
         UNet(channels, cond_dim=cond_dim, features=features, residual=residual, mask=mask,
-             infill=infill, dtype=dtype, rngs=rngs) for _ in range(count)])
+             infill=infill, hard_mask=hard_mask, dtype=dtype, rngs=rngs)
+        for _ in range(count)])
 
   def __call__(self, x: jax.Array, source: jax.Array, target: jax.Array) -> jax.Array:
     """Per-example source/target classes, shape (N,)."""
@@ -65,11 +66,12 @@ class TwoHeadGenerator(nnx.Module):
 
   def __init__(self, channels: int, num_classes: int, *,
                features: tuple[int, ...] = (16, 32, 64), residual: bool = True,
-               mask: bool = False, infill: bool = False, dtype=None,
-               rngs: nnx.Rngs):
+               mask: bool = False, infill: bool = False, hard_mask: bool = False,
+               dtype=None, rngs: nnx.Rngs):
     self.num_classes = num_classes
     self.net = UNet(channels, cond_dim=num_classes, features=features, heads=2,
-                    residual=residual, mask=mask, infill=infill, dtype=dtype, rngs=rngs)
+                    residual=residual, mask=mask, infill=infill, hard_mask=hard_mask,
+                    dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(stable, adversarial) images for per-example targets (N,)."""

@@ -14,6 +14,10 @@ itself: a normalised Gaussian average of the pixels outside the mask, i.e. the
 background around the region. A generator that opens the mask over a lesion replaces
 it with what surrounds it instead of drawing an approximation of it;
 the residual term still draws what must be added.
+
+`hard_mask` (either form) makes the mask binary in the forward pass, m > 0.5, with the
+soft mask's gradient (straight-through): a half-open mask cannot leave half a lesion
+behind, nor let it leak into the in-fill's average.
 """
 
 from __future__ import annotations
@@ -51,6 +55,13 @@ def surroundings(x: jax.Array, m: jax.Array) -> jax.Array:
   return out[..., :-1] / jnp.maximum(out[..., -1:], 1e-3)
 
 
+def open_mask(logits: jax.Array, hard: bool) -> jax.Array:
+  """sigmoid(logits - 4), almost closed at zero logits; `hard`: 1 where that is past 0.5
+  and 0 elsewhere, with the soft mask's gradient (straight-through)."""
+  m = jax.nn.sigmoid(logits - 4.0)
+  return m + jax.lax.stop_gradient(jnp.where(m > 0.5, 1.0, 0.0) - m) if hard else m
+
+
 def _upsample(x: jax.Array) -> jax.Array:
   n, h, w, c = x.shape
   return jax.image.resize(x, (n, 2 * h, 2 * w, c), method="nearest")
@@ -79,12 +90,14 @@ class UNet(nnx.Module):
 
   def __init__(self, channels: int, *, cond_dim: int = 0,
                features: tuple[int, ...] = (16, 32, 64), heads: int = 1,
-               residual: bool = True, mask: bool = False, infill: bool = False, dtype=None,
-               rngs: nnx.Rngs):
+               residual: bool = True, mask: bool = False, infill: bool = False,
+               hard_mask: bool = False, dtype=None, rngs: nnx.Rngs):
     if mask and infill:
       raise ValueError("mask (a drawn fill) and infill (the surroundings) exclude each other")
+    if hard_mask and not (mask or infill):
+      raise ValueError("hard_mask needs a mask: set mask or infill")
     self.channels, self.cond_dim, self.residual = channels, cond_dim, residual
-    self.mask, self.infill = mask, infill
+    self.mask, self.infill, self.hard_mask = mask, infill, hard_mask
     self.down = nnx.List()
     prev = channels + cond_dim
     for i, f in enumerate(features):
@@ -127,7 +140,7 @@ class UNet(nnx.Module):
     for i, head in enumerate(self.heads):
       r = head(h).astype(jnp.float32)
       if self.mask or self.infill:
-        m = jax.nn.sigmoid(self.mask_heads[i](h).astype(jnp.float32) - 4.0)
+        m = open_mask(self.mask_heads[i](h).astype(jnp.float32), self.hard_mask)
       if self.mask:
         outs.append(x + m * (jnp.tanh(r) - x))
       elif self.infill:

@@ -59,7 +59,7 @@ class CycleExplainer(Method):
   def build(self, spec: ModelSpec, rngs: nnx.Rngs):
     gen = Generator(spec.channels, spec.num_classes, shared=spec.shared,
                     features=spec.gen_features, residual=spec.residual,
-                    mask=spec.mask, infill=spec.infill,
+                    mask=spec.mask, infill=spec.infill, hard_mask=spec.hard_mask,
                     dtype=spec.dtype, rngs=rngs)
     disc = Discriminator(spec.channels, spec.image_size, spec.num_classes,
                          shared=spec.shared, features=spec.disc_features,

@@ -26,7 +26,7 @@ class StableAdversarialExplainer(Method):
   def build(self, spec: ModelSpec, rngs: nnx.Rngs):
     gen = TwoHeadGenerator(spec.channels, spec.num_classes, features=spec.gen_features,
                            residual=spec.residual, mask=spec.mask, infill=spec.infill,
-                           dtype=spec.dtype, rngs=rngs)
+                           hard_mask=spec.hard_mask, dtype=spec.dtype, rngs=rngs)
     disc = Discriminator(spec.channels, spec.image_size, spec.num_classes,
                          shared=spec.shared, features=spec.disc_features,
                          kind=spec.disc_kind, dtype=spec.dtype, rngs=rngs)

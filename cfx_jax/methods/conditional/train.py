@@ -36,7 +36,8 @@ def model_spec(config: ml_collections.ConfigDict, image_shape, num_classes: int)
                    gen_features=tuple(m.gen_features), disc_features=tuple(m.disc_features),
                    residual=bool(m.residual), shared=m.shared,
                    mask=bool(m.get("mask", False)),
-                   infill=bool(m.get("infill", False)), disc_kind=m.get("disc_kind", "global"),
+                   infill=bool(m.get("infill", False)),
+                   hard_mask=bool(m.get("hard_mask", False)), disc_kind=m.get("disc_kind", "global"),
                    dtype=None if m.dtype == "float32" else jnp.dtype(m.dtype))
 
 

@@ -65,15 +65,17 @@ def compare_torch() -> str:
   lines = []
   for name, r in _load("compare_torch_*.json"):
     lines += [f"`{name}` ({r['device']}, jax {r['jax']}, torch {r['torch']}, "
-              f"{r['rounds']} alternating rounds of {r['steps_per_round']} steps)", "",
-              "| image | batch | ms/step (median of rounds) | JAX / torch (median, min–max over rounds) |",
-              "|---|---|---|---|"]
+              f"{r['rounds']} alternating rounds)", "",
+              "| image | batch | steps per round | ms/step (median of rounds) "
+              "| JAX / torch (median, min–max over rounds) |",
+              "|---|---|---|---|---|"]
     for x in r["results"]:
       ms = ", ".join(f"{k} {v:.0f}" for k, v in x["ms_per_step_median"].items())
       ratios = "; ".join(f"{k}: {v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f})"
                          for k, v in x["ratios"].items())
+      steps = x.get("steps_per_round", r["steps_per_round"])  # older files: one count
       lines.append(f"| {x['image_size']}x{x['image_size']}x{x['channels']} | {x['batch']} "
-                   f"| {ms} | {ratios} |")
+                   f"| {steps} | {ms} | {ratios} |")
     lines.append("")
   return "\n".join(lines)
 
@@ -94,14 +96,43 @@ def optimiser_throughput() -> str:
   lines = []
   for name, r in _load("optimiser_throughput_*.json"):
     c = r["config"]
+    rounds = f", {r['rounds']} rounds" if "rounds" in r else ""
     lines += [(f"`{name}` ({r['method'].upper()}, {r['device']}, {r['images']} images "
-               f"{'x'.join(str(v) for v in r['image_shape'])}, {c['steps']} steps)"), "",
-              "| pattern | images/s | speed-up |", "|---|---|---|"]
-    loop = r["loop"]
-    note = f" (timed on {loop['images_timed']} images)" if loop["extrapolated"] else ""
-    lines += [f"| one image at a time{note} | {loop['images_per_s']:.2f} | 1 |",
-              (f"| whole batch, one program | {r['batched']['images_per_s']:.2f} "
-               f"| {r['speedup']:.1f}x |")]
+               f"{'x'.join(str(v) for v in r['image_shape'])}, {c['steps']} steps{rounds})"),
+              "", "| pattern | images/s | batched / this (median, min–max over rounds) |",
+              "|---|---|---|"]
+    ratios = r.get("ratios", {"batched / loop": {"median": r["speedup"]}})
+    for mode, label in (("python_loop", "one image at a time, a Python loop over steps"),
+                        ("loop", "one image at a time, one compiled optimisation each")):
+      if mode not in r:  # older files have no python loop
+        continue
+      x = r[mode]
+      note = f" (timed on {x['images_timed']} images)" if x["extrapolated"] else ""
+      ratio = ratios[f"batched / {mode}"]
+      spread = f" ({ratio['min']:.2f}–{ratio['max']:.2f})" if "min" in ratio else ""
+      lines.append(f"| {label}{note} | {x['images_per_s']:.3g} | {ratio['median']:.2f}x"
+                   f"{spread} |")
+    lines.append(f"| whole batch, one program | {r['batched']['images_per_s']:.3g} | 1 |")
+    if "python_loop_max_abs_diff" in r:
+      lines += ["", f"Largest difference from the batched result: one compiled "
+                    f"optimisation each {r['max_abs_diff']:.2g}, Python loop "
+                    f"{r['python_loop_max_abs_diff']:.2g}."]
+    lines.append("")
+  return "\n".join(lines)
+
+
+def step_forms() -> str:
+  lines = []
+  for name, r in _load("step_forms_*.json"):
+    ms = {(x["pool"], x["dispatch"]): x["ms_per_step_median"] for x in r["results"]}
+    dispatches = list(dict.fromkeys(d for _, d in ms))
+    lines += [f"`{name}` ({r['device']}, batch {r['batch']}, {r['steps']} steps, "
+              f"{r['rounds']} rounds; ms per step)", "",
+              "| max-pool | " + " | ".join(dispatches) + " |",
+              "|---" * (len(dispatches) + 1) + "|"]
+    for pool in dict.fromkeys(p for p, _ in ms):
+      lines.append(f"| {pool} | " + " | ".join(f"{ms[(pool, d)]:.1f}" for d in dispatches)
+                   + " |")
     lines.append("")
   return "\n".join(lines)
 
@@ -154,6 +185,7 @@ if __name__ == "__main__":
   for title, text in (("Step time", step_time()), ("JAX against PyTorch", compare_torch()),
                       ("Explanation throughput", explain_throughput()),
                       ("FIDO and DISC: batched against one at a time", optimiser_throughput()),
+                      ("One step in the forms XLA compiles differently", step_forms()),
                       ("Leaderboards", leaderboards()), ("Scaling", scaling()),
                       ("Counterfactual truth", counterfactual_truth()),
                       ("Methods", methods())):

@@ -23,6 +23,23 @@ def test_step_time_smoke(tmp_path):
   assert rows[1]["flops_per_step"] == rows[0]["flops_per_step"]
 
 
+def test_step_forms_smoke(tmp_path):
+  from benchmarks import step_forms
+  out = tmp_path / "forms.json"
+  result = step_forms.main(["--smoke", "--out", str(out)])
+  rows = json.loads(out.read_text())["results"]
+  assert rows == json.loads(json.dumps(result["results"]))
+  assert {(r["pool"], r["dispatch"]) for r in rows} == {
+      (p, d) for p in step_forms.POOLS for d in step_forms.DISPATCH}
+  # Every form is the same computation: equal up to rounding.
+  assert all(r["ms_per_step_median"] > 0 and r["max_abs_diff"] < 1e-5 for r in rows)
+  # ... but each pooling form is what its program runs.
+  import jax.numpy as jnp
+  images = jnp.zeros((2, 8, 8, 3))
+  hlo = {p: step_forms.programs(p, images, 1)[1]["scan"].as_text() for p in step_forms.POOLS}
+  assert "reduce-window" in hlo["reduce_window"] and "reduce-window" not in hlo["reshape"]
+
+
 def test_explain_throughput_smoke(tmp_path):
   from benchmarks import explain_throughput
   out = tmp_path / "throughput.json"
@@ -33,19 +50,30 @@ def test_explain_throughput_smoke(tmp_path):
   assert all(r["maps_per_s"] > 0 for r in result["results"])
 
 
-@pytest.mark.parametrize("method", ["fido", "disc"])
-def test_optimiser_throughput_smoke(tmp_path, method):
+# DISC without its L1 proximity term: at the first inversion step the counterfactual
+# equals the image up to rounding, so that term's gradient signs are rounding, and Adam's
+# normalised first step makes them full-size (see the benchmark's docstring).
+@pytest.mark.parametrize("method, extra", [("fido", []), ("disc", ["--proximity", "0"])])
+def test_optimiser_throughput_smoke(tmp_path, method, extra):
   from benchmarks import optimiser_throughput
   out = tmp_path / f"{method}.json"
-  result = optimiser_throughput.main(["--method", method, "--smoke", "--out", str(out)])
+  result = optimiser_throughput.main(["--method", method, "--smoke", "--out", str(out)]
+                                     + extra)
   saved = json.loads(out.read_text())
   assert saved == json.loads(json.dumps(result)) and saved["method"] == method
-  for k in ("seconds", "images_per_s", "compile_s"):
-    assert saved["batched"][k] > 0 and saved["loop"][k] > 0
-  assert saved["loop"]["images_timed"] <= saved["images"]
-  # The same optimisation batched and one at a time: equal up to rounding for FIDO;
-  # DISC's prior fit amplifies rounding (see the benchmark's docstring).
-  assert saved["max_abs_diff"] < (1e-3 if method == "fido" else 2.0)
+  for mode in ("batched", "loop", "python_loop"):
+    for k in ("seconds", "images_per_s", "compile_s"):
+      assert saved[mode][k] > 0
+    assert len(saved[mode]["seconds_rounds"]) == saved["rounds"] == 2
+  assert saved["loop"]["images_timed"] == 4 and saved["python_loop"]["images_timed"] == 2
+  assert set(saved["ratios"]) == {"batched / loop", "batched / python_loop",
+                                  "loop / python_loop"}
+  # The same optimisation batched, one compiled optimisation per image, and one compiled
+  # step per Python iteration (same keys, steps and optimiser state): equal up to rounding.
+  # A wrong key or step index in the stepped loop moves the results by 0.1 or more.
+  assert saved["max_abs_diff"] < 1e-4
+  assert saved["python_loop_max_abs_diff"] < 1e-4
+  assert saved["python_loop_vs_loop_max_abs_diff"] < 1e-4
 
 
 def test_host_flop_count_matches_the_layers_by_hand():

@@ -50,3 +50,11 @@ def test_compare_driver_smoke(tmp_path):
   assert set(row["ratios"]) == {"jax-float32 / torch-eager"}
   assert all(len(v) == 2 for v in row["ms_per_step_rounds"].values())
   assert row["ratios"]["jax-float32 / torch-eager"]["median"] > 0
+  assert row["steps_per_round"] == 1 and row["rounds"] == 2
+
+
+def test_compare_driver_steps_per_size():
+  """--steps takes one count for every size or one per size, nothing else."""
+  from benchmarks import compare_torch
+  with pytest.raises(SystemExit):
+    compare_torch.main(["--sizes", "16x3", "--steps", "1", "2"])

@@ -131,9 +131,9 @@ def save_settings(path: str, method: str, explainer) -> None:
                "classifier_fingerprint": explainer.classifier.fingerprint()}, f, indent=2)
 
 
-def minimise(loss, params, opt: optax.GradientTransformation, steps: int):
-  """`steps` updates of `opt` on `loss(params, step) -> scalar`, in one `lax.scan` (one
-  compiled loop, vmappable over images). Returns (params, the loss at every step)."""
+def update(loss, opt: optax.GradientTransformation):
+  """One step of `minimise`: ((params, opt state), step) -> ((params, opt state), loss).
+  The carry starts at (params, opt.init(params)); step counts from 0."""
 
   def body(carry, step):
     p, state = carry
@@ -141,5 +141,12 @@ def minimise(loss, params, opt: optax.GradientTransformation, steps: int):
     updates, state = opt.update(grad, state, p)
     return (optax.apply_updates(p, updates), state), value
 
-  (params, _), trace = jax.lax.scan(body, (params, opt.init(params)), jnp.arange(steps))
+  return body
+
+
+def minimise(loss, params, opt: optax.GradientTransformation, steps: int):
+  """`steps` updates of `opt` on `loss(params, step) -> scalar`, in one `lax.scan` (one
+  compiled loop, vmappable over images). Returns (params, the loss at every step)."""
+  (params, _), trace = jax.lax.scan(update(loss, opt), (params, opt.init(params)),
+                                    jnp.arange(steps))
   return params, trace

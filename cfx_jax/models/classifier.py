@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cfx_jax.models.layers import max_pool2
+
 
 def conv_blocks(channels: int, features, rngs: nnx.Rngs) -> tuple[nnx.List, nnx.List, int]:
   """The 3x3 convolutions (no bias) and BatchNorms of conv-BN-ReLU blocks, one per width,
@@ -35,7 +37,7 @@ class CNNClassifier(nnx.Module):
     for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
       x = jax.nn.relu(norm(conv(x), use_running_average=not train))
       if i < len(self.convs) - 1:
-        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool2(x)
     return x
 
   def bn_features(self, x: jax.Array) -> tuple[jax.Array, tuple]:
@@ -51,7 +53,7 @@ class CNNClassifier(nnx.Module):
       layers.append((pre, norm.mean[...], norm.var[...]))
       x = jax.nn.relu(norm(pre, use_running_average=True))
       if i < len(self.convs) - 1:
-        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool2(x)
     return self.feature_head(x), tuple(layers)
 
   def feature_head(self, maps: jax.Array) -> jax.Array:

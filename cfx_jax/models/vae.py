@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cfx_jax.models.layers import strided_conv
+from cfx_jax.models.layers import max_pool2, strided_conv
 
 
 def _upsample(x: jax.Array) -> jax.Array:
@@ -144,7 +144,7 @@ class AttributePredictor(nnx.Module):
     for i, conv in enumerate(self.convs):
       x = jax.nn.silu(conv(x))
       if i < len(self.convs) - 1:
-        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool2(x)
     pooled = jnp.concatenate([jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))], axis=-1)
     return self.head(pooled)
 

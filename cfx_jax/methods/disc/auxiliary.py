@@ -40,6 +40,7 @@ from cfx_jax.engine import state as state_lib
 from cfx_jax.engine.loop import LoopConfig, train_loop
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.models.classifier import conv_blocks
+from cfx_jax.models.layers import max_pool2
 
 META_FILE = "auxiliary.json"
 # DUQ's initial centroid "count": the first batches move the centroids only gradually.
@@ -95,7 +96,7 @@ class RBFNet(nnx.Module):
     for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
       x = jax.nn.relu(norm(conv(x), use_running_average=not train))
       if i < len(self.convs) - 1:
-        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool2(x)
     phi = jnp.mean(x, axis=(1, 2))
     return jnp.einsum("nf,kdf->nkd", phi, self.projection[...])
 

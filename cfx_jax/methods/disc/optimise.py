@@ -181,25 +181,46 @@ def optimise_counterfactuals(images, targets, key, cfg, *, logits_fn, bn_fn=None
   """
   images = jnp.asarray(images)
   n = images.shape[0]
-  image_shape = tuple(images.shape[1:])
   ids = jnp.arange(n) if ids is None else jnp.asarray(ids)
-  fit_steps, steps = int(cfg.fit_steps), int(cfg.steps)
-  fit_lr, lr = learning_rates(cfg)
-  fit_opt = optax.adam(optax.cosine_decay_schedule(fit_lr, max(fit_steps, 1), alpha=0.1))
-  opt = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.1))
+  fit_opt, opt = optimisers(cfg)
 
   def one_image(x, t, k):
-    prior_key, aug_key = jax.random.split(k)
-    fixed, params = init_prior(prior_key, cfg, image_shape)
+    params, fit_loss, residual_of, inversion = image_stages(
+        x, t, k, cfg, logits_fn=logits_fn, bn_fn=bn_fn, uncertainty_fn=uncertainty_fn)
+    params, fit_trace = common.minimise(fit_loss, params, fit_opt, int(cfg.fit_steps))
+    loss, counterfactual = inversion(residual_of(params))
+    params, trace = common.minimise(loss, params, opt, int(cfg.steps))
+    return counterfactual(params), {"fit": fit_trace, "loss": trace}
 
-    def draw(p):
-      return render(cfg, image_shape, fixed, p)
+  return jax.vmap(one_image)(images, jnp.asarray(targets), image_keys(key, ids))
 
-    params, fit_trace = common.minimise(lambda q, _: jnp.mean(jnp.square(draw(q) - x)),
-                                        params, fit_opt, fit_steps)
-    residual = (jax.lax.stop_gradient(x - draw(params)) if cfg.keep_residual
-                else jnp.zeros_like(x))
 
+def optimisers(cfg) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+  """Adam of the prior fit and of the inversion."""
+  fit_lr, lr = learning_rates(cfg)
+  return (optax.adam(optax.cosine_decay_schedule(fit_lr, max(int(cfg.fit_steps), 1),
+                                                 alpha=0.1)),
+          optax.adam(optax.cosine_decay_schedule(lr, int(cfg.steps), alpha=0.1)))
+
+
+def image_stages(x, t, key, cfg, *, logits_fn, bn_fn=None, uncertainty_fn=None):
+  """The two optimisations `optimise_counterfactuals` runs for image x (H, W, C), target t
+  and key `key` (see `image_keys`): (initial prior params, fit_loss(p, step),
+  residual_of(fitted params), inversion(residual) -> (loss(p, step), counterfactual(p)))."""
+  image_shape = tuple(x.shape)
+  prior_key, aug_key = jax.random.split(key)
+  fixed, params = init_prior(prior_key, cfg, image_shape)
+
+  def draw(p):
+    return render(cfg, image_shape, fixed, p)
+
+  def fit_loss(p, _):
+    return jnp.mean(jnp.square(draw(p) - x))
+
+  def residual_of(p):
+    return (jax.lax.stop_gradient(x - draw(p)) if cfg.keep_residual else jnp.zeros_like(x))
+
+  def inversion(residual):
     def counterfactual(p):
       return jnp.clip(draw(p) + residual, -1.0, 1.0)
 
@@ -208,7 +229,6 @@ def optimise_counterfactuals(images, targets, key, cfg, *, logits_fn, bn_fn=None
                        jax.random.fold_in(aug_key, step), logits_fn=logits_fn, cfg=cfg,
                        bn_fn=bn_fn, uncertainty_fn=uncertainty_fn)[0]
 
-    params, trace = common.minimise(loss, params, opt, steps)
-    return counterfactual(params), {"fit": fit_trace, "loss": trace}
+    return loss, counterfactual
 
-  return jax.vmap(one_image)(images, jnp.asarray(targets), image_keys(key, ids))
+  return params, fit_loss, residual_of, inversion

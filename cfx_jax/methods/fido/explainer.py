@@ -164,29 +164,39 @@ def optimise_masks(score_fn, infill, images, classes, key, cfg, *, ids=None):
   jax.vmap over images of a jax.lax.scan over the Adam steps. `ids` (N,) seed each
   image's randomness (default 0..N-1); pass global indices when optimising a chunk.
   """
-  infill = get_infiller(infill)
   images = jnp.asarray(images)
   n, height, width = images.shape[:3]
   ids = jnp.arange(n) if ids is None else jnp.asarray(ids)
-  steps = int(cfg.steps)
-  opt = optax.adam(optax.linear_schedule(cfg.learning_rate, 0.0, steps))
+  opt = mask_optimiser(cfg)
   theta0 = initial_theta(cfg, grid_shape(cfg, (height, width)), images.dtype)
 
   def one_image(x, c, k):
-    fill = infill
-    if not (infill.uses_mask or infill.uses_key):
-      # Mask- and key-free fills are computed once, outside the step loop.
-      fixed = infill(x[None], jnp.ones((1, height, width, 1), x.dtype), k)[0]
-      fill = Infiller(lambda imgs, m, kk: jnp.broadcast_to(fixed, imgs.shape), infill.name,
-                      uses_mask=False, uses_key=False)
-
-    def loss(theta, step):
-      return fido_loss(theta, x, c, jax.random.fold_in(k, step), step,
-                       score_fn=score_fn, infill=fill, cfg=cfg)
-
-    return common.minimise(loss, theta0, opt, steps)
+    return common.minimise(image_loss(score_fn, infill, x, c, k, cfg), theta0, opt,
+                           int(cfg.steps))
 
   return jax.vmap(one_image)(images, jnp.asarray(classes), image_keys(key, ids))
+
+
+def mask_optimiser(cfg) -> optax.GradientTransformation:
+  return optax.adam(optax.linear_schedule(cfg.learning_rate, 0.0, int(cfg.steps)))
+
+
+def image_loss(score_fn, infill, x, c, key, cfg):
+  """loss(theta, step) that `optimise_masks` minimises for image x (H, W, C) of class c,
+  whose key is `key` (see `image_keys`)."""
+  infill = get_infiller(infill)
+  fill = infill
+  if not (infill.uses_mask or infill.uses_key):
+    # Mask- and key-free fills are computed once, outside the step loop.
+    fixed = infill(x[None], jnp.ones((1,) + x.shape[:2] + (1,), x.dtype), key)[0]
+    fill = Infiller(lambda imgs, m, kk: jnp.broadcast_to(fixed, imgs.shape), infill.name,
+                    uses_mask=False, uses_key=False)
+
+  def loss(theta, step):
+    return fido_loss(theta, x, c, jax.random.fold_in(key, step), step,
+                     score_fn=score_fn, infill=fill, cfg=cfg)
+
+  return loss
 
 
 def other_class_on(probs: jax.Array, c: jax.Array) -> jax.Array:

@@ -127,6 +127,28 @@ VARIANTS = {
     "default_partial5_tv3_infill_hard": {**NEW_DEFAULT, "weights.flip_partial": 0.5,
                                          "weights.tv": 3.0, "model.infill": True,
                                          "model.hard_mask": True},
+    # ... where the generator that removes lesions (source class 1) only in-fills.
+    "default_partial5_tv3_infill_fill1": {**NEW_DEFAULT, "weights.flip_partial": 0.5,
+                                          "weights.tv": 3.0, "model.infill": True,
+                                          "model.fill_only": (1,)},
+    "default_partial5_tv3_infill_fill1_hard": {**NEW_DEFAULT, "weights.flip_partial": 0.5,
+                                               "weights.tv": 3.0, "model.infill": True,
+                                               "model.fill_only": (1,), "model.hard_mask": True},
+    # ... and only there: the generator that adds lesions keeps the plain residual form.
+    "default_partial5_tv3_fill1": {**NEW_DEFAULT, "weights.flip_partial": 0.5,
+                                   "weights.tv": 3.0, "model.fill_only": (1,)},
+    # ... with no cycle terms (nothing asks the removal to keep what redraws the lesion),
+    # or a flip that must hold down to 30%, 15% or 5% of the edit.
+    "default_partial5_tv3_fill1_nocycle": {**NEW_DEFAULT, "weights.flip_partial": 0.5,
+                                           "weights.tv": 3.0, "model.fill_only": (1,),
+                                           "weights.cycle": 0.0, "weights.sym": 0.0,
+                                           "weights.cycle_cls": 0.0, "weights.sym_cls": 0.0},
+    "default_partial7_tv3_fill1": {**NEW_DEFAULT, "weights.flip_partial": 0.7,
+                                   "weights.tv": 3.0, "model.fill_only": (1,)},
+    "default_partial85_tv3_fill1": {**NEW_DEFAULT, "weights.flip_partial": 0.85,
+                                    "weights.tv": 3.0, "model.fill_only": (1,)},
+    "default_partial95_tv3_fill1": {**NEW_DEFAULT, "weights.flip_partial": 0.95,
+                                    "weights.tv": 3.0, "model.fill_only": (1,)},
     # Ten classes, on top of the defaults (which drop SyCE's symmetric term, train half
     # the images toward their runner-up class and push the flip harder when there are
     # more than two classes):

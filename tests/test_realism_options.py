@@ -97,6 +97,27 @@ def test_hard_mask_is_binary_forward_with_the_soft_masks_gradient():
     UNet(3, features=(8, 16), hard_mask=True, rngs=nnx.Rngs(0))
 
 
+def test_fill_only_generator_can_only_replace_regions_by_their_surroundings():
+  """With fill_only, source class 1's network has no residual: opened fully it returns the
+  in-fill whatever its residual head says; class 0's network still draws."""
+  from cfx_jax.models.generator import Generator
+  gen = Generator(3, 2, features=(8, 16), infill=True, fill_only=(1,), rngs=nnx.Rngs(0))
+  for net in gen.nets:
+    net.heads[0].bias[...] = jnp.full((3,), 0.5)  # a residual that would brighten
+    net.mask_heads[0].bias[...] = jnp.full((1,), 40.0)  # fully open
+  m = jnp.ones(X.shape[:3] + (1,))
+  np.testing.assert_allclose(gen.nets[1](X), surroundings(X, m), atol=1e-6)
+  assert float(jnp.abs(gen.nets[0](X) - surroundings(X, m)).max()) > 0.5
+  # Without the in-fill form for the others, they keep the plain residual form.
+  plain = Generator(3, 2, features=(8, 16), fill_only=(1,), rngs=nnx.Rngs(0))
+  assert (plain.nets[0].infill, len(plain.nets[0].mask_heads)) == (False, 0)
+  assert (plain.nets[1].infill, plain.nets[1].draws) == (True, False)
+  with pytest.raises(ValueError, match="needs one network per source class"):
+    Generator(3, 3, features=(8, 16), infill=True, fill_only=(1,), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="needs the in-fill form"):
+    UNet(3, features=(8, 16), draws=False, rngs=nnx.Rngs(0))
+
+
 def _features(net, x):
   """The decoder features the heads read (the U-Net's forward pass without its heads)."""
   skips, h = [], x

@@ -40,6 +40,7 @@ class ModelSpec:
   mask: bool = False          # composite a redrawn fill through a soft mask (models/unet.py)
   infill: bool = False        # ... or the image's own surroundings (models/unet.py)
   hard_mask: bool = False     # either mask binary forward, soft gradient (models/unet.py)
+  fill_only: tuple[int, ...] = ()  # source classes whose generator only in-fills
   disc_kind: str = "global"   # "global" (one logit per image) or "patch" (PatchGAN)
 
 

@@ -26,17 +26,26 @@ class Generator(nnx.Module):
   def __init__(self, channels: int, num_classes: int, *, shared: bool | None = None,
                features: tuple[int, ...] = (16, 32, 64), residual: bool = True,
                mask: bool = False, infill: bool = False, hard_mask: bool = False,
-               dtype=None, rngs: nnx.Rngs):
+               fill_only: tuple[int, ...] = (), dtype=None, rngs: nnx.Rngs):
+    """`fill_only`: source classes whose network only in-fills (models/unet.py, `draws`),
+    whatever form `mask`, `infill` and `hard_mask` give the others."""
     self.num_classes = num_classes
     self.shared = (num_classes > 2) if shared is None else bool(shared)
     if not self.shared and num_classes != 2:
       raise ValueError("one network per source class is the binary form; "
                        f"use shared=True for {num_classes} classes")
+    if fill_only and (self.shared or not set(fill_only) <= set(range(num_classes))):
+      raise ValueError(f"fill_only {tuple(fill_only)} needs one network per source class "
+                       f"and classes in 0..{num_classes - 1}")
     count, cond_dim = (1, 2 * num_classes) if self.shared else (num_classes, 0)
-    self.nets = nnx.List([
-        UNet(channels, cond_dim=cond_dim, features=features, residual=residual, mask=mask,
-             infill=infill, hard_mask=hard_mask, dtype=dtype, rngs=rngs)
-        for _ in range(count)])
+    self.nets = nnx.List()
+    for source in range(count):
+      fills = source in fill_only
+      self.nets.append(UNet(
+          channels, cond_dim=cond_dim, features=features, residual=residual,
+          mask=mask and not fills, infill=infill or fills,
+          hard_mask=hard_mask and (mask or infill or fills), draws=not fills, dtype=dtype,
+          rngs=rngs))
 
   def __call__(self, x: jax.Array, source: jax.Array, target: jax.Array) -> jax.Array:
     """Per-example source/target classes, shape (N,)."""

@@ -15,6 +15,10 @@ background around the region. A generator that opens the mask over a lesion repl
 it with what surrounds it instead of drawing an approximation of it;
 the residual term still draws what must be added.
 
+`draws=False` (in-fill form only) leaves the residual out, `x + m * (fill(x, m) - x)`: a
+generator that can only replace regions by their surroundings, for a direction that
+should remove evidence, never paint it.
+
 `hard_mask` (either form) makes the mask binary in the forward pass, m > 0.5, with the
 soft mask's gradient (straight-through): a half-open mask cannot leave half a lesion
 behind, nor let it leak into the in-fill's average.
@@ -91,13 +95,15 @@ class UNet(nnx.Module):
   def __init__(self, channels: int, *, cond_dim: int = 0,
                features: tuple[int, ...] = (16, 32, 64), heads: int = 1,
                residual: bool = True, mask: bool = False, infill: bool = False,
-               hard_mask: bool = False, dtype=None, rngs: nnx.Rngs):
+               hard_mask: bool = False, draws: bool = True, dtype=None, rngs: nnx.Rngs):
     if mask and infill:
       raise ValueError("mask (a drawn fill) and infill (the surroundings) exclude each other")
     if hard_mask and not (mask or infill):
       raise ValueError("hard_mask needs a mask: set mask or infill")
     self.channels, self.cond_dim, self.residual = channels, cond_dim, residual
-    self.mask, self.infill, self.hard_mask = mask, infill, hard_mask
+    if not draws and not infill:
+      raise ValueError("draws=False (in-fill only) needs the in-fill form: set infill")
+    self.mask, self.infill, self.hard_mask, self.draws = mask, infill, hard_mask, draws
     self.down = nnx.List()
     prev = channels + cond_dim
     for i, f in enumerate(features):
@@ -143,6 +149,8 @@ class UNet(nnx.Module):
         m = open_mask(self.mask_heads[i](h).astype(jnp.float32), self.hard_mask)
       if self.mask:
         outs.append(x + m * (jnp.tanh(r) - x))
+      elif self.infill and not self.draws:
+        outs.append(x + m * (surroundings(x, m) - x))
       elif self.infill:
         outs.append(jnp.clip(x + m * (surroundings(x, m) - x) + 2.0 * jnp.tanh(r), -1.0, 1.0))
       elif self.residual:

@@ -24,6 +24,10 @@ class StableAdversarialExplainer(Method):
                          prior=0.0)
 
   def build(self, spec: ModelSpec, rngs: nnx.Rngs):
+    if spec.fill_only:
+      raise ValueError("fill_only needs one generator per source class (SyCE, CyCE); "
+                       "SAGen's generator is conditioned on the target: set "
+                       "model.fill_only=()")
     gen = TwoHeadGenerator(spec.channels, spec.num_classes, features=spec.gen_features,
                            residual=spec.residual, mask=spec.mask, infill=spec.infill,
                            hard_mask=spec.hard_mask, dtype=spec.dtype, rngs=rngs)

@@ -37,7 +37,8 @@ def model_spec(config: ml_collections.ConfigDict, image_shape, num_classes: int)
                    residual=bool(m.residual), shared=m.shared,
                    mask=bool(m.get("mask", False)),
                    infill=bool(m.get("infill", False)),
-                   hard_mask=bool(m.get("hard_mask", False)), disc_kind=m.get("disc_kind", "global"),
+                   hard_mask=bool(m.get("hard_mask", False)),
+                   fill_only=tuple(int(c) for c in m.get("fill_only", ())), disc_kind=m.get("disc_kind", "global"),
                    dtype=None if m.dtype == "float32" else jnp.dtype(m.dtype))
 
 

@@ -21,6 +21,16 @@ def test_max_pool2_equals_max_pool_in_values_and_gradients(shape):
   np.testing.assert_array_equal(grad(max_pool2), grad(plain))
 
 
+def test_max_pool2_sends_the_gradient_of_tied_maxima_where_max_pool_does():
+  """Flat image regions give windows of equal maxima: the gradient goes to the first."""
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 2, (2, 8, 8, 3)), jnp.float32)
+  plain = lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4, 4, 3)), jnp.float32)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * w))(x)  # noqa: E731
+  np.testing.assert_array_equal(max_pool2(x), plain(x))
+  np.testing.assert_array_equal(grad(max_pool2), grad(plain))
+
+
 def test_strided_conv_equals_the_stride_2_conv_to_its_second_derivative():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)

@@ -438,17 +438,16 @@ def test_paper_form_drops_l1_and_residual():
   from configs import lesions_syce
   paper = cfx_jax.paper_form(lesions_syce.get_config().explainer)
   assert paper.weights.tv == 0.0 and paper.weights.flip_partial == 0.0
-  assert paper.model.fill_only == () and not paper.model.infill
+  filled = lesions_syce.get_config().explainer
+  filled.model.fill_only = (1,)
+  assert cfx_jax.paper_form(filled).model.fill_only == ()
 
 
 def test_weakened_edit_flip_and_smooth_edit_are_the_lesion_quick_starts_not_defaults():
-  """They helped on lesions and hurt on Fashion-MNIST (README, fourth round); the
-  in-fill-only remover is the lesion quick start's too (seventh round)."""
+  """They helped on lesions and hurt on Fashion-MNIST (README, fourth round)."""
   from configs import lesions_syce
-  c = lesions_syce.get_config().explainer
-  w = GENERATORS["syce"].weights(2, dict(c.weights))
-  assert (w["tv"], w["flip_partial"], tuple(c.model.fill_only)) == (3.0, 0.95, (1,))
-  assert cfx_jax.explainer_config("syce").model.fill_only == ()
+  w = GENERATORS["syce"].weights(2, dict(lesions_syce.get_config().explainer.weights))
+  assert (w["tv"], w["flip_partial"]) == (3.0, 0.5)
   for name in ("syce", "cyce", "sagen"):
     for k in (2, 10):
       assert (GENERATORS[name].weights(k, {})["tv"],

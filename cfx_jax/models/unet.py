@@ -20,8 +20,9 @@ generator that can only replace regions by their surroundings, for a direction t
 should remove evidence, never paint it.
 
 `hard_mask` (either form) makes the mask binary in the forward pass, m > 0.5, with the
-soft mask's gradient (straight-through): a half-open mask cannot leave half a lesion
-behind, nor let it leak into the in-fill's average.
+soft mask's gradient (straight-through), so that a half-open mask cannot leave half a
+lesion behind. Measured on the lesion set it does not learn to open (README, sixth and
+seventh rounds); it stays an option.
 """
 
 from __future__ import annotations

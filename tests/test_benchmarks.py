@@ -91,8 +91,7 @@ def test_host_flop_count_matches_the_layers_by_hand():
   assert flops.host_cost(conv, x, w)["flops"] == flops.conv2d_flops(4, 15, 17, 5, 7, (4, 4),
                                                                      (2, 2))
   # The reference CNN: convolutions and the head by hand; XLA adds the element-wise
-  # work (BatchNorm, ReLU, and pooling as an argmax and a one-hot product), under 20%
-  # here (17%).
+  # work (BatchNorm, ReLU, pooling), a few percent here.
   n, side, feats = 8, 16, (8, 16, 32)
   graphdef, params = nnx.split(CNNClassifier(3, 2, features=feats, rngs=nnx.Rngs(0)))
   counted = flops.host_cost(lambda p, x: nnx.merge(graphdef, p)(x), params,
@@ -102,5 +101,5 @@ def test_host_flop_count_matches_the_layers_by_hand():
     by_hand += flops.conv2d_flops(n, s, s, c_in, f, (3, 3))
     c_in, s = f, s // 2 if i < len(feats) - 1 else s
   by_hand += flops.dense_flops(n, c_in, 2)
-  assert by_hand <= counted <= 1.2 * by_hand
+  assert by_hand <= counted <= 1.1 * by_hand
 

@@ -56,6 +56,24 @@ def strided_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilat
       dimension_numbers=dimension_numbers, **kwargs)
 
 
+@jax.custom_vjp
+def _first_max(windows):
+  """Max over the last axis; its gradient goes to the first maximum only."""
+  return jnp.max(windows, axis=-1)
+
+
+def _first_max_fwd(windows):
+  return jnp.max(windows, axis=-1), windows
+
+
+def _first_max_bwd(windows, g):
+  first = jax.nn.one_hot(jnp.argmax(windows, axis=-1), windows.shape[-1], dtype=g.dtype)
+  return (first * g[..., None],)
+
+
+_first_max.defvjp(_first_max_fwd, _first_max_bwd)
+
+
 def max_pool2(x):
   """`nnx.max_pool(x, (2, 2), strides=(2, 2))` of (N, H, W, C) without a reduce-window (see
   the module docstring); an odd last row or column is dropped, as there. The gradient goes
@@ -63,6 +81,4 @@ def max_pool2(x):
   n, h, w, c = x.shape
   x = x[:, :h - h % 2, :w - w % 2]
   windows = x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
-  windows = windows.reshape(n, h // 2, w // 2, c, 4)
-  first = jax.nn.one_hot(jnp.argmax(windows, axis=-1), 4, dtype=x.dtype)
-  return jnp.sum(windows * jax.lax.stop_gradient(first), axis=-1)
+  return _first_max(windows.reshape(n, h // 2, w // 2, c, 4))

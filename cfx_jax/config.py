@@ -40,7 +40,7 @@ def explainer_config(method: str = "syce", preset: str = "small") -> ml_collecti
   c.weights = ml_collections.ConfigDict(dict(TRUTH_WEIGHTS.get(method, {})))
   c.model = ml_collections.ConfigDict(dict(
       **PRESETS[preset], residual=True, shared=ml_collections.FieldReference(None, field_type=bool),
-      mask=False, infill=False, hard_mask=False, fill_only=(), disc_kind="global",
+      mask=False, infill=False, hard_mask=False, fill_only=(), mask_grow=0, disc_kind="global",
       dtype="float32"))
   # Realism and validity that a tint cannot satisfy (0 = off): the discriminator sees
   # real and generated images under the same random colour, contrast and noise jitter,
@@ -78,6 +78,7 @@ def paper_form(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c = c.copy_and_resolve_references()
   c.model.residual = False
   c.model.mask, c.model.infill, c.model.hard_mask, c.model.fill_only = False, False, False, ()
+  c.model.mask_grow = 0
   c.weights.l1 = 0.0
   c.weights.tv, c.weights.flip_partial, c.weights.prior = 0.0, 0.0, 0.0
   for name in ("cycle_grad", "adv"):

@@ -9,7 +9,7 @@ from flax import nnx
 from cfx_jax.classifier import as_classifier
 from cfx_jax.methods import GENERATORS, ModelSpec, losses
 from cfx_jax.models import Discriminator
-from cfx_jax.models.unet import UNet, open_mask, surroundings
+from cfx_jax.models.unet import UNet, grow_mask, open_mask, surroundings
 from cfx_jax.methods.conditional import gan
 
 X = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)), jnp.float32)
@@ -95,6 +95,26 @@ def test_hard_mask_is_binary_forward_with_the_soft_masks_gradient():
   assert float(jnp.abs(UNet(3, features=(8, 16), infill=True, rngs=nnx.Rngs(0))(X) - X).max()) > 0
   with pytest.raises(ValueError, match="hard_mask needs a mask"):
     UNet(3, features=(8, 16), hard_mask=True, rngs=nnx.Rngs(0))
+
+
+def test_grown_mask_is_the_windowed_maximum_of_the_mask():
+  """mask_grow k replaces the mask by its maximum over (2k+1)^2 windows, computed here by a
+  plain loop over shifts, and makes a one-pixel opening a 3x3 or 5x5 square."""
+  m = jax.random.uniform(jax.random.key(3), (2, 9, 7, 1))
+  for k in (1, 2):
+    padded = np.pad(np.asarray(m), ((0, 0), (k, k), (k, k), (0, 0)), constant_values=-1.0)
+    want = np.max([padded[:, i:i + 9, j:j + 7] for i in range(2 * k + 1)
+                   for j in range(2 * k + 1)], axis=0)
+    np.testing.assert_array_equal(grow_mask(m, k), want)
+  dot = jnp.zeros((1, 9, 9, 1)).at[0, 4, 4, 0].set(1.0)
+  assert float(grow_mask(dot, 1).sum()) == 9.0 and float(grow_mask(dot, 2).sum()) == 25.0
+  np.testing.assert_array_equal(grow_mask(m, 0), m)
+  net = UNet(3, features=(8, 16), infill=True, draws=False, mask_grow=1, rngs=nnx.Rngs(0))
+  net.mask_heads[0].bias[...] = jnp.full((1,), 4.0)  # half open everywhere: growing keeps it
+  half = jnp.full(X.shape[:3] + (1,), 0.5)
+  np.testing.assert_allclose(net(X), X + half * (surroundings(X, half) - X), atol=1e-5)
+  with pytest.raises(ValueError, match="mask_grow needs a mask"):
+    UNet(3, features=(8, 16), mask_grow=1, rngs=nnx.Rngs(0))
 
 
 def test_fill_only_generator_can_only_replace_regions_by_their_surroundings():

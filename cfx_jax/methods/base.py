@@ -41,6 +41,7 @@ class ModelSpec:
   infill: bool = False        # ... or the image's own surroundings (models/unet.py)
   hard_mask: bool = False     # either mask binary forward, soft gradient (models/unet.py)
   fill_only: tuple[int, ...] = ()  # source classes whose generator only in-fills
+  mask_grow: int = 0          # pixels every mask is widened by (models/unet.py)
   disc_kind: str = "global"   # "global" (one logit per image) or "patch" (PatchGAN)
 
 

@@ -26,9 +26,11 @@ class Generator(nnx.Module):
   def __init__(self, channels: int, num_classes: int, *, shared: bool | None = None,
                features: tuple[int, ...] = (16, 32, 64), residual: bool = True,
                mask: bool = False, infill: bool = False, hard_mask: bool = False,
-               fill_only: tuple[int, ...] = (), dtype=None, rngs: nnx.Rngs):
+               fill_only: tuple[int, ...] = (), mask_grow: int = 0, dtype=None,
+               rngs: nnx.Rngs):
     """`fill_only`: source classes whose network only in-fills (models/unet.py, `draws`),
-    whatever form `mask`, `infill` and `hard_mask` give the others."""
+    whatever form `mask`, `infill` and `hard_mask` give the others; `mask_grow` applies
+    to every network with a mask."""
     self.num_classes = num_classes
     self.shared = (num_classes > 2) if shared is None else bool(shared)
     if not self.shared and num_classes != 2:
@@ -44,8 +46,8 @@ class Generator(nnx.Module):
       self.nets.append(UNet(
           channels, cond_dim=cond_dim, features=features, residual=residual,
           mask=mask and not fills, infill=infill or fills,
-          hard_mask=hard_mask and (mask or infill or fills), draws=not fills, dtype=dtype,
-          rngs=rngs))
+          hard_mask=hard_mask and (mask or infill or fills), draws=not fills,
+          mask_grow=mask_grow if (mask or infill or fills) else 0, dtype=dtype, rngs=rngs))
 
   def __call__(self, x: jax.Array, source: jax.Array, target: jax.Array) -> jax.Array:
     """Per-example source/target classes, shape (N,)."""
@@ -76,11 +78,11 @@ class TwoHeadGenerator(nnx.Module):
   def __init__(self, channels: int, num_classes: int, *,
                features: tuple[int, ...] = (16, 32, 64), residual: bool = True,
                mask: bool = False, infill: bool = False, hard_mask: bool = False,
-               dtype=None, rngs: nnx.Rngs):
+               mask_grow: int = 0, dtype=None, rngs: nnx.Rngs):
     self.num_classes = num_classes
     self.net = UNet(channels, cond_dim=num_classes, features=features, heads=2,
                     residual=residual, mask=mask, infill=infill, hard_mask=hard_mask,
-                    dtype=dtype, rngs=rngs)
+                    mask_grow=mask_grow, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(stable, adversarial) images for per-example targets (N,)."""

@@ -60,7 +60,7 @@ class CycleExplainer(Method):
     gen = Generator(spec.channels, spec.num_classes, shared=spec.shared,
                     features=spec.gen_features, residual=spec.residual,
                     mask=spec.mask, infill=spec.infill, hard_mask=spec.hard_mask,
-                    fill_only=spec.fill_only,
+                    fill_only=spec.fill_only, mask_grow=spec.mask_grow,
                     dtype=spec.dtype, rngs=rngs)
     disc = Discriminator(spec.channels, spec.image_size, spec.num_classes,
                          shared=spec.shared, features=spec.disc_features,

@@ -30,7 +30,8 @@ class StableAdversarialExplainer(Method):
                        "model.fill_only=()")
     gen = TwoHeadGenerator(spec.channels, spec.num_classes, features=spec.gen_features,
                            residual=spec.residual, mask=spec.mask, infill=spec.infill,
-                           hard_mask=spec.hard_mask, dtype=spec.dtype, rngs=rngs)
+                           hard_mask=spec.hard_mask, mask_grow=spec.mask_grow,
+                           dtype=spec.dtype, rngs=rngs)
     disc = Discriminator(spec.channels, spec.image_size, spec.num_classes,
                          shared=spec.shared, features=spec.disc_features,
                          kind=spec.disc_kind, dtype=spec.dtype, rngs=rngs)

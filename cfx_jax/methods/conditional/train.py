@@ -38,7 +38,8 @@ def model_spec(config: ml_collections.ConfigDict, image_shape, num_classes: int)
                    mask=bool(m.get("mask", False)),
                    infill=bool(m.get("infill", False)),
                    hard_mask=bool(m.get("hard_mask", False)),
-                   fill_only=tuple(int(c) for c in m.get("fill_only", ())), disc_kind=m.get("disc_kind", "global"),
+                   fill_only=tuple(int(c) for c in m.get("fill_only", ())),
+                   mask_grow=int(m.get("mask_grow", 0)), disc_kind=m.get("disc_kind", "global"),
                    dtype=None if m.dtype == "float32" else jnp.dtype(m.dtype))
 
 

@@ -1,20 +1,22 @@
-"""Explanations per second of FIDO or DISC: one batched compiled optimisation vs loops.
+"""Explanations per second of FIDO or DISC: batched optimisations vs one image at a time.
 
     python -m benchmarks.optimiser_throughput --method fido                  # 256 images
     python -m benchmarks.optimiser_throughput --method disc --loop-images 16 # extrapolate
     python -m benchmarks.optimiser_throughput --method fido --smoke          # tiny (tests)
 
-All three run the same optimisation (`fido.optimise_masks` or
+All four run the same optimisation (`fido.optimise_masks` or
 `disc_optimise.optimise_counterfactuals`) on the same images, keys and classifier (a randomly
 initialised CNNClassifier; throughput does not depend on trained weights):
 (a) "batched": all images in one compiled call (vmap over images of a scan over steps);
+(a') "batched_host": all images together, one compiled step (vmap over images of the
+step) dispatched from a Python loop over the steps, what the explainers do on the CPU;
 (b) "loop": one image at a time, each a compiled single-image optimisation (the scan over
 steps) called once per image from Python;
 (c) "python_loop": the papers' pattern, one image at a time with a Python `for` loop over
 the steps that dispatches one compiled step per step (`common.update` on the library's
 per-image loss: `fido.image_loss`, `disc_optimise.image_stages`), fetching each image's
 result when its loop ends.
-Each is compiled before timing. Every round times all three back to back (the order rotates
+Each is compiled before timing. Every round times all four back to back (the order rotates
 from round to round) and the ratios are taken within the round. The loops are timed on
 `--loop-images` / `--python-images` images and scaled to the batch. Writes
 benchmarks/results/optimiser_throughput_<method>_<device>.json with the device, config,
@@ -23,7 +25,7 @@ results from the batched ones. For FIDO that difference is rounding (~1e-6). For
 not: at the first inversion step the counterfactual equals the image up to rounding, so
 the signs of the L1 proximity term's gradient are rounding, which differs between the
 batch-N, batch-1 and single-step programs, and Adam's normalised first step makes them
-full-size steps. With `--proximity 0` the three agree to ~1e-6 (tests/test_benchmarks.py
+full-size steps. With `--proximity 0` the four agree to ~1e-6 (tests/test_benchmarks.py
 checks it). The explainers themselves pad every chunk to one compiled shape, so an image's
 explanation does not depend on the batch it is in (tests/test_disc.py checks it).
 """
@@ -47,7 +49,15 @@ from cfx_jax.methods.disc import optimise as disc_optimise
 from cfx_jax.methods.fido import explainer as fido
 from cfx_jax.models import CNNClassifier
 
-MODES = ("batched", "loop", "python_loop")
+MODES = ("batched", "batched_host", "loop", "python_loop")
+
+
+def per_image(fn, batched: bool, *image_args: bool):
+  """`fn(params, *args)` as it is (one image), or vmapped over the images in the
+  arguments marked True (the others, such as a step index, are shared)."""
+  if not batched:
+    return fn
+  return jax.vmap(fn, in_axes=(None,) + tuple(0 if a else None for a in image_args))
 
 
 def build(size: int, channels: int, classes: int):
@@ -78,7 +88,7 @@ def fido_program(clf, args, key):
   def program(params, x, c, ids):
     return fido.optimise_masks(score(params), cfg.infiller, x, c, key, cfg, ids=ids)[0]
 
-  def start(x):
+  def start(params, x):
     theta = fido.initial_theta(cfg, fido.grid_shape(cfg, x.shape[:2]), x.dtype)
     return theta, opt.init(theta)
 
@@ -86,13 +96,14 @@ def fido_program(clf, args, key):
     return common.update(fido.image_loss(score(params), cfg.infiller, x, c, k, cfg),
                          opt)(carry, t)
 
-  def python_loop(params, x0, c0, k0):
-    start_c, s0 = compiled(start, x0)
-    carry0 = start_c(x0)
-    step_c, s1 = compiled(step, params, x0, c0, k0, carry0, np.int32(0))
+  def python_loop(params, x0, c0, k0, batched=False):
+    start_c, s0 = compiled(per_image(start, batched, True), params, x0)
+    carry0 = start_c(params, x0)
+    step_c, s1 = compiled(per_image(step, batched, True, True, True, True, False),
+                          params, x0, c0, k0, carry0, np.int32(0))
 
     def run(params, x, c, k):
-      carry = start_c(x)
+      carry = start_c(params, x)
       for t in range(int(cfg.steps)):
         carry, _ = step_c(params, x, c, k, carry, np.int32(t))
       return np.asarray(carry[0])
@@ -143,14 +154,18 @@ def disc_program(clf, args, key):
   def finish(params, x, t, k, residual, p):
     return stages(params, x, t, k)[3](residual)[1](p)
 
-  def python_loop(params, x0, t0, k0):
-    start_c, s0 = compiled(start, params, x0, t0, k0)
+  def python_loop(params, x0, t0, k0, batched=False):
+    each = lambda fn, *image_args: per_image(fn, batched, *image_args)  # noqa: E731
+    start_c, s0 = compiled(each(start, True, True, True), params, x0, t0, k0)
     carry = start_c(params, x0, t0, k0)
-    fit_c, s1 = compiled(fit_step, params, x0, t0, k0, carry, np.int32(0))
-    switch_c, s2 = compiled(switch, params, x0, t0, k0, carry[0])
+    fit_c, s1 = compiled(each(fit_step, True, True, True, True, False),
+                         params, x0, t0, k0, carry, np.int32(0))
+    switch_c, s2 = compiled(each(switch, True, True, True, True), params, x0, t0, k0, carry[0])
     residual, carry = switch_c(params, x0, t0, k0, carry[0])
-    inv_c, s3 = compiled(inversion_step, params, x0, t0, k0, residual, carry, np.int32(0))
-    finish_c, s4 = compiled(finish, params, x0, t0, k0, residual, carry[0])
+    inv_c, s3 = compiled(each(inversion_step, True, True, True, True, True, False),
+                         params, x0, t0, k0, residual, carry, np.int32(0))
+    finish_c, s4 = compiled(each(finish, True, True, True, True, True),
+                            params, x0, t0, k0, residual, carry[0])
 
     def run(params, x, t, k):
       carry = start_c(params, x, t, k)
@@ -196,8 +211,9 @@ def measure(args):
   single = program.lower(params, x[:1], c[:1], ids[:1]).compile()
   compile_s["loop"] = time.perf_counter() - t0
   stepped, compile_s["python_loop"] = python_loop(params, x[0], c[0], keys[0])
+  hosted, compile_s["batched_host"] = python_loop(params, x, c, keys, batched=True)
 
-  timed_n = {"batched": args.images,
+  timed_n = {"batched": args.images, "batched_host": args.images,
              "loop": min(args.images, args.loop_images or args.images),
              "python_loop": min(args.images, args.python_images or args.loop_images
                                 or args.images)}
@@ -207,6 +223,8 @@ def measure(args):
     t0 = time.perf_counter()
     if mode == "batched":
       out = np.asarray(jax.block_until_ready(batched(params, x, c, ids)))
+    elif mode == "batched_host":
+      out = hosted(params, x, c, keys)
     elif mode == "loop":
       out = np.concatenate([np.asarray(jax.block_until_ready(
           single(params, x[i:i + 1], c[i:i + 1], ids[i:i + 1]))) for i in range(n)])
@@ -217,7 +235,7 @@ def measure(args):
   measured = {m: [] for m in MODES}
   outs = {}
   for r in range(args.rounds):
-    for mode in MODES[r % 3:] + MODES[:r % 3]:
+    for mode in MODES[r % len(MODES):] + MODES[:r % len(MODES)]:
       outs[mode], seconds = run(mode)
       measured[mode].append(seconds)
     print(f"round {r + 1}/{args.rounds}: "
@@ -231,7 +249,7 @@ def measure(args):
     seconds = float(np.median(scaled[mode]))
     row[mode] = {"seconds": seconds, "images_per_s": args.images / seconds,
                  "compile_s": compile_s[mode], "seconds_rounds": scaled[mode]}
-    if mode != "batched":
+    if mode not in ("batched", "batched_host"):
       row[mode].update({
           "images_timed": n, "seconds_measured": float(np.median(measured[mode])),
           "extrapolated": n < args.images,
@@ -239,6 +257,9 @@ def measure(args):
                    if n < args.images else "all images timed")})
   # images/s ratios: batched / loop = loop seconds / batched seconds, round by round.
   ratios = {"batched / loop": _ratio(scaled["loop"], scaled["batched"]),
+            "batched_host / batched": _ratio(scaled["batched"], scaled["batched_host"]),
+            "batched_host / python_loop": _ratio(scaled["python_loop"],
+                                                 scaled["batched_host"]),
             "batched / python_loop": _ratio(scaled["python_loop"], scaled["batched"]),
             "loop / python_loop": _ratio(scaled["python_loop"], scaled["loop"])}
   diff = lambda a, b: float(np.abs(a[:len(b)] - b[:len(a)]).max())  # noqa: E731
@@ -249,6 +270,7 @@ def measure(args):
       "max_abs_diff": diff(outs["batched"], outs["loop"]),
       "python_loop_max_abs_diff": diff(outs["batched"], outs["python_loop"]),
       "python_loop_vs_loop_max_abs_diff": diff(outs["loop"], outs["python_loop"]),
+      "batched_host_max_abs_diff": diff(outs["batched"], outs["batched_host"]),
       "settings": settings,
   }
 
@@ -270,7 +292,7 @@ def main(argv=None):
   parser.add_argument("--python-images", type=int, default=None,
                       help="the same for the per-step Python loop (default: --loop-images)")
   parser.add_argument("--rounds", type=int, default=3,
-                      help="alternating rounds of the three patterns")
+                      help="alternating rounds of the four patterns")
   parser.add_argument("--proximity", type=float, default=None,
                       help="DISC: weight of the L1 proximity term (default: the method's)")
   parser.add_argument("--seed", type=int, default=0)
@@ -288,17 +310,18 @@ def main(argv=None):
   row = measure(args)
   print(f"{args.method.upper()}, {args.images} images {args.size}x{args.size}x{args.channels}"
         f", {row['settings']} on {env['device']}")
-  print(f"{'':12}{'seconds':>10}{'images/s':>12}{'compile s':>12}")
+  print(f"{'':14}{'seconds':>10}{'images/s':>12}{'compile s':>12}")
   for name in MODES:
     r = row[name]
-    print(f"{name:12}{r['seconds']:10.2f}{r['images_per_s']:12.3f}{r['compile_s']:12.2f}")
-  for name in MODES[1:]:
+    print(f"{name:14}{r['seconds']:10.2f}{r['images_per_s']:12.3f}{r['compile_s']:12.2f}")
+  for name in ("loop", "python_loop"):
     if row[name]["extrapolated"]:
       print(f"({name} timed on {row[name]['images_timed']} images, scaled to {args.images})")
   for k, v in row["ratios"].items():
     print(f"{k}: {v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f} over {args.rounds} rounds)")
   print(f"max |difference| from batched: loop {row['max_abs_diff']:.2g}, "
-        f"python_loop {row['python_loop_max_abs_diff']:.2g}; python_loop from loop "
+        f"python_loop {row['python_loop_max_abs_diff']:.2g}, batched_host "
+        f"{row['batched_host_max_abs_diff']:.2g}; python_loop from loop "
         f"{row['python_loop_vs_loop_max_abs_diff']:.2g}")
   result = {**env, "method": args.method, "images": args.images,
             "image_shape": [args.size, args.size, args.channels], "classes": args.classes,

@@ -61,19 +61,22 @@ def test_optimiser_throughput_smoke(tmp_path, method, extra):
                                      + extra)
   saved = json.loads(out.read_text())
   assert saved == json.loads(json.dumps(result)) and saved["method"] == method
-  for mode in ("batched", "loop", "python_loop"):
+  for mode in ("batched", "batched_host", "loop", "python_loop"):
     for k in ("seconds", "images_per_s", "compile_s"):
       assert saved[mode][k] > 0
     assert len(saved[mode]["seconds_rounds"]) == saved["rounds"] == 2
   assert saved["loop"]["images_timed"] == 4 and saved["python_loop"]["images_timed"] == 2
   assert set(saved["ratios"]) == {"batched / loop", "batched / python_loop",
-                                  "loop / python_loop"}
-  # The same optimisation batched, one compiled optimisation per image, and one compiled
-  # step per Python iteration (same keys, steps and optimiser state): equal up to rounding.
+                                  "loop / python_loop", "batched_host / batched",
+                                  "batched_host / python_loop"}
+  # The same optimisation batched (in one program or one step per Python iteration), one
+  # compiled optimisation per image, and one compiled step per Python iteration (same
+  # keys, steps and optimiser state): equal up to rounding.
   # A wrong key or step index in the stepped loop moves the results by 0.1 or more.
   assert saved["max_abs_diff"] < 1e-4
   assert saved["python_loop_max_abs_diff"] < 1e-4
   assert saved["python_loop_vs_loop_max_abs_diff"] < 1e-4
+  assert saved["batched_host_max_abs_diff"] < 1e-4
 
 
 def test_host_flop_count_matches_the_layers_by_hand():

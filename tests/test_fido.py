@@ -167,6 +167,20 @@ def test_batched_equals_one_at_a_time(noise_explainer):
                              np.concatenate([a.counterfactual for a in alone]), atol=1e-5)
 
 
+@pytest.mark.parametrize("targeted", [False, True])
+def test_host_dispatched_steps_equal_the_compiled_loop(classifier, targeted):
+  """loop "host" (a compiled step per step, the CPU's default) and loop "scan" (one
+  compiled loop) run the same optimisation: the same maps and counterfactuals."""
+  x = random_images(5, seed=6)
+  target = (1 - classifier.predict(x)) if targeted else None
+  out = {loop: quiet_explain(FidoExplainer(classifier, fido_config(
+      **{**FAST, "steps": 12, "infiller": "noise", "loop": loop})), x, target=target)
+      for loop in ("host", "scan")}
+  np.testing.assert_allclose(out["host"].maps, out["scan"].maps, atol=1e-5)
+  np.testing.assert_allclose(out["host"].counterfactual, out["scan"].counterfactual, atol=1e-5)
+  np.testing.assert_array_equal(out["host"].target, out["scan"].target)
+
+
 def test_optimise_masks_batch_and_chunk_independent(classifier, noise_explainer):
   x = random_images(12, seed=4)
   cfg = noise_explainer.config
@@ -246,6 +260,8 @@ def test_bad_inputs_raise(classifier, images):
     fido_config(stpes=3)
   with pytest.raises(ValueError, match="temperature"):
     fido_config(temperature=0.0)
+  with pytest.raises(ValueError, match="unknown loop 'python'"):
+    fido_config(loop="python")
   with pytest.raises(ValueError, match="image size"):
     explainer.explain(np.zeros((2, 8, 8, 3), np.float32))
   with pytest.raises(ValueError, match=r"\[-1, 1\]"):

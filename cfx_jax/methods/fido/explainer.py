@@ -9,8 +9,12 @@ scores the result with the class log-odds `s_c = logit_c - logsumexp_{k != c} lo
   SDR (smallest destroying region): minimise   s_c(x~) + lambda * mean(drop prob)
 
 plus an optional total-variation term on the upsampled probabilities. The original code
-optimises one image at a time in a Python loop; here the whole optimisation of a chunk of
-images is one compiled program: `jax.vmap` over images of a `jax.lax.scan` over steps.
+optimises one image at a time in a Python loop; here a chunk of images is optimised
+together: `jax.vmap` over images of the step. On accelerators the steps are a
+`jax.lax.scan`, so the whole optimisation is one compiled program; on the CPU the same
+batched step is dispatched from Python once per step (`loop`), because XLA:CPU emits the
+classifier's convolutions inside a compiled loop as plain loops (about 1.7x slower for a
+chunk of 64 images; benchmarks/step_forms.py shows the same for one image).
 
 Randomness is per image: image i of a call draws from `fold_in(key, ids[i])` (ids default
 to 0..N-1), so its result does not depend on the batch or chunk it is optimised in.
@@ -33,6 +37,7 @@ from cfx_jax.methods import common
 from cfx_jax.methods.fido.infillers import INFILLERS, Infiller, get_infiller
 
 OBJECTIVES = ("ssr", "sdr")
+LOOPS = ("auto", "scan", "host")
 # The paper's lambda = 1e-3 multiplies a *sum* over a 56 x 56 grid (224-pixel images, grid
 # side = image side / 4). We regularise the *mean* over the grid, which does not depend on
 # the grid size; the same penalty for dropping (or keeping) the whole image is
@@ -59,6 +64,8 @@ def fido_config(**overrides) -> ml_collections.ConfigDict:
   c.infiller = "blur"          # a name in INFILLERS (or pass a callable to FidoExplainer)
   c.threshold = 0.5            # counterfactual drops pixels whose drop prob exceeds this
   c.chunk_size = 64            # images per compiled call; each carries `samples` copies
+  c.loop = "auto"              # "scan" (one compiled loop), "host" (a compiled step per
+                               # step) or "auto": host on the CPU, scan elsewhere
   c.seed = 0
   c.warn_failures = True       # warn, listing indices, when a counterfactual misses its target
   c.progress = True            # log images done and time taken after every compiled chunk
@@ -82,6 +89,8 @@ def check_config(cfg) -> None:
     raise ValueError(f"grid must be a positive side length, got {cfg.grid}")
   if cfg.init_keep is not None and not 0 < cfg.init_keep < 1:
     raise ValueError(f"init_keep must lie in (0, 1), got {cfg.init_keep}")
+  if cfg.loop not in LOOPS:
+    raise ValueError(f"unknown loop {cfg.loop!r}; available: {list(LOOPS)}")
   if not 0 < cfg.threshold < 1:
     raise ValueError(f"threshold must lie in (0, 1), got {cfg.threshold}")
   get_infiller(cfg.infiller)
@@ -177,6 +186,25 @@ def optimise_masks(score_fn, infill, images, classes, key, cfg, *, ids=None):
   return jax.vmap(one_image)(images, jnp.asarray(classes), image_keys(key, ids))
 
 
+def initial_carry(cfg, images):
+  """(drop logits, Adam state) of every image before its first step, as `mask_step` takes
+  them."""
+  theta0 = initial_theta(cfg, grid_shape(cfg, images.shape[1:3]), images.dtype)
+  thetas = jnp.broadcast_to(theta0, (images.shape[0],) + theta0.shape)
+  return jax.vmap(lambda t: (t, mask_optimiser(cfg).init(t)))(thetas)
+
+
+def mask_step(score_fn, infill, images, classes, key, cfg, ids, carry, step):
+  """Step `step` of `optimise_masks` for every image: the carry after it. Called once per
+  step from Python, the steps give `optimise_masks`' drop logits (up to rounding)."""
+  opt = mask_optimiser(cfg)
+
+  def one_image(x, c, k, carry):
+    return common.update(image_loss(score_fn, infill, x, c, k, cfg), opt)(carry, step)[0]
+
+  return jax.vmap(one_image)(images, classes, image_keys(key, ids), carry)
+
+
 def mask_optimiser(cfg) -> optax.GradientTransformation:
   return optax.adam(optax.linear_schedule(cfg.learning_rate, 0.0, int(cfg.steps)))
 
@@ -227,6 +255,10 @@ class FidoExplainer(common.ClassifierBound):
     self.config = config
     self.infiller = get_infiller(config.infiller if infiller is None else infiller)
     self._programs = jax.jit(self._program, static_argnames="targeted")
+    self._start = jax.jit(self._resolve)
+    self._init = jax.jit(lambda x: initial_carry(self.config, x))
+    self._step = jax.jit(self._mask_step, static_argnames="targeted", donate_argnums=6)
+    self._finish = jax.jit(self._counterfactuals, static_argnames="targeted")
 
   @classmethod
   def fit(cls, classifier, images, *, seed: int = 0, config=None, workdir=None) -> FidoExplainer:
@@ -246,19 +278,42 @@ class FidoExplainer(common.ClassifierBound):
   def from_meta(cls, meta: dict, classifier: Classifier, path: str) -> FidoExplainer:
     return cls(classifier, fido_config(**meta["config"]))
 
+  def _resolve(self, params, x, c):
+    """(the class each image is explained for: `c`, or the predicted one where c < 0,
+    the classifier's probabilities)."""
+    logits = self.classifier.apply(params, x)
+    c = jnp.where(c < 0, jnp.argmax(logits, axis=-1), c).astype(jnp.int32)
+    return c, jax.nn.softmax(logits, axis=-1)
+
+  def _score_fn(self, params, targeted: bool):
+    # A requested SDR target t is reached by raising s_t (for two classes, s_t = -s_c).
+    sign = -1.0 if targeted and self.config.objective == "sdr" else 1.0
+    return lambda images, k: sign * log_odds(self.classifier.apply(params, images), k)
+
+  def _mask_step(self, params, key, x, c, ids, step, carry, *, targeted: bool):
+    return mask_step(self._score_fn(params, targeted), self.infiller, x, c, key, self.config,
+                     ids, carry, step)
+
   def _program(self, params, key, x, c, ids, *, targeted: bool):
+    """The whole chunk in one compiled program (loop "scan")."""
+    c, probs = self._resolve(params, x, c)
+    theta, _ = optimise_masks(self._score_fn(params, targeted), self.infiller, x, c, key,
+                              self.config, ids=ids)
+    return self._counterfactuals(params, key, x, c, ids, probs, theta, targeted=targeted)
+
+  def _host_program(self, params, key, x, c, ids, *, targeted: bool):
+    """The same chunk with one compiled step dispatched per step (loop "host")."""
+    c, probs = self._start(params, x, c)
+    carry = self._init(x)
+    for step in range(int(self.config.steps)):
+      carry = self._step(params, key, x, c, ids, jnp.asarray(step), carry, targeted=targeted)
+    return self._finish(params, key, x, c, ids, probs, carry[0], targeted=targeted)
+
+  def _counterfactuals(self, params, key, x, c, ids, probs, theta, *, targeted: bool):
+    """The explanation from the optimised drop logits: maps, the thresholded in-fill and
+    its target."""
     cfg, apply, infill = self.config, self.classifier.apply, self.infiller
     height, width = x.shape[1:3]
-    logits = apply(params, x)
-    probs = jax.nn.softmax(logits, axis=-1)
-    c = jnp.where(c < 0, jnp.argmax(logits, axis=-1), c).astype(jnp.int32)
-    # A requested SDR target t is reached by raising s_t (for two classes, s_t = -s_c).
-    sign = -1.0 if targeted and cfg.objective == "sdr" else 1.0
-
-    def score_fn(images, k):
-      return sign * log_odds(apply(params, images), k)
-
-    theta, _ = optimise_masks(score_fn, infill, x, c, key, cfg, ids=ids)
     drop = upsample(jax.nn.sigmoid(theta), height, width)
     keep = (drop <= cfg.threshold).astype(x.dtype)[..., None]
     # Step index `steps` is never drawn during optimisation: a fresh key for the fill.
@@ -295,9 +350,13 @@ class FidoExplainer(common.ClassifierBound):
       # Any class may be explained by its sufficient region: no "differs from" check.
       c = validation.check_target(target, n, self.num_classes, np.full((n,), -1))
     key = jax.random.key(int(self.config.seed))
+    loop = self.config.loop
+    if loop == "auto":
+      loop = "host" if jax.default_backend() == "cpu" else "scan"
+    program = self._host_program if loop == "host" else self._programs
     out = map_in_chunks(
-        lambda xb, cb, ib: self._programs(self.classifier.params, key, xb, cb, ib,
-                                          targeted=target is not None),
+        lambda xb, cb, ib: program(self.classifier.params, key, xb, cb, ib,
+                                   targeted=target is not None),
         [x, c, ids], int(self.config.chunk_size),
         on_chunk=common.chunk_progress("FIDO", n, bool(self.config.progress)))
     if self.config.warn_failures:

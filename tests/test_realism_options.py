@@ -138,6 +138,24 @@ def test_fill_only_generator_can_only_replace_regions_by_their_surroundings():
     UNet(3, features=(8, 16), draws=False, rngs=nnx.Rngs(0))
 
 
+def test_fill_only_generators_pay_their_own_proximity_weights():
+  """The in-fill-only groups' L1 and edited fraction go to fill_l1 and fill_l0, the drawing
+  groups' to l1 and l0: each pair adds up to the term over all groups, and without
+  fill_only the terms are the plain ones."""
+  from cfx_jax.methods.conditional.cycle import proximity
+  xs = jax.random.uniform(jax.random.key(0), (2, 3, 8, 8, 3), minval=-1, maxval=1)
+  xa = xs + jnp.stack([jnp.full((3, 8, 8, 3), 0.1), jnp.full((3, 8, 8, 3), -0.4)])
+  plain = proximity(xa, xs, (0, 1), (), 0.0)
+  np.testing.assert_allclose(plain["l1"], losses.l1(xa, xs), rtol=1e-6)
+  split = proximity(xa, xs, (0, 1), (1,), 0.0)
+  np.testing.assert_allclose(split["l1"], 0.1 / 2, rtol=1e-5)  # group 0 only, over 2 groups
+  np.testing.assert_allclose(split["fill_l1"], 0.4 / 2, rtol=1e-5)
+  for name in ("l1", "l0"):
+    np.testing.assert_allclose(split[name] + split["fill_" + name], plain[name], rtol=1e-5)
+  cfg_weights = GENERATORS["syce"].weights(2, {})
+  assert (cfg_weights["fill_l1"], cfg_weights["fill_l0"]) == (cfg_weights["l1"], cfg_weights["l0"])
+
+
 def _features(net, x):
   """The decoder features the heads read (the U-Net's forward pass without its heads)."""
   skips, h = [], x

@@ -32,6 +32,7 @@ class Generator(nnx.Module):
     whatever form `mask`, `infill` and `hard_mask` give the others; `mask_grow` applies
     to every network with a mask."""
     self.num_classes = num_classes
+    self.fill_only = tuple(int(c) for c in fill_only)
     self.shared = (num_classes > 2) if shared is None else bool(shared)
     if not self.shared and num_classes != 2:
       raise ValueError("one network per source class is the binary form; "

@@ -9,17 +9,38 @@ translation that keeps the evidence recoverable: a tint that the classifier misr
 but the second pass can undo, instead of a removal that loses the lesion. With 0 the
 second pass still learns to map back, and the first is judged only by the flip,
 realism and proximity terms.
+
+`fill_l1` and `fill_l0` are the proximity weights of the generators in
+`model.fill_only`, in place of `l1` and `l0`. Such a generator cannot tint, so the L1
+cost of a change only holds its mask part-open over the evidence; charging it for where
+it edits (l0) instead lets it replace the evidence completely, while the generator that
+draws keeps the L1 that stops it from painting in many places.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from cfx_jax.methods import losses
 from cfx_jax.methods.base import Method, ModelSpec, flatten_groups, weighted_total
 from cfx_jax.models import Discriminator, Generator
 from cfx_jax.models.generator import group_labels
+
+
+def proximity(xa, xs, sources, fill_only, cap: float) -> dict:
+  """The L1 and edited-fraction terms of the grouped edit xs -> xa (G, B, H, W, C): over
+  every group, or, with generators that only in-fill, those groups apart (`fill_l1`,
+  `fill_l0`), each a sum of group means over G so the four add up to the two."""
+  if not fill_only:
+    return {"l1": losses.l1(xa, xs, cap), "l0": losses.edited_fraction(xa, xs)}
+  g = len(sources)
+  fills = jnp.asarray([int(s) in fill_only for s in sources], jnp.float32)
+  l1 = jnp.stack([losses.l1(xa[i], xs[i], cap) for i in range(g)])
+  l0 = jnp.stack([losses.edited_fraction(xa[i], xs[i]) for i in range(g)])
+  return {"l1": jnp.sum(l1 * (1 - fills)) / g, "l0": jnp.sum(l0 * (1 - fills)) / g,
+          "fill_l1": jnp.sum(l1 * fills) / g, "fill_l0": jnp.sum(l0 * fills) / g}
 
 
 class CycleExplainer(Method):
@@ -33,7 +54,7 @@ class CycleExplainer(Method):
         flip=0.2, adv=0.25, cycle=2.0 if symmetric else 10.0, cycle_cls=0.005,
         sym=10.0 if symmetric else 0.0, sym_cls=0.01 if symmetric else 0.0,
         l1=1.0, l1_cap=0.0, l0=0.0, tv=0.0, gp=1.0, cycle_grad=1.0, flip_margin=0.0,
-        flip_partial=0.0, prior=0.0)
+        flip_partial=0.0, prior=0.0, fill_l1=1.0, fill_l0=0.0)
     # With more than two classes the symmetric term asks G(., s -> t) to undo itself on
     # an image that starts as the input, and the conditional generator stays the identity
     # (ten-class Fashion-MNIST: mean change 7e-5, flip 0). Without it, a flip weight of 1
@@ -83,8 +104,7 @@ class CycleExplainer(Method):
         "adv": losses.bce_logits(disc.grouped(xa, targets), real=True),
         "cycle": losses.mse_mae(xs, cycled),
         "cycle_cls": losses.cross_entropy(f(flatten_groups(cycled)), src),
-        "l1": losses.l1(xa, xs, w.get("l1_cap", 0.0)),
-        "l0": losses.edited_fraction(xa, xs),
+        **proximity(xa, xs, sources, gen.fill_only, w.get("l1_cap", 0.0)),
         "tv": losses.edit_variation(xa, xs),
     }
     if self.symmetric:

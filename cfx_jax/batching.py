@@ -1,7 +1,10 @@
 """Run a compiled function over a large input in fixed-size, padded chunks.
 
 Each chunk is padded to a power-of-two size (at least 8, at most `chunk_size`), so any
-number of images reuses a handful of compiled programs instead of one per size.
+number of images reuses a handful of compiled programs instead of one per size. A
+`chunk_size` below 8 is kept as it is: on the CPU an optimiser that explains one image at
+a time is fastest (benchmarks/optimiser_throughput.py), and padding its chunks to 8
+would multiply its work.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ def bucket_size(n: int, chunk_size: int) -> int:
   size = MIN_BUCKET
   while size < n and size < chunk_size:
     size *= 2
-  return max(min(size, chunk_size), MIN_BUCKET)
+  return min(size, chunk_size)
 
 
 def map_in_chunks(fn, arrays, chunk_size: int = 256, on_chunk=None):

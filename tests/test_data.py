@@ -430,3 +430,15 @@ def test_to_global_shards_over_the_mesh():
   assert len(out["image"].addressable_shards) == count
   everything = to_global(batch, sharding)
   assert isinstance(everything["id"], jax.Array)
+
+
+def test_chunks_are_padded_to_a_power_of_two_but_never_past_chunk_size():
+  """map_in_chunks pads a chunk to 8, 16, ... up to chunk_size, and a chunk_size under 8
+  runs unpadded (one image at a time stays one image at a time)."""
+  from cfx_jax.batching import bucket_size, map_in_chunks
+  assert [bucket_size(n, 64) for n in (1, 8, 9, 40, 64)] == [8, 8, 16, 64, 64]
+  assert [bucket_size(1, c) for c in (1, 2, 4)] == [1, 2, 4]
+  seen = []
+  out = map_in_chunks(lambda a: (seen.append(len(a)), a * 2)[1], [np.arange(5)], 1)
+  np.testing.assert_array_equal(out, np.arange(5) * 2)
+  assert seen == [1] * 5

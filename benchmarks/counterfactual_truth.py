@@ -83,6 +83,7 @@ VARIANTS = {
     "default_flipjitter_disc2": {**NEW_DEFAULT, "flip_jitter": 1.0, "disc_steps": 2},
     "default_disc2": {**NEW_DEFAULT, "disc_steps": 2},
     "default_flip1": {**NEW_DEFAULT, "weights.flip": 1.0},
+    "default_flip1_margin3": {**NEW_DEFAULT, "weights.flip": 1.0, "weights.flip_margin": 3.0},
     "default_flipjitter_flip1": {**NEW_DEFAULT, "flip_jitter": 1.0, "weights.flip": 1.0},
     "default_flipjitter_margin5": {**NEW_DEFAULT, "flip_jitter": 1.0, "weights.flip_margin": 5.0},
     "default_flipjitter_margin5_cap": {**NEW_DEFAULT, "flip_jitter": 1.0,
@@ -149,6 +150,33 @@ VARIANTS = {
                                     "weights.tv": 3.0, "model.fill_only": (1,)},
     "default_partial95_tv3_fill1": {**NEW_DEFAULT, "weights.flip_partial": 0.95,
                                     "weights.tv": 3.0, "model.fill_only": (1,)},
+    # ... with a proximity that stops charging past 0.1 per value (l1_cap), or that counts
+    # edited pixels instead (l0): opening the in-fill all the way over a lesion then costs
+    # what opening it part way costs.
+    "default_partial85_tv3_fill1_cap": {**NEW_DEFAULT, "weights.flip_partial": 0.85,
+                                        "weights.tv": 3.0, "model.fill_only": (1,),
+                                        "weights.l1_cap": 0.1},
+    # ... with the in-fill's mask widened by one pixel (model.mask_grow), so its soft edge
+    # falls outside the lesion's rim.
+    "default_partial85_tv3_fill1_grow1": {**NEW_DEFAULT, "weights.flip_partial": 0.85,
+                                          "weights.tv": 3.0, "model.fill_only": (1,),
+                                          "model.mask_grow": 1},
+    "default_partial85_tv3_fill1_l0": {**NEW_DEFAULT, "weights.flip_partial": 0.85,
+                                       "weights.tv": 3.0, "model.fill_only": (1,),
+                                       "weights.l1": 0.0, "weights.l0": 1.0,
+                                       "weights.fill_l1": 0.0, "weights.fill_l0": 1.0},
+    # ... edited pixels counted for the remover only; the generator that adds keeps L1.
+    "default_partial85_tv3_fill1_fillL0": {**NEW_DEFAULT, "weights.flip_partial": 0.85,
+                                           "weights.tv": 3.0, "model.fill_only": (1,),
+                                           "weights.fill_l1": 0.0, "weights.fill_l0": 1.0},
+    "default_partial85_tv3_fill1_fillL0_grow1": {
+        **NEW_DEFAULT, "weights.flip_partial": 0.85, "weights.tv": 3.0,
+        "model.fill_only": (1,), "weights.fill_l1": 0.0, "weights.fill_l0": 1.0,
+        "model.mask_grow": 1},
+    "default_partial85_tv3_fill1_fillL02_grow1": {
+        **NEW_DEFAULT, "weights.flip_partial": 0.85, "weights.tv": 3.0,
+        "model.fill_only": (1,), "weights.fill_l1": 0.0, "weights.fill_l0": 0.2,
+        "model.mask_grow": 1},
     # Ten classes, on top of the defaults (which drop SyCE's symmetric term, train half
     # the images toward their runner-up class and push the flip harder when there are
     # more than two classes):

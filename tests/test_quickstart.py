@@ -1,5 +1,7 @@
 """End to end: the train job on the lesion set localises the lesion (a short run on 16x16
-images, the quick start's config otherwise)."""
+images, the quick start's config otherwise, except the remover's edited-pixel proximity:
+at weight 1 it keeps the in-fill mask shut for the first few hundred steps of so short a
+run (flip 0.0 at 120 steps, 0.37 at 300); at 0.2 the mask opens within 240)."""
 
 import json
 import os
@@ -16,8 +18,9 @@ def test_short_run_localizes_the_lesion(tmp_path):
   c.dataset.num_train, c.dataset.num_test = 2000, 256
   c.dataset.kwargs.image_size = 16
   c.classifier.steps, c.classifier.num_devices, c.classifier.progress = 200, 1, False
-  c.explainer.steps, c.explainer.num_devices, c.explainer.progress = 120, 1, False
-  c.explainer.batch_size, c.explainer.checkpoint_every = 32, 120
+  c.explainer.steps, c.explainer.num_devices, c.explainer.progress = 240, 1, False
+  c.explainer.batch_size, c.explainer.checkpoint_every = 32, 240
+  c.explainer.weights.fill_l0 = 0.2
   c.eval.num_images, c.eval.oracle_steps = 128, 200
   train_and_evaluate(c, str(tmp_path))
 
@@ -27,7 +30,7 @@ def test_short_run_localizes_the_lesion(tmp_path):
   with open(tmp_path / "metrics.json") as f:
     metrics = json.load(f)
   assert metrics["classifier"]["test_accuracy"] > 0.9
-  assert metrics["explainer"]["counterfactual"]["flip_rate"] > 0.6  # 120 steps: learning
+  assert metrics["explainer"]["counterfactual"]["flip_rate"] > 0.6  # 240 steps: learning
   assert metrics["explainer"]["localization"]["pixel_auroc"] > 0.8
   assert "pixel_auroc" in (tmp_path / "report.md").read_text()
   truth = metrics["explainer"]["truth"]

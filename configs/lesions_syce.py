@@ -1,6 +1,6 @@
 """Quick start: classifier + SyCE explainer on the lesion set, scored against the masks.
 
-The explainer trains in 8 to 17 minutes on a 2-core CPU (README). Other methods:
+The explainer trains in 5 to 13 minutes on a 2-core CPU (README). Other methods:
 --config.explainer.method=cyce|sagen.
 """
 
@@ -17,8 +17,8 @@ def get_config(preset: str = "small"):  # --config configs/lesions_syce.py:paper
   # variation is charged. On the lesion set this meets every truth target (README
   # "Counterfactual truth", eighth round). The weakened-edit flip and the total variation
   # lowered both Fashion-MNIST scores, so none of this is a method default. With
-  # method=cyce the same applies; SAGen has no remover of its own (fill_only is an error
-  # there): use --config.explainer.model.fill_only="()".
+  # method=cyce these settings apply too, not yet measured there; SAGen has no remover of
+  # its own (fill_only is an error there): add --config.explainer.model.fill_only="()".
   c.explainer.weights.tv = 3.0
   c.explainer.weights.flip_partial = 0.85
   c.explainer.model.fill_only = (1,)

@@ -114,7 +114,8 @@ def optimiser_throughput() -> str:
                    f"{spread} |")
     if "batched_host" in r:  # older files have no host-dispatched batch
       inv = ratios["batched_host / batched"]
-      lines.append(f"| whole batch, a Python loop over compiled steps | "
+      chunk = f", {c['host_chunk']} images at a time" if c.get("host_chunk") else ""
+      lines.append(f"| whole batch{chunk}, a Python loop over compiled steps | "
                    f"{r['batched_host']['images_per_s']:.3g} | {1 / inv['median']:.2f}x "
                    f"({1 / inv['max']:.2f}–{1 / inv['min']:.2f}) |")
     lines.append(f"| whole batch, one program | {r['batched']['images_per_s']:.3g} | 1 |")

@@ -17,8 +17,9 @@ def get_config(preset: str = "small"):  # --config configs/lesions_syce.py:paper
   # variation is charged. On the lesion set this meets every truth target (README
   # "Counterfactual truth", eighth round). The weakened-edit flip and the total variation
   # lowered both Fashion-MNIST scores, so none of this is a method default. With
-  # method=cyce these settings apply too, not yet measured there; SAGen has no remover of
-  # its own (fill_only is an error there): add --config.explainer.model.fill_only="()".
+  # method=cyce these settings apply too (every target but removal, 0.69, holds there);
+  # SAGen has no remover of its own (fill_only is an error there): add
+  # --config.explainer.model.fill_only="()".
   c.explainer.weights.tv = 3.0
   c.explainer.weights.flip_partial = 0.85
   c.explainer.model.fill_only = (1,)

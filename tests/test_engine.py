@@ -55,7 +55,7 @@ def _inpainter(data, workdir):
 
 def _latent_vae(data, workdir):
   from cfx_jax.methods.latent.config import latent_config
-  from cfx_jax.methods.latent.generator import train_vae
+  from cfx_jax.methods.latent.fitting import train_vae
   cfg = latent_config(latent_dim=4, vae_features=(8, 16), vae_steps=STEPS, batch_size=8,
                       progress=False, log_every=1, checkpoint_every=2)
   return train_vae(data["image"], cfg, workdir)[1]

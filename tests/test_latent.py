@@ -21,6 +21,7 @@ from cfx_jax.data import load_source, make_attribute_images, make_lesions
 from cfx_jax.data.attributes import ATTRIBUTES
 from cfx_jax.explanation import Explanation
 from cfx_jax.methods.latent import causal
+from cfx_jax.methods.latent import fitting as latent_fitting
 from cfx_jax.methods.latent import generator as latent_generator
 from cfx_jax.methods.latent.causal import necessity_sufficiency
 from cfx_jax.methods.latent import LatentExplainer, PretrainedGenerator
@@ -127,11 +128,11 @@ def test_spatial_latent_fit_save_load(classifier, attribute_data, tmp_path):
 def test_short_vae_training_lowers_the_loss(attribute_data):
   cfg = latent_config(**TINY)
   images = attribute_data["image"][:64]
-  graphdef, params, _ = latent_generator.train_vae(images, cfg)
+  graphdef, params, _ = latent_fitting.train_vae(images, cfg)
   fresh = nnx.split(latent_generator.build_vae(latent_generator.architecture(cfg, images.shape[1:]), 0))[1]
   key = jax.random.key(3)
-  before = latent_generator.vae_loss(nnx.merge(graphdef, fresh), images, key, 1.0)[0]
-  after = latent_generator.vae_loss(nnx.merge(graphdef, params), images, key, 1.0)[0]
+  before = latent_fitting.vae_loss(nnx.merge(graphdef, fresh), images, key, 1.0)[0]
+  after = latent_fitting.vae_loss(nnx.merge(graphdef, params), images, key, 1.0)[0]
   assert float(after) < 0.7 * float(before)
 
 
@@ -334,7 +335,7 @@ def test_vae_pretrained_on_other_images_is_used_unchanged(classifier, attribute_
                                                          tmp_path):
   lesions = make_lesions(64, image_size=16, seed=1)["image"]
   quick = dict(TINY, shift_steps=40)
-  vae = latent_generator.load_or_train_generator(lesions, None, (), latent_config(**quick),
+  vae = latent_fitting.load_or_train_generator(lesions, None, (), latent_config(**quick),
                                                  str(tmp_path / "lesions"))
   assert (tmp_path / "lesions" / "vae_train.jsonl").exists()
   frozen = jax.tree.map(np.array, vae.vae_params)
@@ -407,7 +408,7 @@ def test_bad_pretrained_generators_raise_before_training(attribute_data, classif
     raise AssertionError("trained before the generator was checked")
 
   monkeypatch.setattr(latent_explainer, "train_shift", no_training)
-  monkeypatch.setattr(latent_generator, "train_attribute_predictor", no_training)
+  monkeypatch.setattr(latent_fitting, "train_attribute_predictor", no_training)
   x, attrs = attribute_data["image"], attribute_data["attributes"]
   g = linear_generator()
 

@@ -17,9 +17,9 @@ from cfx_jax.methods import common
 from cfx_jax.methods.latent.config import (EXPLAINER_META, OUTCOME, check_attributes,
                                            check_binary_classifier, config_from_json,
                                            latent_config)
+from cfx_jax.methods.latent.fitting import load_or_train_generator, pretrained_generator
 from cfx_jax.methods.latent.generator import (LatentGenerator, architecture, as_pretrained,
                                               build_shift, builtin_latent_shape,
-                                              load_or_train_generator, pretrained_generator,
                                               probe_decodings, restore_networks)
 from cfx_jax.methods.latent.shift import train_shift, attribute_logits, decode_latent
 

@@ -14,7 +14,8 @@ from flax import nnx
 
 from cfx_jax.classifier import Classifier
 from cfx_jax.models.vae import ShiftPredictor
-from cfx_jax.methods.latent.generator import LatentGenerator, build_shift, train_network
+from cfx_jax.methods.latent.fitting import train_network
+from cfx_jax.methods.latent.generator import LatentGenerator, build_shift
 
 
 # Probabilities of every attribute, the outcome last --------------------------------------

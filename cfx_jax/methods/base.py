@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cfx_jax.methods import losses
+from cfx_jax.models import Discriminator
 
 # The classifier as the train step queries it: `f(images, start=None) -> logits`. The flip
 # term passes `start`, the images its edit began from (gan.partial_edit).
@@ -70,6 +71,11 @@ class Method:
 
   def build(self, spec: ModelSpec, rngs: nnx.Rngs) -> tuple[nnx.Module, nnx.Module]:
     raise NotImplementedError
+
+  def discriminator(self, spec: ModelSpec, rngs: nnx.Rngs) -> nnx.Module:
+    return Discriminator(spec.channels, spec.image_size, spec.num_classes,
+                         shared=spec.shared, features=spec.disc_features,
+                         kind=spec.disc_kind, dtype=spec.dtype, rngs=rngs)
 
   def counterfactuals(self, gen, xs, sources, targets) -> jax.Array:
     """Class-flipped images for grouped inputs, (K, B, H, W, C)."""

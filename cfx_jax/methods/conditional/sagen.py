@@ -12,7 +12,7 @@ from flax import nnx
 
 from cfx_jax.methods import losses
 from cfx_jax.methods.base import Method, ModelSpec, flatten_groups, weighted_total
-from cfx_jax.models import Discriminator, TwoHeadGenerator
+from cfx_jax.models import TwoHeadGenerator
 from cfx_jax.models.generator import group_labels
 
 
@@ -32,10 +32,7 @@ class StableAdversarialExplainer(Method):
                            residual=spec.residual, mask=spec.mask, infill=spec.infill,
                            hard_mask=spec.hard_mask, mask_grow=spec.mask_grow,
                            dtype=spec.dtype, rngs=rngs)
-    disc = Discriminator(spec.channels, spec.image_size, spec.num_classes,
-                         shared=spec.shared, features=spec.disc_features,
-                         kind=spec.disc_kind, dtype=spec.dtype, rngs=rngs)
-    return gen, disc
+    return gen, self.discriminator(spec, rngs)
 
   def counterfactuals(self, gen, xs, sources, targets):
     return gen.grouped(xs, targets)[1]

@@ -13,8 +13,8 @@ optimises one image at a time in a Python loop; here a chunk of images is optimi
 together: `jax.vmap` over images of the step. On accelerators the steps are a
 `jax.lax.scan`, so the whole optimisation is one compiled program; on the CPU the same
 batched step is dispatched from Python once per step (`loop`), because XLA:CPU emits the
-classifier's convolutions inside a compiled loop as plain loops (about 1.7x slower for a
-chunk of 64 images; benchmarks/step_forms.py shows the same for one image).
+classifier's convolutions inside a compiled loop as plain loops (benchmarks/step_forms.py;
+in benchmarks/optimiser_throughput.py chunks of 4 stepped from Python ran 3.5x the scan).
 
 Randomness is per image: image i of a call draws from `fold_in(key, ids[i])` (ids default
 to 0..N-1), so its result does not depend on the batch or chunk it is optimised in.

@@ -29,8 +29,8 @@ from cfx_jax.methods.latent.generator import (LatentGenerator, PretrainedGenerat
 logger = logging.getLogger(__name__)
 
 
-def train_network(name: str, loss_fn, params, frozen, arrays: dict, cfg, *, steps: int, seed: int,
-           workdir: str | None, meta: dict, shown=("loss",)):
+def train_network(name: str, loss_fn, params, frozen, arrays: dict, cfg, *, steps: int,
+                  seed: int, workdir: str | None, meta: dict, shown=("loss",)):
   """Adam on `loss_fn(params, frozen, batch, key, step) -> (loss, metrics)`: one jitted step.
 
   The batch is split over the devices of a (data, fsdp) mesh, `frozen` (networks that are
@@ -99,10 +99,12 @@ def train_vae(images: np.ndarray, cfg, workdir: str | None = None):
     return vae_loss(nnx.merge(graphdef, p), batch["image"], key, beta * ramp)
 
   params, metrics = train_network("vae", loss_fn, params, {}, {"image": images}, cfg,
-                           steps=int(cfg.vae_steps), seed=int(cfg.seed), workdir=workdir,
-                           meta={"architecture": arch, "beta": beta, "kl_warmup": warmup,
-                                 "learning_rate": float(cfg.learning_rate)},
-                           shown=("loss", "sse", "kl"))
+                                  steps=int(cfg.vae_steps), seed=int(cfg.seed),
+                                  workdir=workdir,
+                                  meta={"architecture": arch, "beta": beta,
+                                        "kl_warmup": warmup,
+                                        "learning_rate": float(cfg.learning_rate)},
+                                  shown=("loss", "sse", "kl"))
   return graphdef, params, metrics
 
 
@@ -144,6 +146,14 @@ def evaluate_generator(gen: LatentGenerator, images: np.ndarray,
   return out
 
 
+def train_fit(gen: LatentGenerator, images: np.ndarray, attributes: np.ndarray | None,
+              cfg) -> dict:
+  """`evaluate_generator` on the first 1024 training images: the fit stored with a
+  generator."""
+  held = slice(0, min(len(images), 1024))
+  return evaluate_generator(gen, images[held], None if attributes is None else attributes[held],
+                            int(cfg.chunk_size))
+
 def load_or_train_generator(images: np.ndarray, attributes: np.ndarray | None,
                             names: tuple[str, ...], cfg,
                             workdir: str | None = None) -> LatentGenerator:
@@ -173,10 +183,7 @@ def load_or_train_generator(images: np.ndarray, attributes: np.ndarray | None,
   gen = LatentGenerator(vae_def, vae_params, pred_def, pred_params,
                         tuple(int(d) for d in images.shape[1:]),
                         tuple(names) if attributes is not None else (), arch, metrics)
-  held = slice(0, min(len(images), 1024))
-  gen.metrics["train_fit"] = evaluate_generator(
-      gen, images[held], None if attributes is None else attributes[held],
-      int(cfg.chunk_size))
+  gen.metrics["train_fit"] = train_fit(gen, images, attributes, cfg)
   if path:
     save_generator(path, gen)
   return gen
@@ -204,8 +211,5 @@ def pretrained_generator(pretrained: PretrainedGenerator, images: np.ndarray,
   if pretrained.sample_prior is None:
     pick = np.random.default_rng(int(cfg.seed)).permutation(len(images))[:int(cfg.num_samples)]
     gen = dataclasses.replace(gen, latents=gen.encode_mean(images[pick], int(cfg.chunk_size)))
-  held = slice(0, min(len(images), 1024))
-  gen.metrics["train_fit"] = evaluate_generator(
-      gen, images[held], None if attributes is None else attributes[held],
-      int(cfg.chunk_size))
+  gen.metrics["train_fit"] = train_fit(gen, images, attributes, cfg)
   return gen

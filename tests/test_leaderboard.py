@@ -39,6 +39,9 @@ def test_leaderboard_job_writes_every_method(tmp_path):
   assert set(result["methods"]) == {"cyce", "fido", "gradient", "random"}
   cyce = result["methods"]["cyce"]["scores"]
   assert cyce["pixel_auroc"]["n"] == 2              # one sample per seed
+  seed_means = result["methods"]["cyce"]["seed_means"]["pixel_auroc"]
+  assert len(seed_means) == 2 and np.mean(seed_means) == pytest.approx(
+      cyce["pixel_auroc"]["mean"])
   for truth in ("twin_removal", "change_outside", "added_concentration", "oracle_agreement",
                 "fid_oracle"):
     assert cyce[truth]["n"] == 2, truth

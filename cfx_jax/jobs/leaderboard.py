@@ -173,9 +173,12 @@ def run_leaderboard(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          evaluators.score(names, name, xm, out, mm, ctx).items()})
         if name not in examples:
           examples[name], counterfactuals[name] = out.maps, out.counterfactual
+      # The seed means themselves too: a mean hides one seed that failed.
+      by_seed = {k: [s[k] for s in per_seed] for k in per_seed[0]}
       rows[name] = {"kind": "optimised" if per_image else "trained",
                     "samples": "seeds", "num_images": int(m),
-                    "scores": {k: _mean_ci([s[k] for s in per_seed]) for k in per_seed[0]}}
+                    "scores": {k: _mean_ci(v) for k, v in by_seed.items()},
+                    "seed_means": by_seed}
       _save_scores(workdir, name, key, rows[name], examples[name], counterfactuals[name])
     if mm is not None:
       curves[name] = _iou_curves(examples[name], mm)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cfx_jax.models.layers import max_pool2, strided_conv
+from cfx_jax.models.layers import max_pool2, strided_conv, upsample2
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2)])
@@ -29,6 +29,16 @@ def test_max_pool2_sends_the_gradient_of_tied_maxima_where_max_pool_does():
   grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * w))(x)  # noqa: E731
   np.testing.assert_array_equal(max_pool2(x), plain(x))
   np.testing.assert_array_equal(grad(max_pool2), grad(plain))
+
+
+def test_upsample2_equals_nearest_resize_in_values_and_gradients():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 5, 7, 3)), jnp.float32)
+  plain = lambda x: jax.image.resize(x, (2, 10, 14, 3), method="nearest")  # noqa: E731
+  np.testing.assert_array_equal(upsample2(x), plain(x))
+  w = jnp.asarray(rng.normal(size=(2, 10, 14, 3)), jnp.float32)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * w))(x)  # noqa: E731
+  np.testing.assert_allclose(grad(upsample2), grad(plain), rtol=1e-6, atol=1e-6)
 
 
 def test_strided_conv_equals_the_stride_2_conv_to_its_second_derivative():

@@ -7,7 +7,7 @@ where things are, only how the decoder should render what c lays out, which is w
 training push everything that decides the class into s. The discriminator has a
 real/fake head and a class head on one shared trunk.
 
-Stride-2 convolutions go through `layers.strided_conv` and upsampling is nearest-resize
+Stride-2 convolutions go through `layers.strided_conv` and upsampling is `layers.upsample2`
 plus a 3x3 conv (no transposed convs), both for speed on CPU.
 """
 
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cfx_jax.models.layers import strided_conv
+from cfx_jax.models.layers import strided_conv, upsample2
 
 NORM_EPSILON = 1e-5
 
@@ -33,10 +33,6 @@ def adain(h: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
   """(1 + scale) * instance_norm(h) + shift, with (N, C) scale and shift from s."""
   return (1.0 + scale[:, None, None, :]) * instance_norm(h) + shift[:, None, None, :]
 
-
-def _upsample(x: jax.Array) -> jax.Array:
-  n, h, w, c = x.shape
-  return jax.image.resize(x, (n, 2 * h, 2 * w, c), method="nearest")
 
 
 def _conv(cin: int, cout: int, rngs: nnx.Rngs, *, stride: int = 1, kernel: int = 3, **kw):
@@ -121,7 +117,7 @@ class CaeDecoder(nnx.Module):
     r = jax.nn.relu(adain(self.res_a(h), *next(mods)))
     h = h + adain(self.res_b(r), *next(mods))
     for conv in self.ups:
-      h = jax.nn.relu(adain(conv(_upsample(h)), *next(mods)))
+      h = jax.nn.relu(adain(conv(upsample2(h)), *next(mods)))
     return jnp.tanh(self.out(h)).astype(jnp.float32)
 
 

@@ -1,8 +1,9 @@
 """U-Net used by every generative explainer.
 
-Upsampling is nearest-resize + 3x3 conv: the gradient of ConvTranspose is ~10x slower
-on CPU (DESIGN 5). The residual form `clip(x + 2 tanh(r))` with a zero-initialised last
-conv starts as the identity, which is what makes the maps sparse and well localised.
+Upsampling is nearest-neighbour (`layers.upsample2`) + 3x3 conv: the gradient of
+ConvTranspose is ~10x slower on CPU (DESIGN 5). The residual form `clip(x + 2 tanh(r))`
+with a zero-initialised last conv starts as the identity, which is what makes the maps
+sparse and well localised.
 
 The mask form `x + m * (g - x)` composites a re-synthesised fill g = tanh(.) into the
 input through a soft mask m = sigmoid(. - 4) that starts almost closed: inside the mask
@@ -35,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cfx_jax.models.layers import strided_conv
+from cfx_jax.models.layers import strided_conv, upsample2
 
 # Width of the in-fill's Gaussian, as a fraction of the image side (the lesion set's
 # lesions have radii 0.07-0.15 of it).
@@ -78,10 +79,6 @@ def grow_mask(m: jax.Array, k: int) -> jax.Array:
   w = 2 * k + 1
   return jax.lax.reduce_window(m, -jnp.inf, jax.lax.max, (1, w, w, 1), (1, 1, 1, 1), "SAME")
 
-
-def _upsample(x: jax.Array) -> jax.Array:
-  n, h, w, c = x.shape
-  return jax.image.resize(x, (n, 2 * h, 2 * w, c), method="nearest")
 
 
 class ConvBlock(nnx.Module):
@@ -159,7 +156,7 @@ class UNet(nnx.Module):
       h = block(h)
       skips.append(h)
     for conv, block, skip in zip(self.up_convs, self.up_blocks, reversed(skips[:-1])):
-      h = jax.nn.leaky_relu(conv(_upsample(h)), 0.2)
+      h = jax.nn.leaky_relu(conv(upsample2(h)), 0.2)
       h = block(jnp.concatenate([h, skip], axis=-1))
     outs = []
     for i, head in enumerate(self.heads):

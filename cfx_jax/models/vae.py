@@ -16,12 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cfx_jax.models.layers import max_pool2, strided_conv
+from cfx_jax.models.layers import max_pool2, strided_conv, upsample2
 
-
-def _upsample(x: jax.Array) -> jax.Array:
-  n, h, w, c = x.shape
-  return jax.image.resize(x, (n, 2 * h, 2 * w, c), method="nearest")
 
 
 def _down_convs(channels: int, features, rngs: nnx.Rngs) -> nnx.List:
@@ -108,7 +104,7 @@ class ConvVAE(nnx.Module):
       z = z.reshape((z.shape[0],) + self.latent_shape)
     x = jax.nn.silu(self.expand(z)).reshape((z.shape[0],) + self.grid)
     for conv in self.up:
-      x = jax.nn.silu(conv(_upsample(x)))
+      x = jax.nn.silu(conv(upsample2(x)))
     return jnp.tanh(self.out(x))
 
   def __call__(self, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

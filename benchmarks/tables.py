@@ -80,6 +80,24 @@ def compare_torch() -> str:
   return "\n".join(lines)
 
 
+def profile_cpu() -> str:
+  lines = []
+  for name, r in _load("profile_cpu_*.json"):
+    lines += [f"`{name}` ({r['device']}, jax {r['jax']}, torch {r['torch']}): ms per step "
+              "by kind of op, each side's profile scaled to its wall time", "",
+              "| image | kind | JAX ms | PyTorch eager ms | JAX / eager |", "|---|---|---|---|---|"]
+    for x in r["results"]:
+      size = f"{x['image_size']}x{x['image_size']}x{x['channels']}"
+      wall = x["wall_ms_per_step"]
+      lines.append(f"| {size} | whole step | {wall['jax']:.0f} | {wall['torch']:.0f} "
+                   f"| {x['jax_over_torch']:.2f} |")
+      for kind, v in x["kinds"].items():
+        lines.append(f"| {size} | {kind} | {v['jax']['wall_ms']:.0f} "
+                     f"| {v['torch']['wall_ms']:.0f} | {v['jax_over_torch']:.2f} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
 def explain_throughput() -> str:
   lines = []
   for name, r in _load("explain_throughput_*.json"):
@@ -191,6 +209,7 @@ def methods() -> str:
 
 if __name__ == "__main__":
   for title, text in (("Step time", step_time()), ("JAX against PyTorch", compare_torch()),
+                      ("Where the CPU step's time goes", profile_cpu()),
                       ("Explanation throughput", explain_throughput()),
                       ("FIDO and DISC: batched against one at a time", optimiser_throughput()),
                       ("One step in the forms XLA compiles differently", step_forms()),

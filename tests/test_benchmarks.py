@@ -106,3 +106,13 @@ def test_host_flop_count_matches_the_layers_by_hand():
   by_hand += flops.dense_flops(n, c_in, 2)
   assert by_hand <= counted <= 1.1 * by_hand
 
+
+
+def test_upsample_forms_smoke(tmp_path):
+  from benchmarks import upsample_forms
+  out = tmp_path / "upsample.json"
+  result = upsample_forms.main(["--smoke", "--out", str(out)])
+  (row,) = json.loads(out.read_text())["results"]
+  assert row["g_loss"]["resize"] == pytest.approx(row["g_loss"]["broadcast"], rel=1e-5)
+  assert all(len(v) == 2 for v in row["ms_per_step_rounds"].values())
+  assert result["results"][0]["broadcast_over_resize"]["median"] > 0

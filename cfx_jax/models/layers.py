@@ -18,8 +18,9 @@ gradient shared among them instead of sent to the first trained a different clas
 
 `jax.image.resize(..., "nearest")` is a gather, its gradient a scatter-add; `upsample2`
 writes the same 2x upsampling as a broadcast and a reshape, whose gradient is a sum over
-each 2x2 block: the SyCE step at 32x32x3 took 0.91x the time (`benchmarks/profile_cpu.py`
-found the gather and scatter among the step's costliest non-convolution thunks).
+each 2x2 block: the SyCE CPU step takes about 0.9x the time (`benchmarks/upsample_forms.py`;
+`benchmarks/profile_cpu.py` found the gather among the step's costliest non-convolution
+thunks).
 """
 
 from __future__ import annotations

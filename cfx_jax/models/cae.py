@@ -34,7 +34,6 @@ def adain(h: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
   return (1.0 + scale[:, None, None, :]) * instance_norm(h) + shift[:, None, None, :]
 
 
-
 def _conv(cin: int, cout: int, rngs: nnx.Rngs, *, stride: int = 1, kernel: int = 3, **kw):
   return nnx.Conv(cin, cout, (kernel, kernel), strides=stride,
                   conv_general_dilated=strided_conv, rngs=rngs, **kw)

@@ -80,7 +80,6 @@ def grow_mask(m: jax.Array, k: int) -> jax.Array:
   return jax.lax.reduce_window(m, -jnp.inf, jax.lax.max, (1, w, w, 1), (1, 1, 1, 1), "SAME")
 
 
-
 class ConvBlock(nnx.Module):
   """Two 3x3 convs with leaky ReLU; the first may downsample."""
 

@@ -19,7 +19,6 @@ from flax import nnx
 from cfx_jax.models.layers import max_pool2, strided_conv, upsample2
 
 
-
 def _down_convs(channels: int, features, rngs: nnx.Rngs) -> nnx.List:
   convs = nnx.List()
   prev = channels

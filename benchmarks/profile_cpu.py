@@ -45,7 +45,7 @@ _LAYOUT_TORCH = {"aten::copy_", "aten::cat", "aten::stack", "aten::fill_", "aten
 
 
 def torch_kind(op: str) -> str:
-  if "conv" in op:
+  if "conv" in op.lower():  # aten::mkldnn_convolution, autograd ConvolutionBackward0
     return "convolution"
   if op in ("aten::addmm", "aten::mm", "aten::bmm", "aten::linear", "aten::matmul"):
     return "matmul"

@@ -37,6 +37,8 @@ def test_kinds_of_layout_ops_on_both_sides():
   assert profile_cpu.jax_kind("gather") == "layout and data movement"
   assert profile_cpu.jax_kind("select_n") == "element-wise and reductions"
   assert profile_cpu.torch_kind("aten::convolution_backward") == "convolution"
+  assert profile_cpu.torch_kind(
+      "autograd::engine::evaluate_function: ConvolutionBackward0") == "convolution"
   assert profile_cpu.torch_kind("aten::copy_") == "layout and data movement"
 
 

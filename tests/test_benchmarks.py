@@ -107,7 +107,7 @@ def test_host_flop_count_matches_the_layers_by_hand():
   assert by_hand <= counted <= 1.1 * by_hand
 
 
-
+@pytest.mark.slow
 def test_upsample_forms_smoke(tmp_path):
   from benchmarks import upsample_forms
   out = tmp_path / "upsample.json"

@@ -49,13 +49,6 @@ def torch_runner(image_size: int, channels: int, batch: int, variant: str):
   return run, params
 
 
-def _mean_ms(run, steps: int) -> float:
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    run()
-  return 1000 * (time.perf_counter() - t0) / steps
-
-
 def compare(image_size, channels, batch, jax_dtypes, torch_variants, rounds, steps, warmup):
   runners, first_s = {}, {}
   for dtype in jax_dtypes:
@@ -73,10 +66,7 @@ def compare(image_size, channels, batch, jax_dtypes, torch_variants, rounds, ste
       run()
     first_s.setdefault(name, time.perf_counter() - t0)
   names = list(runners)
-  ms = {name: [] for name in names}
-  for r in range(rounds):
-    for name in names[r % len(names):] + names[:r % len(names)]:
-      ms[name].append(_mean_ms(runners[name], steps))
+  ms = step_time.alternate(runners, rounds, steps)
   pairs = {}
   for jname in (n for n in names if n.startswith("jax-")):
     for tname in (n for n in names if n.startswith("torch-")):

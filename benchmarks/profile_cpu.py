@@ -23,13 +23,10 @@ import glob
 import os
 import re
 import tempfile
-import time
 
 import jax
-import numpy as np
 
 from benchmarks import step_time
-from cfx_jax.methods.conditional import gan
 
 TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"
 KINDS = ("convolution", "matmul", "layout and data movement", "element-wise and reductions")
@@ -92,21 +89,14 @@ def hlo_origins(hlo_text: str) -> dict:
 
 def jax_profile(image_size: int, channels: int, batch: int, steps: int) -> dict:
   """CPU time per step of the JAX step's thunks, by (primitive, phase)."""
-  method, models, state, clf = step_time.build(image_size, channels, "float32")
-  fn = jax.jit(gan.make_train_step(method, models, clf.apply, {}),
-               donate_argnums=0)
-  images = np.random.default_rng(0).uniform(
-      -1, 1, (2, batch // 2, image_size, image_size, channels)).astype(np.float32)
-  compiled = fn.lower(state, clf.params, images).compile()
-  origins = hlo_origins(compiled.as_text())
+  run, info = step_time.prepare(image_size, channels, batch, "float32")
+  origins = hlo_origins(info["compiled"].as_text())
   for _ in range(2):
-    state, _ = compiled(state, clf.params, images)
-  jax.block_until_ready(state)
+    run()
   with tempfile.TemporaryDirectory() as d:
     jax.profiler.start_trace(d)
     for _ in range(steps):
-      state, metrics = compiled(state, clf.params, images)
-    jax.block_until_ready(metrics)
+      run()  # waits for the step
     jax.profiler.stop_trace()
     trace = jax.profiler.ProfileData.from_file(
         glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)[-1])
@@ -149,26 +139,12 @@ def by_kind(ms: dict, kind_of, wall_ms: float) -> dict:
           for k in KINDS}
 
 
-def wall_times(image_size, channels, batch, rounds, steps) -> dict:
-  """Median ms per step of both sides without a profiler, alternating."""
-  from benchmarks import compare_torch
-  jax_run, _ = step_time.prepare(image_size, channels, batch, "float32")
-  torch_run, _ = compare_torch.torch_runner(image_size, channels, batch, "eager")
-  runs = {"jax": jax_run, "torch": torch_run}
-  for run in runs.values():
-    run()
-  ms = {name: [] for name in runs}
-  for r in range(rounds):
-    for name in (("jax", "torch") if r % 2 == 0 else ("torch", "jax")):
-      t0 = time.perf_counter()
-      for _ in range(steps):
-        runs[name]()
-      ms[name].append(1000 * (time.perf_counter() - t0) / steps)
-  return {name: float(np.median(v)) for name, v in ms.items()}
-
-
 def profile(image_size, channels, batch, rounds, steps) -> dict:
-  wall = wall_times(image_size, channels, batch, rounds, steps)
+  from benchmarks import compare_torch
+  # Wall time per step without a profiler: the two sides alternating, as compare_torch does.
+  ms = compare_torch.compare(image_size, channels, batch, ["float32"], ["eager"], rounds,
+                             steps, warmup=1)["ms_per_step_median"]
+  wall = {"jax": ms["jax-float32"], "torch": ms["torch-eager"]}
   jax_ms = jax_profile(image_size, channels, batch, steps)
   torch_ms = torch_profile(image_size, channels, batch, steps)
   jax_primitive = lambda key: key.split(" (")[0]

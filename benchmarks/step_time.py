@@ -83,7 +83,8 @@ def multi_step(step, steps_per_dispatch: int):
 
 
 def prepare(image_size, channels, batch, dtype, steps_per_dispatch=1, preset="small"):
-  """Compiled step and its inputs: `run()` does one dispatch and waits for it."""
+  """Compiled step and its inputs: `run()` does one dispatch and waits for it; `info`
+  holds the compiled program itself too (`info["compiled"]`)."""
   method, models, state, clf = build(image_size, channels, dtype, preset)
   single = gan.make_train_step(method, models, clf.apply, {})
   step = multi_step(single, steps_per_dispatch)
@@ -114,7 +115,21 @@ def prepare(image_size, channels, batch, dtype, steps_per_dispatch=1, preset="sm
   params = {name: sum(x.size for x in jax.tree.leaves(p))
             for name, p in (("generators", state.gen), ("discriminators", state.disc))}
   return run, {"compile_s": compile_s, "flops": host["flops"], "device_flops": device_flops,
-               "bytes": host["bytes_accessed"], "params": params}
+               "bytes": host["bytes_accessed"], "params": params, "compiled": compiled}
+
+
+def alternate(runs: dict, rounds: int, steps: int) -> dict:
+  """{name: [ms per call, one per round]}: each round calls every run `steps` times, back
+  to back, in an order that rotates from round to round (these machines are noisy)."""
+  names = list(runs)
+  ms = {name: [] for name in names}
+  for r in range(rounds):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        runs[name]()
+      ms[name].append(1000 * (time.perf_counter() - t0) / steps)
+  return ms
 
 
 def measure(image_size, channels, batch, dtype, steps_per_dispatch, steps, warmup, *,

@@ -13,7 +13,6 @@ Writes benchmarks/results/upsample_forms_<device>.json.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import numpy as np
@@ -51,13 +50,7 @@ def compare(image_size, channels, batch, rounds, steps) -> dict:
   losses = {form: float(run()["g_loss"]) for form, run in runs.items()}
   if not np.isclose(losses["resize"], losses["broadcast"], rtol=1e-5):
     raise AssertionError(f"the two forms disagree: {losses}")
-  ms = {form: [] for form in runs}
-  for r in range(rounds):
-    for form in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-      t0 = time.perf_counter()
-      for _ in range(steps):
-        runs[form]()
-      ms[form].append(1000 * (time.perf_counter() - t0) / steps)
+  ms = step_time.alternate(runs, rounds, steps)
   ratios = np.asarray(ms["broadcast"]) / np.asarray(ms["resize"])
   return {"image_size": image_size, "channels": channels, "batch": batch,
           "g_loss": losses, "ms_per_step_rounds": ms,

@@ -154,6 +154,7 @@ def train_fit(gen: LatentGenerator, images: np.ndarray, attributes: np.ndarray |
   return evaluate_generator(gen, images[held], None if attributes is None else attributes[held],
                             int(cfg.chunk_size))
 
+
 def load_or_train_generator(images: np.ndarray, attributes: np.ndarray | None,
                             names: tuple[str, ...], cfg,
                             workdir: str | None = None) -> LatentGenerator:

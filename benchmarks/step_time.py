@@ -3,6 +3,8 @@ with gradient penalty, frozen BatchNorm CNN classifier, every loss term).
 
     python -m benchmarks.step_time                       # the default grid of sizes
     python -m benchmarks.step_time --sizes 32x3 --batches 64 --dtypes float32 bfloat16
+    python -m benchmarks.step_time --presets paper --sizes 128x3 --batches 8 --steps 3
+    python -m benchmarks.step_time --count --presets small paper --sizes 128x3 --batches 128
     python -m benchmarks.step_time --smoke               # tiny, 1 step (used by the tests)
 
 For each configuration: compile time, median and 10th/90th percentile ms/step after
@@ -104,7 +106,8 @@ def prepare(image_size, channels, batch, dtype, steps_per_dispatch=1, preset="sm
     host = {"flops": device_flops, "bytes_accessed": float(cost.get("bytes accessed", "nan"))}
   else:  # one step on its own: XLA counts a scanned loop's body once, not per step
     host = flops_lib.host_cost(single, state, clf.params,
-                               images[0] if steps_per_dispatch > 1 else images)
+                               images[0] if steps_per_dispatch > 1 else images,
+                               donate_argnums=0)
   box = {"state": state}
 
   def run():
@@ -164,31 +167,64 @@ def measure(image_size, channels, batch, dtype, steps_per_dispatch, steps, warmu
   }
 
 
-def recount(path: str) -> dict:
-  """Count the FLOPs of each row's step on the host CPU and add them, with the MFU
-  against the peak stored in the file, to a result measured without them. The times
-  stay as measured; no bandwidth was measured there, so there is no memory roof."""
+def host_count(image_size, channels, batch, dtype, preset="small") -> dict:
+  """FLOPs and bytes of one step as measured (state donated), compiled for the host CPU
+  (`benchmarks/flops.py`); nothing runs."""
+  method, models, state, clf = build(image_size, channels, dtype, preset)
+  step = gan.make_train_step(method, models, clf.apply, {})
+  shape = (2, batch // 2, image_size, image_size, channels)
+  return flops_lib.host_cost(step, state, clf.params,
+                             jax.ShapeDtypeStruct(shape, jnp.float32), donate_argnums=0)
+
+
+def count(configs) -> dict:
+  """FLOPs, bytes and FLOPs per byte of each (preset, side, channels, batch, dtype), with
+  no time measured: a device is compute-bound on a step whose FLOPs per byte exceed its
+  peak FLOP/s over its bandwidth (H100: 789e12 / 3.35e12 = 235 in bfloat16)."""
+  rows = []
+  for preset, side, channels, batch, dtype in configs:
+    host = host_count(side, channels, batch, dtype, preset)
+    rows.append({"preset": preset, "image_size": side, "channels": channels, "batch": batch,
+                 "dtype": dtype, "flops_per_step": host["flops"],
+                 "bytes_accessed_per_step": host["bytes_accessed"],
+                 "flops_per_byte": host["flops"] / host["bytes_accessed"],
+                 "source": host["source"]})
+    print(f"{preset} {side}x{side}x{channels} batch {batch} {dtype}: "
+          f"{host['flops'] / 1e12:.2f} TFLOP, {host['bytes_accessed'] / 1e9:.1f} GB, "
+          f"{rows[-1]['flops_per_byte']:.0f} FLOP/byte", flush=True)
+  return {**environment(), "results": rows}
+
+
+def recount(path: str, bandwidth: float | None = None) -> dict:
+  """Count the FLOPs and bytes of each row's step on the host CPU and add them, with the
+  MFU against the peak stored in the file, to a result measured without them. The times
+  stay as measured. No bandwidth was measured there: given one (bytes/s, e.g. the
+  device's datasheet figure), the rows also get the memory roof, and the file says
+  where the bandwidth came from."""
   with open(path) as f:
     result = json.load(f)
   for row in result["results"]:
-    method, models, state, clf = build(row["image_size"], row["channels"], row["dtype"],
-                                       row.get("preset", "small"))
-    step = gan.make_train_step(method, models, clf.apply, {})
-    shape = (2, row["batch"] // 2, row["image_size"], row["image_size"], row["channels"])
-    host = flops_lib.host_cost(step, state, clf.params,
-                               jax.ShapeDtypeStruct(shape, jnp.float32))
+    host = host_count(row["image_size"], row["channels"], row["batch"], row["dtype"],
+                      row.get("preset", "small"))
     seconds = row["ms_per_step_median"] / 1000
     if "device_reported_flops_per_step" not in row:
       row["device_reported_flops_per_step"] = (row["flops_per_step"]
                                                if row["steps_per_dispatch"] == 1 else None)
+    peak = result["peak_matmul_flops_per_s"][row["dtype"]]
     row.update(flops_per_step=host["flops"], flops_source=host["source"] + " (recounted)",
                bytes_accessed_per_step=host["bytes_accessed"],
                achieved_flops_per_s=host["flops"] / seconds,
-               mfu=host["flops"] / seconds / result["peak_matmul_flops_per_s"][row["dtype"]])
+               mfu=host["flops"] / seconds / peak)
+    if bandwidth:
+      row.update(flops_lib.roofline(host["flops"], host["bytes_accessed"], seconds, peak,
+                                    bandwidth))
     row.pop("fraction_of_peak", None)
     print(f"{row['image_size']}x{row['channels']} batch {row['batch']} {row['dtype']} "
           f"x{row['steps_per_dispatch']}: {row['flops_per_step'] / 1e9:.1f} GFLOP/step, "
           f"MFU {row['mfu']:.1%}", flush=True)
+  if bandwidth:
+    result.update(peak_bandwidth_bytes_per_s=bandwidth,
+                  bandwidth_source="given to --recount, not measured")
   return write_result(result, "step_time", path)
 
 
@@ -201,37 +237,46 @@ def main(argv=None):
   parser.add_argument("--steps-per-dispatch", type=int, nargs="*", default=[1])
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--warmup", type=int, default=3)
-  parser.add_argument("--preset", choices=sorted(PRESETS), default="small",
+  parser.add_argument("--presets", nargs="*", choices=sorted(PRESETS), default=["small"],
                       help="network widths (cfx_jax.config.PRESETS)")
+  parser.add_argument("--count", action="store_true",
+                      help="only count FLOPs and bytes per step on the host (no timing); "
+                           "writes step_count_<device>.json")
   parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 step")
   parser.add_argument("--out", default=None)
   parser.add_argument("--recount", default=None, metavar="RESULT_JSON",
                       help="add host-counted FLOPs and MFU to the rows of a result file "
                            "measured before they were counted, and exit")
+  parser.add_argument("--bandwidth", type=float, default=None, metavar="BYTES_PER_S",
+                      help="with --recount: the device's memory bandwidth, for the memory "
+                           "roof of rows measured without one")
   args = parser.parse_args(argv)
   if args.recount:
-    return recount(args.recount)
+    return recount(args.recount, args.bandwidth)
   if args.smoke:
     args.sizes, args.batches, args.dtypes = ["16x3"], [8], ["float32"]
     args.steps_per_dispatch, args.steps, args.warmup = [1, 2], 1, 0
+  configs = [(preset, *(int(v) for v in size.split("x")), batch, dtype)
+             for preset in args.presets for size in args.sizes for batch in args.batches
+             for dtype in args.dtypes]
+  if args.count:
+    return write_result(count(configs), "step_count", args.out)
   peak = {d: flops_lib.peak_flops(d) for d in args.dtypes}
   bandwidth = flops_lib.peak_bandwidth()
   rows = []
-  for size in args.sizes:
-    side, channels = (int(v) for v in size.split("x"))
-    for batch in args.batches:
-      for dtype in args.dtypes:
-        for spd in args.steps_per_dispatch:
-          row = measure(side, channels, batch, dtype, spd, args.steps, args.warmup,
-                        peak=peak[dtype], bandwidth=bandwidth, preset=args.preset)
-          rows.append(row)
-          print(f"{side}x{side}x{channels} batch {batch} {dtype} x{spd}: "
-                f"{row['ms_per_step_median']:.1f} ms/step, {row['images_per_s']:.0f} img/s, "
-                f"compile {row['compile_s']:.1f} s, MFU {row['mfu']:.1%}, "
-                f"{row['bound']}-bound roof {row['fraction_of_roof']:.1%}", flush=True)
   result = {**environment(), "peak_matmul_flops_per_s": peak,
             "peak_bandwidth_bytes_per_s": bandwidth, "results": rows}
-  return write_result(result, "step_time", args.out)
+  for preset, side, channels, batch, dtype in configs:
+    for spd in args.steps_per_dispatch:
+      row = measure(side, channels, batch, dtype, spd, args.steps, args.warmup,
+                    peak=peak[dtype], bandwidth=bandwidth, preset=preset)
+      rows.append(row)
+      print(f"{preset} {side}x{side}x{channels} batch {batch} {dtype} x{spd}: "
+            f"{row['ms_per_step_median']:.1f} ms/step, {row['images_per_s']:.0f} img/s, "
+            f"compile {row['compile_s']:.1f} s, MFU {row['mfu']:.1%}, "
+            f"{row['bound']}-bound roof {row['fraction_of_roof']:.1%}", flush=True)
+      write_result(result, "step_time", args.out)  # a run stopped early keeps its rows
+  return result
 
 
 if __name__ == "__main__":

@@ -25,10 +25,11 @@ def _rate(v: float) -> str:
 def step_time() -> str:
   lines = []
   for name, r in _load("step_time_*.json"):
-    lines += [f"`{name}` ({r['device']}, jax {r['jax']})", "",
-              "| image | batch | compute | steps/dispatch | ms/step (p10–p90) | images/s "
-              "| compile s | GFLOP/step | MFU % | bound (% of its roof) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    source = f"; bandwidth {r['bandwidth_source']}" if "bandwidth_source" in r else ""
+    lines += [f"`{name}` ({r['device']}, jax {r['jax']}{source})", "",
+              "| preset | image | batch | compute | steps/dispatch | ms/step (p10–p90) "
+              "| images/s | compile s | GFLOP/step | MFU % | bound (% of its roof) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["results"]:
       lo, hi = x["ms_per_step_p10_p90"]
       if "mfu" in x:  # FLOPs counted on the host CPU (benchmarks/flops.py)
@@ -41,10 +42,25 @@ def step_time() -> str:
         gflop = f"{x['flops_per_step'] / 1e9:.1f}" if counted else "n/a"
         mfu = f"{100 * x['fraction_of_peak']:.1f}" if counted else "n/a"
         bound = "n/a"
-      lines.append(f"| {x['image_size']}x{x['image_size']}x{x['channels']} | {x['batch']} "
+      lines.append(f"| {x.get('preset', 'small')} "
+                   f"| {x['image_size']}x{x['image_size']}x{x['channels']} | {x['batch']} "
                    f"| {x['dtype']} | {x['steps_per_dispatch']} | {x['ms_per_step_median']:.1f} "
                    f"({lo:.1f}–{hi:.1f}) | {x['images_per_s']:.0f} | {x['compile_s']:.1f} "
                    f"| {gflop} | {mfu} | {bound} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def step_count() -> str:
+  lines = []
+  for name, r in _load("step_count_*.json"):
+    lines += [f"`{name}` (counted on the host, nothing timed)", "",
+              "| preset | image | batch | compute | TFLOP/step | GB/step | FLOP/byte |",
+              "|---|---|---|---|---|---|---|"]
+    for x in r["results"]:
+      lines.append(f"| {x['preset']} | {x['image_size']}x{x['image_size']}x{x['channels']} "
+                   f"| {x['batch']} | {x['dtype']} | {x['flops_per_step'] / 1e12:.2f} "
+                   f"| {x['bytes_accessed_per_step'] / 1e9:.0f} | {x['flops_per_byte']:.0f} |")
     lines.append("")
   return "\n".join(lines)
 
@@ -74,7 +90,8 @@ def compare_torch() -> str:
       ratios = "; ".join(f"{k}: {v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f})"
                          for k, v in x["ratios"].items())
       steps = x.get("steps_per_round", r["steps_per_round"])  # older files: one count
-      lines.append(f"| {x['image_size']}x{x['image_size']}x{x['channels']} | {x['batch']} "
+      lines.append(f"| {x.get('preset', 'small')} "
+                   f"| {x['image_size']}x{x['image_size']}x{x['channels']} | {x['batch']} "
                    f"| {steps} | {ms} | {ratios} |")
     lines.append("")
   return "\n".join(lines)
@@ -94,6 +111,25 @@ def profile_cpu() -> str:
       for kind, v in x["kinds"].items():
         lines.append(f"| {size} | {kind} | {v['jax']['wall_ms']:.0f} "
                      f"| {v['torch']['wall_ms']:.0f} | {v['jax_over_torch']:.2f} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def profile_step() -> str:
+  lines = []
+  for name, r in _load("profile_step_*.json"):
+    lines += [f"`{name}` ({r['device']}, jax {r['jax']}): traced op time per step by kind "
+              "and the costliest primitives", "",
+              "| preset | image | batch | compute | wall ms | op ms | "
+              + " | ".join(f"{k} %" for k in r["results"][0]["kinds"]) + " | top primitives (ms) |",
+              "|---|---|---|---|---|---|" + "---|" * (len(r["results"][0]["kinds"]) + 1)]
+    for x in r["results"]:
+      top = ", ".join(f"{k} {v:.0f}" for k, v in list(x["top_primitives"].items())[:4])
+      lines.append(f"| {x['preset']} | {x['image_size']}x{x['image_size']}x{x['channels']} "
+                   f"| {x['batch']} | {x['dtype']} | {x['wall_ms_per_step']:.1f} "
+                   f"| {x['op_ms_per_step']:.1f} | "
+                   + " | ".join(f"{100 * v['share']:.0f}" for v in x["kinds"].values())
+                   + f" | {top} |")
     lines.append("")
   return "\n".join(lines)
 
@@ -208,8 +244,10 @@ def methods() -> str:
 
 
 if __name__ == "__main__":
-  for title, text in (("Step time", step_time()), ("JAX against PyTorch", compare_torch()),
+  for title, text in (("Step time", step_time()), ("FLOPs and bytes per step", step_count()),
+                      ("JAX against PyTorch", compare_torch()),
                       ("Where the CPU step's time goes", profile_cpu()),
+                      ("Where the step's time goes, on its own device", profile_step()),
                       ("Explanation throughput", explain_throughput()),
                       ("FIDO and DISC: batched against one at a time", optimiser_throughput()),
                       ("One step in the forms XLA compiles differently", step_forms()),

@@ -23,6 +23,31 @@ def test_step_time_smoke(tmp_path):
   assert rows[1]["flops_per_step"] == rows[0]["flops_per_step"]
 
 
+def test_recount_and_count_give_the_host_count_of_the_measured_step(tmp_path):
+  """An accelerator result measured before FLOPs were counted on the host gets the same
+  count a CPU measurement has, its time kept, and with a bandwidth the memory roof; the
+  count alone gives the same numbers."""
+  path = tmp_path / "old.json"
+  row = {"image_size": 16, "channels": 3, "batch": 8, "dtype": "float32",
+         "steps_per_dispatch": 1, "ms_per_step_median": 2.0, "flops_per_step": 1e6,
+         "fraction_of_peak": 1e-4}
+  path.write_text(json.dumps({"peak_matmul_flops_per_s": {"float32": 1e12}, "results": [row]}))
+  (new,) = step_time.main(["--recount", str(path), "--bandwidth", "1e11"])["results"]
+  _, info = step_time.prepare(16, 3, 8, "float32")
+  assert new["flops_per_step"] == info["flops"] and new["bytes_accessed_per_step"] == info["bytes"]
+  assert new["device_reported_flops_per_step"] == 1e6 and "fraction_of_peak" not in new
+  assert new["ms_per_step_median"] == 2.0
+  assert new["mfu"] == pytest.approx(info["flops"] / 2e-3 / 1e12)
+  assert new["memory_bound_s"] == pytest.approx(info["bytes"] / 1e11)
+  assert new["bound"] == ("compute" if info["flops"] / 1e12 >= info["bytes"] / 1e11
+                          else "memory")
+  assert json.loads(path.read_text())["bandwidth_source"].endswith("not measured")
+  (counted,) = step_time.main(["--count", "--sizes", "16x3", "--batches", "8", "--dtypes",
+                               "float32", "--out", str(tmp_path / "count.json")])["results"]
+  assert counted["flops_per_step"] == info["flops"]
+  assert counted["flops_per_byte"] == pytest.approx(info["flops"] / info["bytes"])
+
+
 def test_step_forms_smoke(tmp_path):
   from benchmarks import step_forms
   out = tmp_path / "forms.json"

@@ -166,12 +166,10 @@ def profile(image_size, channels, batch, dtype, preset, steps, warmup=2, top=15)
   wall_ms = 1000 * float(np.median(times))
   op_ms = op_ms_per_step(run, text, steps)
   primitives = by_primitive(op_ms, origins)
-  ms = wall_ms / 1000
   return {
       "image_size": image_size, "channels": channels, "batch": batch, "dtype": dtype,
       "preset": preset, "params": info["params"], "steps": steps,
       "wall_ms_per_step": wall_ms, "op_ms_per_step": sum(op_ms.values()),
-      "flops_per_step": info["flops"], "achieved_flops_per_s": info["flops"] / ms,
       "kinds": by_kind(primitives, lambda key: jax_kind(primitive_of(key)), wall_ms),
       "top_primitives": dict(list(primitives.items())[:top]),
       "top_ops": [{"op": op, "primitive": origins.get(op, (op, ""))[0],

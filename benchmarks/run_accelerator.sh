@@ -19,10 +19,11 @@ run() {  # run LIMIT_S NAME ARGS...
   echo "=== $name ($(date +%T), limit ${limit} s)"
   timeout "$limit" python -m "$@" ${SMOKE:+--smoke} --out "$out/${name}_${dev}.json" || echo "=== $name: exit $?"
 }
-run 110 step_time_paper benchmarks.step_time --presets paper --sizes 128x3 --batches 128 --dtypes bfloat16 float32 --steps 10
-run 60 profile_step_paper benchmarks.profile_step --presets paper --size 128x3 --batch 128 --dtypes bfloat16
-run 120 step_time benchmarks.step_time --sizes 32x3 64x3 128x3 --batches 256 --dtypes float32 bfloat16
+run 150 step_time_paper benchmarks.step_time --presets paper --sizes 128x3 --batches 128 --dtypes bfloat16 float32 --steps 10
+run 60 profile_step_paper benchmarks.profile_step --preset paper --size 128x3 --batch 128 --dtypes bfloat16
+run 120 step_time benchmarks.step_time --sizes 32x3 128x3 --batches 256 --dtypes float32 bfloat16
 run 60 explain_throughput benchmarks.explain_throughput --sizes 32x3 --images 4096 --optimiser-images 256
 run 60 optimiser_throughput_fido benchmarks.optimiser_throughput --method fido --images 256 --loop-images 8
 run 70 optimiser_throughput_disc benchmarks.optimiser_throughput --method disc --images 256 --loop-images 8
+run 90 layer_forms benchmarks.layer_forms --sizes 32x3 128x3 --batch 256 --rounds 4 --steps 5
 echo "=== done ($(date +%T), ${SECONDS} s)"

@@ -86,7 +86,8 @@ def multi_step(step, steps_per_dispatch: int):
 
 def prepare(image_size, channels, batch, dtype, steps_per_dispatch=1, preset="small"):
   """Compiled step and its inputs: `run()` does one dispatch and waits for it; `info`
-  holds the compiled program itself too (`info["compiled"]`)."""
+  holds the compiled program itself too (`info["compiled"]`), and `info["count"]()`
+  counts one step's FLOPs and bytes on the host."""
   method, models, state, clf = build(image_size, channels, dtype, preset)
   single = gan.make_train_step(method, models, clf.apply, {})
   step = multi_step(single, steps_per_dispatch)
@@ -102,12 +103,10 @@ def prepare(image_size, channels, batch, dtype, steps_per_dispatch=1, preset="sm
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   device_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-  if steps_per_dispatch == 1 and jax.devices()[0].platform == "cpu":
-    host = {"flops": device_flops, "bytes_accessed": float(cost.get("bytes accessed", "nan"))}
-  else:  # one step on its own: XLA counts a scanned loop's body once, not per step
-    host = flops_lib.host_cost(single, state, clf.params,
-                               images[0] if steps_per_dispatch > 1 else images,
-                               donate_argnums=0)
+  # One step on its own (XLA counts a scanned loop's body once, not per step), with the
+  # model's FLOPs rather than the executed ones (`flops.host_cost`).
+  one_step = (state, clf.params, images[0] if steps_per_dispatch > 1 else images)
+  count = lambda: flops_lib.host_cost(single, *one_step, donate_argnums=0)  # noqa: E731
   box = {"state": state}
 
   def run():
@@ -117,8 +116,8 @@ def prepare(image_size, channels, batch, dtype, steps_per_dispatch=1, preset="sm
 
   params = {name: sum(x.size for x in jax.tree.leaves(p))
             for name, p in (("generators", state.gen), ("discriminators", state.disc))}
-  return run, {"compile_s": compile_s, "flops": host["flops"], "device_flops": device_flops,
-               "bytes": host["bytes_accessed"], "params": params, "compiled": compiled}
+  return run, {"compile_s": compile_s, "device_flops": device_flops, "count": count,
+               "params": params, "compiled": compiled}
 
 
 def alternate(runs: dict, rounds: int, steps: int) -> dict:
@@ -138,6 +137,7 @@ def alternate(runs: dict, rounds: int, steps: int) -> dict:
 def measure(image_size, channels, batch, dtype, steps_per_dispatch, steps, warmup, *,
             peak, bandwidth, preset="small"):
   run, info = prepare(image_size, channels, batch, dtype, steps_per_dispatch, preset)
+  host = info["count"]()
   for _ in range(warmup):
     m = run()
   times = []
@@ -147,7 +147,7 @@ def measure(image_size, channels, batch, dtype, steps_per_dispatch, steps, warmu
     times.append((time.perf_counter() - t0) / steps_per_dispatch)
   stats = jax.devices()[0].memory_stats() or {}
   ms = 1000 * float(np.median(times))
-  flops, spd = info["flops"], steps_per_dispatch
+  flops, spd = host["flops"], steps_per_dispatch
   return {
       "image_size": image_size, "channels": channels, "batch": batch, "dtype": dtype,
       "preset": preset, "params": info["params"],
@@ -156,12 +156,13 @@ def measure(image_size, channels, batch, dtype, steps_per_dispatch, steps, warmu
       "ms_per_step_p10_p90": [1000 * float(np.percentile(times, q)) for q in (10, 90)],
       "images_per_s": batch / (ms / 1000),
       "flops_per_step": flops,
+      "executed_flops_per_step": host["executed_flops"],
       "flops_source": flops_lib.SOURCE,
       # The device's own count of the program, for a single step per dispatch.
       "device_reported_flops_per_step": info["device_flops"] if spd == 1 else None,
-      "bytes_accessed_per_step": info["bytes"],
+      "bytes_accessed_per_step": host["bytes_accessed"],
       "achieved_flops_per_s": flops / (ms / 1000),
-      **flops_lib.roofline(flops, info["bytes"], ms / 1000, peak, bandwidth),
+      **flops_lib.roofline(flops, host["bytes_accessed"], ms / 1000, peak, bandwidth),
       "peak_memory_bytes": stats.get("peak_bytes_in_use"),
       "g_loss": float(m["g_loss"]),
   }
@@ -187,6 +188,7 @@ def count(configs) -> dict:
     rows.append({"preset": preset, "image_size": side, "channels": channels, "batch": batch,
                  "dtype": dtype, "flops_per_step": host["flops"],
                  "bytes_accessed_per_step": host["bytes_accessed"],
+                 "executed_flops_per_step": host["executed_flops"],
                  "flops_per_byte": host["flops"] / host["bytes_accessed"],
                  "source": host["source"]})
     print(f"{preset} {side}x{side}x{channels} batch {batch} {dtype}: "
@@ -196,13 +198,14 @@ def count(configs) -> dict:
 
 
 def recount(path: str, bandwidth: float | None = None) -> dict:
-  """Count the FLOPs and bytes of each row's step on the host CPU and add them, with the
-  MFU against the peak stored in the file, to a result measured without them. The times
-  stay as measured. No bandwidth was measured there: given one (bytes/s, e.g. the
-  device's datasheet figure), the rows also get the memory roof, and the file says
-  where the bandwidth came from."""
+  """Count the FLOPs and bytes of each row's step on the host CPU again and put them, with
+  the MFU against the peak stored in the file, in a result measured before they were
+  counted this way. The times stay as measured. The memory roof uses the file's measured
+  bandwidth or, where none was measured, the one given (bytes/s, e.g. the device's
+  datasheet figure; the file then says where it came from)."""
   with open(path) as f:
     result = json.load(f)
+  given, bandwidth = bandwidth, bandwidth or result.get("peak_bandwidth_bytes_per_s")
   for row in result["results"]:
     host = host_count(row["image_size"], row["channels"], row["batch"], row["dtype"],
                       row.get("preset", "small"))
@@ -211,7 +214,8 @@ def recount(path: str, bandwidth: float | None = None) -> dict:
       row["device_reported_flops_per_step"] = (row["flops_per_step"]
                                                if row["steps_per_dispatch"] == 1 else None)
     peak = result["peak_matmul_flops_per_s"][row["dtype"]]
-    row.update(flops_per_step=host["flops"], flops_source=host["source"] + " (recounted)",
+    row.update(flops_per_step=host["flops"], executed_flops_per_step=host["executed_flops"],
+               flops_source=host["source"] + " (recounted)",
                bytes_accessed_per_step=host["bytes_accessed"],
                achieved_flops_per_s=host["flops"] / seconds,
                mfu=host["flops"] / seconds / peak)
@@ -222,8 +226,8 @@ def recount(path: str, bandwidth: float | None = None) -> dict:
     print(f"{row['image_size']}x{row['channels']} batch {row['batch']} {row['dtype']} "
           f"x{row['steps_per_dispatch']}: {row['flops_per_step'] / 1e9:.1f} GFLOP/step, "
           f"MFU {row['mfu']:.1%}", flush=True)
-  if bandwidth:
-    result.update(peak_bandwidth_bytes_per_s=bandwidth,
+  if given:
+    result.update(peak_bandwidth_bytes_per_s=given,
                   bandwidth_source="given to --recount, not measured")
   return write_result(result, "step_time", path)
 

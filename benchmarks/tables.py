@@ -134,6 +134,23 @@ def profile_step() -> str:
   return "\n".join(lines)
 
 
+def layer_forms() -> str:
+  lines = []
+  for name, r in _load("layer_forms_*.json"):
+    lines += [f"`{name}` ({r['device']}, jax {r['jax']}, {r['rounds']} rounds of "
+              f"{r['steps_per_round']} steps)", "",
+              "| image | batch | form | ms/step (median of rounds) | form / models (min–max) |",
+              "|---|---|---|---|---|"]
+    for x in r["results"]:
+      for form, ms in x["ms_per_step_median"].items():
+        ratio = x["over_models"].get(form)
+        ratio = f"{ratio['median']:.2f} ({ratio['min']:.2f}–{ratio['max']:.2f})" if ratio else "1"
+        lines.append(f"| {x['image_size']}x{x['image_size']}x{x['channels']} | {x['batch']} "
+                     f"| {form} | {ms:.1f} | {ratio} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
 def explain_throughput() -> str:
   lines = []
   for name, r in _load("explain_throughput_*.json"):
@@ -248,6 +265,7 @@ if __name__ == "__main__":
                       ("JAX against PyTorch", compare_torch()),
                       ("Where the CPU step's time goes", profile_cpu()),
                       ("Where the step's time goes, on its own device", profile_step()),
+                      ("The step with each layer rewrite undone", layer_forms()),
                       ("Explanation throughput", explain_throughput()),
                       ("FIDO and DISC: batched against one at a time", optimiser_throughput()),
                       ("One step in the forms XLA compiles differently", step_forms()),

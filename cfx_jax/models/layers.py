@@ -9,6 +9,10 @@ stride-1 conv on the space-to-depth input (2x2 pixel blocks stacked as channels)
 the 3x3 kernel zero-padded to 4x4 and regrouped the same way. Every derivative of that
 form is an ordinary stride-1 conv. The parameters stay the 3x3 kernel of `nnx.Conv`.
 
+The regrouped kernel has 16 taps per input channel where the 3x3 one has 9: the extra
+seven are zeros, but XLA multiplies them. A model's FLOPs are those of the plain strided
+conv, so FLOP counts trace under `textbook_forms()`, which turns the rewrite off.
+
 The gradient of `nnx.max_pool` (a reduce-window) is a select-and-scatter, which XLA:CPU
 also runs slowly: `max_pool2`, the same pooling over a reshape, took a classifier's
 input gradient from 5.5 to 3.3 ms on the 2-core CPU (`benchmarks/step_forms.py`). Values and gradients are the same, ties included: the
@@ -18,12 +22,14 @@ gradient shared among them instead of sent to the first trained a different clas
 
 `jax.image.resize(..., "nearest")` is a gather, its gradient a scatter-add; `upsample2`
 writes the same 2x upsampling as a broadcast and a reshape, whose gradient is a sum over
-each 2x2 block: the SyCE CPU step takes about 0.9x the time (`benchmarks/upsample_forms.py`;
-`benchmarks/profile_cpu.py` found the gather among the step's costliest non-convolution
-thunks).
+each 2x2 block: the SyCE CPU step with the resize takes 1.05-1.07x the time
+(`benchmarks/layer_forms.py`, which times each rewrite undone; `benchmarks/profile_cpu.py`
+found the gather among the step's costliest non-convolution thunks).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -51,10 +57,25 @@ def _regroup_kernel(k):
   return k.reshape(2, 2, 4 * c, o)
 
 
+_textbook = False
+
+
+@contextlib.contextmanager
+def textbook_forms():
+  """Within this block `strided_conv` traces as the plain strided convolution it stands
+  for (the same values), e.g. to count a model's FLOPs without the zero taps."""
+  global _textbook
+  before, _textbook = _textbook, True
+  try:
+    yield
+  finally:
+    _textbook = before
+
+
 def strided_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                  dimension_numbers=None, feature_group_count=1, **kwargs):
   """Drop-in for `lax.conv_general_dilated` as used by `nnx.Conv` (NHWC, HWIO)."""
-  plain = (tuple(window_strides) == (2, 2) and padding == "SAME"
+  plain = (not _textbook and tuple(window_strides) == (2, 2) and padding == "SAME"
            and rhs.shape[:2] == (3, 3) and feature_group_count == 1
            and lhs.ndim == 4 and lhs.shape[1] % 2 == 0 and lhs.shape[2] % 2 == 0
            and tuple(lhs_dilation or (1, 1)) == (1, 1)

@@ -1,0 +1,111 @@
+"""The SyCE train step with the models' rewritten layers and with each in its plain form,
+timed side by side.
+
+    python -m benchmarks.layer_forms --sizes 32x3 64x3     # batch 64, 6 rounds of 3 steps
+    python -m benchmarks.layer_forms --smoke               # tiny, used by the tests
+
+`cfx_jax/models/layers.py` rewrites two layers that XLA:CPU differentiates slowly. Forms:
+- `models`: the step as the models run it;
+- `resize upsampling`: the U-Net's 2x upsampling as `jax.image.resize(..., "nearest")`
+  (a gather, its gradient a scatter-add) instead of `layers.upsample2` (a broadcast and
+  a reshape);
+- `plain strided convolutions`: the stride-2 convolutions as `lax.conv_general_dilated`
+  (`layers.textbook_forms`) instead of 2x2 convolutions on a space-to-depth input, whose
+  zero-padded kernels do 16 multiplications for every 9.
+A rewrite pays off on a device where `models` is the fastest. All forms are compiled in
+one process and alternate in every round; ratios (form / models) are taken within the
+round. Their first-step losses must agree. Writes
+benchmarks/results/layer_forms_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import jax
+import numpy as np
+
+from benchmarks import step_time
+from cfx_jax.methods.conditional import gan
+from cfx_jax.models import layers, unet
+
+
+def resize(x):
+  n, h, w, c = x.shape
+  return jax.image.resize(x, (n, 2 * h, 2 * w, c), method="nearest")
+
+
+@contextlib.contextmanager
+def resize_upsampling():
+  unet.upsample2 = resize  # the form the U-Net traces with
+  try:
+    yield
+  finally:
+    unet.upsample2 = layers.upsample2
+
+
+FORMS = {"models": contextlib.nullcontext, "resize upsampling": resize_upsampling,
+         "plain strided convolutions": layers.textbook_forms}
+
+
+def compiled_step(form: str, image_size: int, channels: int, batch: int):
+  """(run() -> metrics of one SyCE step traced within FORMS[form], its compiled HLO)."""
+  with FORMS[form]():
+    method, models, state, clf = step_time.build(image_size, channels, "float32")
+    images = np.random.default_rng(0).uniform(
+        -1, 1, (2, batch // 2, image_size, image_size, channels)).astype(np.float32)
+    step = jax.jit(gan.make_train_step(method, models, clf.apply, {}))
+    compiled = step.lower(state, clf.params, images).compile()
+  run = lambda: jax.block_until_ready(compiled(state, clf.params, images)[1])  # noqa: E731
+  return run, compiled.as_text()
+
+
+def compare(image_size, channels, batch, rounds, steps) -> dict:
+  runs, programs = {}, set()
+  for form in FORMS:
+    runs[form], text = compiled_step(form, image_size, channels, batch)
+    programs.add(text)
+  if len(programs) != len(FORMS):
+    raise AssertionError("two forms compiled to the same program")
+  losses = {form: float(run()["g_loss"]) for form, run in runs.items()}
+  if not np.allclose(list(losses.values()), losses["models"], rtol=1e-5):
+    raise AssertionError(f"the forms disagree: {losses}")
+  ms = step_time.alternate(runs, rounds, steps)
+  ratios = {form: np.asarray(ms[form]) / np.asarray(ms["models"])
+            for form in FORMS if form != "models"}
+  return {"image_size": image_size, "channels": channels, "batch": batch,
+          "g_loss": losses, "ms_per_step_rounds": ms,
+          "ms_per_step_median": {f: float(np.median(v)) for f, v in ms.items()},
+          "over_models": {f: {"median": float(np.median(r)), "min": float(r.min()),
+                              "max": float(r.max())} for f, r in ratios.items()}}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sizes", nargs="*", default=["32x3", "64x3"], help="SIDExCHANNELS")
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--rounds", type=int, default=6)
+  parser.add_argument("--steps", type=int, default=3, help="timed steps per form per round")
+  parser.add_argument("--smoke", action="store_true")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  if args.smoke:
+    args.sizes, args.batch, args.rounds, args.steps = ["16x3"], 8, 2, 1
+  rows = []
+  result = {**step_time.environment(), "rounds": args.rounds, "steps_per_round": args.steps,
+            "results": rows}
+  for size in args.sizes:
+    side, channels = (int(v) for v in size.split("x"))
+    rows.append(compare(side, channels, args.batch, args.rounds, args.steps))
+    print(f"{size}: " + ", ".join(f"{f} {v:.1f} ms" for f, v in
+                                  rows[-1]["ms_per_step_median"].items())
+          + " | over models: " + ", ".join(
+              f"{f} {r['median']:.3f} ({r['min']:.3f}–{r['max']:.3f})"
+              for f, r in rows[-1]["over_models"].items()), flush=True)
+    step_time.write_result(result, "layer_forms", args.out)  # each size as it comes
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -11,7 +11,8 @@ convolution or dot it is built around, or else after itself (XLA's own copies). 
 grouped into KINDS. Reports the wall time per step measured without the profiler, the op
 time per step (on a GPU, busy time: the rest of the wall time is launch gaps; on the CPU,
 thunks run on several threads, so it can exceed the wall time), each kind's time, and the
-costliest primitives and HLO ops. Writes benchmarks/results/profile_step_<device>.json.
+costliest primitives and HLO ops; and, from the compiled program's text, the bytes its
+ops read and write, by the same kinds (on a GPU, of the program that runs there). Writes benchmarks/results/profile_step_<device>.json.
 """
 
 from __future__ import annotations
@@ -90,6 +91,35 @@ def hlo_origins(hlo_text: str) -> dict:
   return origins
 
 
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
+                "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
+                "c128": 16}
+_SHAPE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
+_NO_TRAFFIC = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast"}
+
+
+def _shape_bytes(text: str) -> int:
+  return sum(_DTYPE_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
+             for dtype, dims in _SHAPE.findall(text))
+
+
+def hlo_bytes(hlo_text: str) -> dict:
+  """{instruction: bytes it reads and writes} for the top-level instructions of a compiled
+  module's entry computation: its result's size plus its operands'. Parameters,
+  constants, tuples and bitcasts move nothing. On a GPU this is the program that runs,
+  cuDNN calls included, where XLA's own cost analysis is unreliable."""
+  entry = re.search(r"^ENTRY [^\n]*\{\n(.*?)\n\}", hlo_text, re.M | re.S).group(1)
+  size, traffic = {}, {}
+  for m in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\((.*?)\)",
+                       entry, re.M):
+    name, result, opcode, operands = m.groups()
+    size[name] = _shape_bytes(result)
+    if opcode not in _NO_TRAFFIC:
+      traffic[name] = size[name] + sum(size.get(o, 0)
+                                       for o in re.findall(r"%([\w.\-]+)", operands))
+  return traffic
+
+
 def module_name(hlo_text: str) -> str:
   return re.match(r"HloModule ([^\s,]+)", hlo_text).group(1)
 
@@ -166,12 +196,18 @@ def profile(image_size, channels, batch, dtype, preset, steps, warmup=2, top=15)
   wall_ms = 1000 * float(np.median(times))
   op_ms = op_ms_per_step(run, text, steps)
   primitives = by_primitive(op_ms, origins)
+  traffic = by_primitive(hlo_bytes(text), origins)
+  kind = lambda key: jax_kind(primitive_of(key))  # noqa: E731
   return {
       "image_size": image_size, "channels": channels, "batch": batch, "dtype": dtype,
       "preset": preset, "params": info["params"], "steps": steps,
       "wall_ms_per_step": wall_ms, "op_ms_per_step": sum(op_ms.values()),
-      "kinds": by_kind(primitives, lambda key: jax_kind(primitive_of(key)), wall_ms),
+      "kinds": by_kind(primitives, kind, wall_ms),
       "top_primitives": dict(list(primitives.items())[:top]),
+      # What the compiled program reads and writes, by the same kinds (`hlo_bytes`).
+      "hlo_bytes_per_step": sum(traffic.values()),
+      "bytes_kinds": by_kind(traffic, kind),
+      "top_bytes_primitives": dict(list(traffic.items())[:top]),
       "top_ops": [{"op": op, "primitive": origins.get(op, (op, ""))[0],
                    "pass": origins.get(op, ("", "no metadata"))[1], "ms": v}
                   for op, v in list(op_ms.items())[:top]],
@@ -199,7 +235,10 @@ def main(argv=None):
     rows.append(row)
     print(f"{args.preset} {args.size} batch {args.batch} {dtype}: "
           f"{row['wall_ms_per_step']:.1f} ms/step, ops {row['op_ms_per_step']:.1f} ms; "
-          + ", ".join(f"{k} {v['share']:.0%}" for k, v in row["kinds"].items()), flush=True)
+          + ", ".join(f"{k} {v['share']:.0%}" for k, v in row["kinds"].items())
+          + f"; {row['hlo_bytes_per_step'] / 1e9:.1f} GB: "
+          + ", ".join(f"{k} {v['share']:.0%}" for k, v in row["bytes_kinds"].items()),
+          flush=True)
     for key, v in list(row["top_primitives"].items())[:8]:
       print(f"  {v:9.2f} ms  {key}")
     step_time.write_result(result, "profile_step", args.out)  # each row as it comes

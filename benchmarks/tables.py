@@ -118,17 +118,19 @@ def profile_cpu() -> str:
 def profile_step() -> str:
   lines = []
   for name, r in _load("profile_step_*.json"):
-    lines += [f"`{name}` ({r['device']}, jax {r['jax']}): traced op time per step by kind "
-              "and the costliest primitives", "",
-              "| preset | image | batch | compute | wall ms | op ms | "
-              + " | ".join(f"{k} %" for k in r["results"][0]["kinds"]) + " | top primitives (ms) |",
-              "|---|---|---|---|---|---|" + "---|" * (len(r["results"][0]["kinds"]) + 1)]
+    kinds = list(r["results"][0]["kinds"])
+    lines += [f"`{name}` ({r['device']}, jax {r['jax']}): per step, traced op time and the "
+              "bytes the program's ops read and write, by kind (% of each)", "",
+              "| preset | image | batch | compute | wall ms | op ms | GB | "
+              + " | ".join(f"{k}: time / bytes" for k in kinds) + " | top primitives (ms) |",
+              "|---|---|---|---|---|---|---|" + "---|" * (len(kinds) + 1)]
     for x in r["results"]:
       top = ", ".join(f"{k} {v:.0f}" for k, v in list(x["top_primitives"].items())[:4])
       lines.append(f"| {x['preset']} | {x['image_size']}x{x['image_size']}x{x['channels']} "
                    f"| {x['batch']} | {x['dtype']} | {x['wall_ms_per_step']:.1f} "
-                   f"| {x['op_ms_per_step']:.1f} | "
-                   + " | ".join(f"{100 * v['share']:.0f}" for v in x["kinds"].values())
+                   f"| {x['op_ms_per_step']:.1f} | {x['hlo_bytes_per_step'] / 1e9:.1f} | "
+                   + " | ".join(f"{100 * x['kinds'][k]['share']:.0f} / "
+                                f"{100 * x['bytes_kinds'][k]['share']:.0f}" for k in kinds)
                    + f" | {top} |")
     lines.append("")
   return "\n".join(lines)

@@ -53,6 +53,9 @@ _GPU_HLO = """HloModule jit_run, entry_computation_layout={}
 }
 
 ENTRY %main (a: f32[2,8,8,3], w: f32[3,3,3,4], m: f32[8,4]) -> f32[4,8] {
+  %a = f32[2,8,8,3]{3,2,1,0} parameter(0)
+  %w = f32[3,3,3,4]{3,2,1,0} parameter(1)
+  %m = f32[8,4]{1,0} parameter(2)
   %custom-call.1 = (f32[2,8,8,4]{3,2,1,0}, u8[0]{0}) custom-call(%a, %w), custom_call_target="__cudnn$convBackwardFilter"
   %custom-call.2 = (f32[8,8]{1,0}, s8[4]{0}) custom-call(%m, %m), custom_call_target="__cublas$gemm", metadata={op_name="jit(run)/jvp(dense)/dot_general"}
   ROOT %transpose_fusion = f32[4,8]{1,0} fusion(%m), kind=kLoop, calls=%fused_transpose
@@ -66,6 +69,20 @@ def test_gpu_library_calls_and_xla_copies_are_named():
   assert origins["custom-call.2"] == ("dot_general", "forward")
   assert origins["transpose_fusion"] == ("transpose_fusion", "no metadata")
   assert profile_step.jax_kind(origins["transpose_fusion"][0]) == "layout and data movement"
+
+
+def test_bytes_of_each_op_are_its_result_and_operands():
+  # On the CPU they add up to XLA's own count of the program.
+  fn = jax.jit(lambda w, x: _conv_loss(w, x))
+  compiled = fn.lower(jnp.ones((3, 3, 3, 4)), jnp.ones((2, 8, 8, 3))).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  assert sum(profile_step.hlo_bytes(compiled.as_text()).values()) == cost["bytes accessed"]
+  # A cuDNN call's result is a tuple with its scratch space; parameters move nothing.
+  traffic = profile_step.hlo_bytes(_GPU_HLO)
+  assert traffic["custom-call.1"] == 4 * (2 * 8 * 8 * 4 + 2 * 8 * 8 * 3 + 3 * 3 * 3 * 4)
+  assert traffic["custom-call.2"] == 4 * (8 * 8 + 8 * 4 + 8 * 4) + 4
+  assert traffic["transpose_fusion"] == 2 * 4 * 8 * 4 and "m" not in traffic
 
 
 def _plane(name, *events):
@@ -101,6 +118,8 @@ def test_profile_step_smoke(tmp_path):
   assert sum(row["kinds"][k]["share"] for k in profile_step.KINDS) == pytest.approx(1.0)
   assert row["kinds"]["convolution"]["share"] > 0.2
   assert sum(row["top_primitives"].values()) <= row["op_ms_per_step"] + 1e-6
+  assert sum(row["bytes_kinds"][k]["share"] for k in profile_step.KINDS) == pytest.approx(1.0)
+  assert row["hlo_bytes_per_step"] > 0
   assert row["wall_ms_per_step"] > 0
 
 

@@ -196,3 +196,26 @@ def test_every_command_of_the_accelerator_script_parses(monkeypatch):
     assert int(limit) > 0 and name
     with pytest.raises(Parsed):
       importlib.import_module(module).main(args + ["--smoke", "--out", "unused.json"])
+
+
+def test_the_accelerator_benchmarks_import_without_the_data_packages():
+  """The accelerator machines have jax, flax and optax but not grain, TFDS or torch."""
+  import os
+  import subprocess
+  import sys
+
+  script = """
+import importlib.abc, sys
+class Absent(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path, target=None):
+    if name.split(".")[0] in {"grain", "tensorflow_datasets", "torch"}:
+      raise ImportError(name + " is not installed here")
+sys.meta_path.insert(0, Absent())
+for module in sys.argv[1:]:
+  __import__(module)
+"""
+  modules = ["benchmarks.step_time", "benchmarks.profile_step", "benchmarks.layer_forms",
+             "benchmarks.explain_throughput", "benchmarks.optimiser_throughput"]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  subprocess.run([sys.executable, "-c", script, *modules], cwd=root, check=True, timeout=120,
+                 env={**os.environ, "PYTHONPATH": root})

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grain
 import jax
 import numpy as np
 
 from cfx_jax.data.sources import ArraySource
+
+if TYPE_CHECKING:
+  import grain
 
 
 def _mix_seed(seed: int, stream: int) -> int:
@@ -107,6 +109,9 @@ def batches(
   if n < batch_size:
     raise ValueError(
         f"batch_size {batch_size} exceeds the {n} records of the source")
+  # Imported here: cfx_jax itself, and a train step or benchmark without this pipeline,
+  # run without grain (the accelerator machines do not have it).
+  import grain
   start, stop = _local_range(batch_size, process_index, process_count)
   shuffle_seed = _mix_seed(seed, 0)
   ids = grain.MapDataset.range(n)
@@ -165,6 +170,7 @@ def grouped_batches(
   if empty:
     raise ValueError(f"group(s) {empty} have no members; every group needs at "
                      "least one record")
+  import grain
   start, stop = _local_range(batch_per_group, process_index, process_count)
   streams = [
       grain.MapDataset.range(m.size)

@@ -24,7 +24,7 @@ import numpy as np
 from cfx_jax.models import layers
 
 SOURCE = ("XLA cost analysis of the program compiled for the host CPU, FLOPs with the "
-          "layers in their textbook form")
+          "strided convolutions in their textbook form")
 
 
 def _cpu_cost(fn, args, donate_argnums) -> dict:
@@ -40,11 +40,11 @@ def _cpu_cost(fn, args, donate_argnums) -> dict:
 
 def host_cost(fn, *args, donate_argnums=()) -> dict:
   """Cost of `jax.jit(fn)(*args)` compiled for the CPU (with the donation of the measured
-  program: it changes the bytes). "flops" are the model's, counted with the layers in
-  their textbook form (`layers.textbook_forms`: the space-to-depth convolutions multiply
-  zero taps); "executed_flops" and "bytes_accessed" are those of the program as it runs."""
+  program: it changes the bytes). "flops" are the model's, counted with the strided
+  convolutions in their textbook form (`layers.textbook_forms`: the space-to-depth form
+  multiplies zero taps); "executed_flops" and "bytes_accessed" are those of the program as it runs."""
   as_run = _cpu_cost(fn, args, donate_argnums)
-  with layers.textbook_forms():
+  with layers.textbook_forms("strided_conv"):
     textbook = _cpu_cost(fn, args, donate_argnums)
   return {"flops": float(textbook.get("flops", float("nan"))),
           "executed_flops": float(as_run.get("flops", float("nan"))),

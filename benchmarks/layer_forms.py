@@ -4,14 +4,14 @@ timed side by side.
     python -m benchmarks.layer_forms --sizes 32x3 64x3     # batch 64, 6 rounds of 3 steps
     python -m benchmarks.layer_forms --smoke               # tiny, used by the tests
 
-`cfx_jax/models/layers.py` rewrites two layers that XLA:CPU differentiates slowly. Forms:
+`cfx_jax/models/layers.py` rewrites layers that XLA:CPU differentiates slowly; each
+form undoes one rewrite (`layers.textbook_forms`):
 - `models`: the step as the models run it;
-- `resize upsampling`: the U-Net's 2x upsampling as `jax.image.resize(..., "nearest")`
-  (a gather, its gradient a scatter-add) instead of `layers.upsample2` (a broadcast and
-  a reshape);
+- `resize upsampling`: the decoders' 2x upsampling as `jax.image.resize(..., "nearest")`
+  (a gather, its gradient a scatter-add) instead of a broadcast and a reshape;
 - `plain strided convolutions`: the stride-2 convolutions as `lax.conv_general_dilated`
-  (`layers.textbook_forms`) instead of 2x2 convolutions on a space-to-depth input, whose
-  zero-padded kernels do 16 multiplications for every 9.
+  instead of 2x2 convolutions on a space-to-depth input, whose zero-padded kernels do 16
+  multiplications for every 9.
 A rewrite pays off on a device where `models` is the fastest. All forms are compiled in
 one process and alternate in every round; ratios (form / models) are taken within the
 round. Their first-step losses must agree. Writes
@@ -28,25 +28,12 @@ import numpy as np
 
 from benchmarks import step_time
 from cfx_jax.methods.conditional import gan
-from cfx_jax.models import layers, unet
+from cfx_jax.models import layers
 
 
-def resize(x):
-  n, h, w, c = x.shape
-  return jax.image.resize(x, (n, 2 * h, 2 * w, c), method="nearest")
-
-
-@contextlib.contextmanager
-def resize_upsampling():
-  unet.upsample2 = resize  # the form the U-Net traces with
-  try:
-    yield
-  finally:
-    unet.upsample2 = layers.upsample2
-
-
-FORMS = {"models": contextlib.nullcontext, "resize upsampling": resize_upsampling,
-         "plain strided convolutions": layers.textbook_forms}
+FORMS = {"models": contextlib.nullcontext,
+         "resize upsampling": lambda: layers.textbook_forms("upsample2"),
+         "plain strided convolutions": lambda: layers.textbook_forms("strided_conv")}
 
 
 def compiled_step(form: str, image_size: int, channels: int, batch: int):

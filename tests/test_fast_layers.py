@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cfx_jax.models import layers
 from cfx_jax.models.layers import max_pool2, strided_conv, upsample2
 
 
@@ -54,3 +55,27 @@ def test_strided_conv_equals_the_stride_2_conv_to_its_second_derivative():
   penalty = lambda f: jax.grad(  # noqa: E731
       lambda k: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.tanh(f(x, k))))(x) ** 2))(k)
   np.testing.assert_allclose(penalty(fast), penalty(plain), rtol=1e-4, atol=1e-4)
+
+
+def test_textbook_forms_undo_the_named_rewrites_only():
+  x = jnp.ones((1, 4, 4, 2))
+  k = jnp.ones((3, 3, 2, 3))
+
+  def jaxpr(layer):
+    """Of a fresh trace: jax reuses the trace of a function it has traced before."""
+    if layer == "conv":
+      f = lambda x: strided_conv(x, k, (2, 2), "SAME",  # noqa: E731
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    else:
+      f = lambda x: upsample2(x)  # noqa: E731
+    return str(jax.make_jaxpr(f)(x))
+
+  assert "transpose" in jaxpr("conv") and "gather" not in jaxpr("upsample")
+  with layers.textbook_forms("upsample2"):
+    assert "transpose" in jaxpr("conv") and "gather" in jaxpr("upsample")
+  with layers.textbook_forms():
+    assert "transpose" not in jaxpr("conv") and "gather" in jaxpr("upsample")
+  assert "transpose" in jaxpr("conv") and "gather" not in jaxpr("upsample")
+  with pytest.raises(ValueError, match="unknown layer forms"):
+    with layers.textbook_forms("max_pool"):
+      pass

@@ -11,7 +11,9 @@ form is an ordinary stride-1 conv. The parameters stay the 3x3 kernel of `nnx.Co
 
 The regrouped kernel has 16 taps per input channel where the 3x3 one has 9: the extra
 seven are zeros, but XLA multiplies them. A model's FLOPs are those of the plain strided
-conv, so FLOP counts trace under `textbook_forms()`, which turns the rewrite off.
+conv, so FLOP counts trace it under `textbook_forms("strided_conv")`, which turns the
+rewrite off. `textbook_forms` turns off any rewrite of FORMS; `benchmarks/layer_forms.py`
+times the step with each one off.
 
 The gradient of `nnx.max_pool` (a reduce-window) is a select-and-scatter, which XLA:CPU
 also runs slowly: `max_pool2`, the same pooling over a reshape, took a classifier's
@@ -35,10 +37,33 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+FORMS = ("strided_conv", "upsample2")  # the rewrites textbook_forms undoes
+_textbook: frozenset = frozenset()
+
+
+@contextlib.contextmanager
+def textbook_forms(*names: str):
+  """Within this block the named rewrites (default: all of FORMS) trace as the plain
+  layers they stand for, with the same values: to count a model's FLOPs without the
+  strided convolutions' zero taps, or to time a rewrite undone. It acts when a function
+  is traced: one that `jax.jit` has traced before keeps its trace."""
+  unknown = set(names) - set(FORMS)
+  if unknown:
+    raise ValueError(f"unknown layer forms {sorted(unknown)}; known: {FORMS}")
+  global _textbook
+  before = _textbook
+  _textbook = before | frozenset(names or FORMS)
+  try:
+    yield
+  finally:
+    _textbook = before
+
 
 def upsample2(x: jax.Array) -> jax.Array:
   """(N, H, W, C) -> (N, 2H, 2W, C), each pixel repeated over a 2x2 block."""
   n, h, w, c = x.shape
+  if "upsample2" in _textbook:
+    return jax.image.resize(x, (n, 2 * h, 2 * w, c), method="nearest")
   x = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c))
   return x.reshape(n, 2 * h, 2 * w, c)
 
@@ -57,25 +82,10 @@ def _regroup_kernel(k):
   return k.reshape(2, 2, 4 * c, o)
 
 
-_textbook = False
-
-
-@contextlib.contextmanager
-def textbook_forms():
-  """Within this block `strided_conv` traces as the plain strided convolution it stands
-  for (the same values), e.g. to count a model's FLOPs without the zero taps."""
-  global _textbook
-  before, _textbook = _textbook, True
-  try:
-    yield
-  finally:
-    _textbook = before
-
-
 def strided_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                  dimension_numbers=None, feature_group_count=1, **kwargs):
   """Drop-in for `lax.conv_general_dilated` as used by `nnx.Conv` (NHWC, HWIO)."""
-  plain = (not _textbook and tuple(window_strides) == (2, 2) and padding == "SAME"
+  plain = ("strided_conv" not in _textbook and tuple(window_strides) == (2, 2) and padding == "SAME"
            and rhs.shape[:2] == (3, 3) and feature_group_count == 1
            and lhs.ndim == 4 and lhs.shape[1] % 2 == 0 and lhs.shape[2] % 2 == 0
            and tuple(lhs_dilation or (1, 1)) == (1, 1)

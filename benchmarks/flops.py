@@ -34,7 +34,8 @@ def _cpu_cost(fn, args, donate_argnums) -> dict:
   # A new function each time: jit's trace cache would otherwise hand the trace made
   # outside `textbook_forms` to the call inside it.
   fresh = lambda *a: fn(*a)  # noqa: E731
-  cost = jax.jit(fresh, donate_argnums=donate_argnums).lower(*abstract).compile().cost_analysis()
+  compiled = jax.jit(fresh, donate_argnums=donate_argnums).lower(*abstract).compile()
+  cost = compiled.cost_analysis()
   return cost[0] if isinstance(cost, (list, tuple)) else cost
 
 
@@ -42,7 +43,8 @@ def host_cost(fn, *args, donate_argnums=()) -> dict:
   """Cost of `jax.jit(fn)(*args)` compiled for the CPU (with the donation of the measured
   program: it changes the bytes). "flops" are the model's, counted with the strided
   convolutions in their textbook form (`layers.textbook_forms`: the space-to-depth form
-  multiplies zero taps); "executed_flops" and "bytes_accessed" are those of the program as it runs."""
+  multiplies zero taps); "executed_flops" and "bytes_accessed" are those of the program
+  as it runs."""
   as_run = _cpu_cost(fn, args, donate_argnums)
   with layers.textbook_forms("strided_conv"):
     textbook = _cpu_cost(fn, args, donate_argnums)

@@ -1,6 +1,6 @@
 """Where the compiled train step spends its time on the device it runs on, by kind of op.
 
-    python -m benchmarks.profile_step --preset paper --size 128x3 --batch 128 --dtype bfloat16
+    python -m benchmarks.profile_step --preset paper --size 128x3 --batch 128 --dtypes bfloat16
     python -m benchmarks.profile_step --size 32x3 --batch 64          # the small step on a CPU
 
 The SyCE step of `benchmarks.step_time` under `jax.profiler`. Every traced op that
@@ -12,7 +12,8 @@ grouped into KINDS. Reports the wall time per step measured without the profiler
 time per step (on a GPU, busy time: the rest of the wall time is launch gaps; on the CPU,
 thunks run on several threads, so it can exceed the wall time), each kind's time, and the
 costliest primitives and HLO ops; and, from the compiled program's text, the bytes its
-ops read and write, by the same kinds (on a GPU, of the program that runs there). Writes benchmarks/results/profile_step_<device>.json.
+ops read and write, by the same kinds (on a GPU, of the program that runs there).
+Writes benchmarks/results/profile_step_<device>.json.
 """
 
 from __future__ import annotations

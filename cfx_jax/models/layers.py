@@ -17,10 +17,11 @@ times the step with each one off.
 
 The gradient of `nnx.max_pool` (a reduce-window) is a select-and-scatter, which XLA:CPU
 also runs slowly: `max_pool2`, the same pooling over a reshape, took a classifier's
-input gradient from 5.5 to 3.3 ms on the 2-core CPU (`benchmarks/step_forms.py`). Values and gradients are the same, ties included: the
-procedural images have flat regions, so windows of equal maxima are common, and a
-gradient shared among them instead of sent to the first trained a different classifier
-(the quick start's short run then flipped 0.39 of its images instead of over 0.6).
+input gradient from 5.5 to 3.3 ms on the 2-core CPU (`benchmarks/step_forms.py`).
+Values and gradients are the same, ties included: the procedural images have flat
+regions, so windows of equal maxima are common, and a gradient shared among them instead
+of sent to the first trained a different classifier (the quick start's short run then
+flipped 0.39 of its images instead of over 0.6).
 
 `jax.image.resize(..., "nearest")` is a gather, its gradient a scatter-add; `upsample2`
 writes the same 2x upsampling as a broadcast and a reshape, whose gradient is a sum over

@@ -72,10 +72,7 @@ def compare(image_size, channels, batch, jax_dtypes, torch_variants, rounds, ste
     for tname in (n for n in names if n.startswith("torch-")):
       if ("bf16" in jname) != ("bf16" in tname):
         continue
-      ratios = np.asarray(ms[jname]) / np.asarray(ms[tname])
-      pairs[f"{jname} / {tname}"] = {
-          "median": float(np.median(ratios)), "min": float(ratios.min()),
-          "max": float(ratios.max())}
+      pairs[f"{jname} / {tname}"] = step_time.ratio_summary(ms[jname], ms[tname])
   return {"image_size": image_size, "channels": channels, "batch": batch,
           "params": jax_params, "warmup_or_compile_s": first_s,
           "ms_per_step_median": {n: float(np.median(v)) for n, v in ms.items()},

@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-import jax
 import numpy as np
 
 from benchmarks import step_time
-from cfx_jax.methods.conditional import gan
 from cfx_jax.models import layers
 
 
@@ -36,36 +34,23 @@ FORMS = {"models": contextlib.nullcontext,
          "plain strided convolutions": lambda: layers.textbook_forms("strided_conv")}
 
 
-def compiled_step(form: str, image_size: int, channels: int, batch: int):
-  """(run() -> metrics of one SyCE step traced within FORMS[form], its compiled HLO)."""
-  with FORMS[form]():
-    method, models, state, clf = step_time.build(image_size, channels, "float32")
-    images = np.random.default_rng(0).uniform(
-        -1, 1, (2, batch // 2, image_size, image_size, channels)).astype(np.float32)
-    step = jax.jit(gan.make_train_step(method, models, clf.apply, {}))
-    compiled = step.lower(state, clf.params, images).compile()
-  run = lambda: jax.block_until_ready(compiled(state, clf.params, images)[1])  # noqa: E731
-  return run, compiled.as_text()
-
-
 def compare(image_size, channels, batch, rounds, steps) -> dict:
   runs, programs = {}, set()
   for form in FORMS:
-    runs[form], text = compiled_step(form, image_size, channels, batch)
-    programs.add(text)
+    with FORMS[form]():  # the models are built and the step traced within the form
+      runs[form], info = step_time.prepare(image_size, channels, batch, "float32")
+    programs.add(info["compiled"].as_text())
   if len(programs) != len(FORMS):
     raise AssertionError("two forms compiled to the same program")
   losses = {form: float(run()["g_loss"]) for form, run in runs.items()}
   if not np.allclose(list(losses.values()), losses["models"], rtol=1e-5):
     raise AssertionError(f"the forms disagree: {losses}")
   ms = step_time.alternate(runs, rounds, steps)
-  ratios = {form: np.asarray(ms[form]) / np.asarray(ms["models"])
-            for form in FORMS if form != "models"}
   return {"image_size": image_size, "channels": channels, "batch": batch,
           "g_loss": losses, "ms_per_step_rounds": ms,
           "ms_per_step_median": {f: float(np.median(v)) for f, v in ms.items()},
-          "over_models": {f: {"median": float(np.median(r)), "min": float(r.min()),
-                              "max": float(r.max())} for f, r in ratios.items()}}
+          "over_models": {f: step_time.ratio_summary(ms[f], ms["models"])
+                          for f in FORMS if f != "models"}}
 
 
 def main(argv=None):

@@ -134,6 +134,13 @@ def alternate(runs: dict, rounds: int, steps: int) -> dict:
   return ms
 
 
+def ratio_summary(numerator_ms, denominator_ms) -> dict:
+  """Median, min and max over rounds of the per-round ratio of two `alternate` timings."""
+  ratios = np.asarray(numerator_ms) / np.asarray(denominator_ms)
+  return {"median": float(np.median(ratios)), "min": float(ratios.min()),
+          "max": float(ratios.max())}
+
+
 def measure(image_size, channels, batch, dtype, steps_per_dispatch, steps, warmup, *,
             peak, bandwidth, preset="small"):
   run, info = prepare(image_size, channels, batch, dtype, steps_per_dispatch, preset)

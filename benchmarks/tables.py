@@ -22,6 +22,11 @@ def _rate(v: float) -> str:
   return f"{v:,.0f}" if v >= 10 else f"{v:.2g}"
 
 
+def _ratio(v: dict) -> str:
+  """A `step_time.ratio_summary` as "median (min–max)"."""
+  return f"{v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f})"
+
+
 def step_time() -> str:
   lines = []
   for name, r in _load("step_time_*.json"):
@@ -87,8 +92,7 @@ def compare_torch() -> str:
               "|---|---|---|---|---|"]
     for x in r["results"]:
       ms = ", ".join(f"{k} {v:.0f}" for k, v in x["ms_per_step_median"].items())
-      ratios = "; ".join(f"{k}: {v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f})"
-                         for k, v in x["ratios"].items())
+      ratios = "; ".join(f"{k}: {_ratio(v)}" for k, v in x["ratios"].items())
       steps = x.get("steps_per_round", r["steps_per_round"])  # older files: one count
       lines.append(f"| {x.get('preset', 'small')} "
                    f"| {x['image_size']}x{x['image_size']}x{x['channels']} | {x['batch']} "
@@ -146,7 +150,7 @@ def layer_forms() -> str:
     for x in r["results"]:
       for form, ms in x["ms_per_step_median"].items():
         ratio = x["over_models"].get(form)
-        ratio = f"{ratio['median']:.2f} ({ratio['min']:.2f}–{ratio['max']:.2f})" if ratio else "1"
+        ratio = _ratio(ratio) if ratio else "1"
         lines.append(f"| {x['image_size']}x{x['image_size']}x{x['channels']} | {x['batch']} "
                      f"| {form} | {ms:.1f} | {ratio} |")
     lines.append("")

@@ -86,7 +86,8 @@ def _regroup_kernel(k):
 def strided_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                  dimension_numbers=None, feature_group_count=1, **kwargs):
   """Drop-in for `lax.conv_general_dilated` as used by `nnx.Conv` (NHWC, HWIO)."""
-  plain = ("strided_conv" not in _textbook and tuple(window_strides) == (2, 2) and padding == "SAME"
+  plain = ("strided_conv" not in _textbook
+           and tuple(window_strides) == (2, 2) and padding == "SAME"
            and rhs.shape[:2] == (3, 3) and feature_group_count == 1
            and lhs.ndim == 4 and lhs.shape[1] % 2 == 0 and lhs.shape[2] % 2 == 0
            and tuple(lhs_dilation or (1, 1)) == (1, 1)

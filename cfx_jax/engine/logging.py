@@ -18,7 +18,11 @@ def is_main_process() -> bool:
 
 
 def _plain(v):
-  v = float(np.asarray(v))
+  """A float, or a list of them for a metric with one value per population member."""
+  a = np.asarray(v)
+  if a.ndim:
+    return [_plain(x) for x in a.reshape(-1)]
+  v = float(a)
   return None if math.isnan(v) or math.isinf(v) else v
 
 
@@ -67,7 +71,9 @@ class Progress:
     """Called on logging steps with freshly fetched metrics."""
     if not self.enabled:
       return
-    shown = {k: f"{v:.3g}" for k, v in (metrics or {}).items() if v is not None}
+    shown = {k: (f"{v:.3g}" if not isinstance(v, list) else
+                 "/".join("-" if x is None else f"{x:.2g}" for x in v))
+             for k, v in (metrics or {}).items() if v is not None}
     if self.bar is not None:
       self.bar.n = step
       self.bar.set_postfix(shown, refresh=True)

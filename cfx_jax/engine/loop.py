@@ -51,7 +51,21 @@ class LoopConfig:
 
 
 def step_of(state) -> int:
-  return int(state["step"] if isinstance(state, dict) else state.step)
+  """The state's step (a population's members, stacked or a tuple, all share it)."""
+  if isinstance(state, tuple):
+    state = state[0]
+  step = state["step"] if isinstance(state, dict) else state.step
+  return int(np.max(mesh_lib.to_host(step)))
+
+
+def _nonfinite_steps(state):
+  """The first non-finite step of a GAN state, or of each member of a population (-1:
+  none); None for states that do not record it."""
+  members = state if isinstance(state, tuple) else (state,)
+  bad = [getattr(m, "nonfinite_step", None) for m in members]
+  if any(b is None for b in bad):
+    return None
+  return np.concatenate([np.ravel(mesh_lib.to_host(b)) for b in bad])
 
 
 @jax.jit
@@ -63,9 +77,11 @@ def _all_finite(leaves) -> jax.Array:
 def check_finite(state, metrics: dict | None, name: str, step: int) -> None:
   """States that record their first non-finite step (the GAN states) are checked by it;
   others by their logged metrics."""
-  bad = getattr(state, "nonfinite_step", None)
+  bad = _nonfinite_steps(state)
   if bad is not None:
-    bad = int(mesh_lib.to_host(bad))
+    # A population stops only when every member has: the others train on, and a member
+    # that went non-finite keeps its last good state.
+    bad = int(np.min(bad))
     if bad >= 0:
       raise NonFiniteError(f"{name} losses became non-finite at step {bad}; training "
                            "stopped and the last good checkpoint was kept (try a lower "
@@ -141,7 +157,7 @@ def train_loop(state, step: Callable, batch_at: Callable[[int], Any], loop: Loop
     if is_main_process() and loop.progress and "layout" in meta:
       logger.info("%s: %s", loop.name, meta["layout"])
     progress = Progress(loop.steps, start, desc=loop.name, enabled=loop.progress)
-    with jax.set_mesh(mesh):
+    with mesh_lib.use(mesh):
       for i in range(start, loop.steps):
         state, metrics = step(state, batch_at(i))
         done = i + 1

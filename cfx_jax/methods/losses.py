@@ -19,13 +19,14 @@ def flip_loss(logits: jax.Array, labels: jax.Array, margin: float = 0.0) -> jax.
   target is likely, so an edit can stop at the decision boundary (a half-removed lesion);
   real images of a class sit well inside it (lesion set: a median margin of 5)."""
   ce = cross_entropy(logits, labels)
-  if not margin:
+  if isinstance(margin, (int, float)) and not margin:
     return ce
   logits = logits.reshape((-1, logits.shape[-1]))
   labels = labels.reshape(-1)
   target = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
   others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1]) > 0, -jnp.inf, logits)
-  return ce + jnp.mean(jax.nn.relu(margin - (target - jnp.max(others, axis=-1))))
+  hinge = jnp.mean(jax.nn.relu(margin - (target - jnp.max(others, axis=-1))))
+  return ce + jnp.where(margin > 0, hinge, 0.0)  # `margin` may be traced (a population)
 
 
 def bce_logits(logits: jax.Array, real: bool) -> jax.Array:
@@ -48,7 +49,9 @@ def l1(a: jax.Array, b: jax.Array, cap: float = 0.0) -> jax.Array:
   half-fading it costs, so realism, not proximity, decides how far an edit goes.
   """
   d = jnp.abs(a - b)
-  return jnp.mean(jnp.minimum(d, cap) if cap > 0 else d)
+  if isinstance(cap, (int, float)):
+    return jnp.mean(jnp.minimum(d, cap) if cap > 0 else d)
+  return jnp.mean(jnp.where(cap > 0, jnp.minimum(d, cap), d))  # traced (a population)
 
 
 def edited_fraction(a: jax.Array, b: jax.Array, scale: float = 0.05) -> jax.Array:

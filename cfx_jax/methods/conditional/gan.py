@@ -86,7 +86,8 @@ def partial_edit(key: jax.Array, start: jax.Array, edited: jax.Array,
 def make_train_step(method: Method, models: GanModels, classifier_apply, weights: dict, *,
                     disc_steps: int = 1, disc_jitter: float = 0.0, flip_jitter: float = 0.0,
                     runner_up_share: float = 0.0, prior_graphdef=None):
-  """Returns the pure step `(state, classifier_params, images) -> (state, metrics)`.
+  """Returns the pure step `(state, classifier_params, images[, traced]) -> (state,
+  metrics)`.
 
   `images` is (K, B, H, W, C), grouped by the classifier's prediction. `disc_steps`
   discriminator updates (each with its own directions) precede the generator update;
@@ -97,6 +98,10 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
   (`partial_edit`). With `prior_graphdef` (the class prior's autoencoder, `prior.py`)
   the second argument is `(classifier_params, prior_params)` and the counterfactuals
   pay the weight `prior` times their reconstruction error under their target class.
+  `traced`, a dict of weights as arrays, overrides `weights` inside the program: one
+  compiled step serves every member of a population (`population.py`) that differs only
+  in these weights. A traced `flip_partial` applies the partial edit at any value (at 0
+  it is the whole edit).
   """
   if disc_steps < 1:
     raise ValueError(f"disc_steps must be >= 1, got {disc_steps}")
@@ -109,10 +114,11 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
   def judge(disc, key):
     return Jittered(disc, key, disc_jitter) if disc_jitter > 0 else disc
 
-  def step(state: GanState, frozen, images):
+  def step(state: GanState, frozen, images, traced=None):
     clf_params, prior_params = frozen if prior_graphdef is not None else (frozen, None)
     num_classes = images.shape[0]
-    w = method.weights(num_classes, weights)
+    w = method.weights(num_classes, {**weights, **(traced or {})})
+    partial = "flip_partial" in (traced or {}) or weights.get("flip_partial", 0.0) > 0
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     k_dir, k_gp, k_dj, k_gj, k_fj, k_fp = jax.random.split(key, 6)
     runner_ups = None
@@ -124,7 +130,7 @@ def make_train_step(method: Method, models: GanModels, classifier_apply, weights
 
     def f(x, start=None):
       """Classifier logits; with `start`, the images the edit began from (for the flip)."""
-      if start is not None and w.get("flip_partial", 0.0) > 0:
+      if start is not None and partial:
         x = partial_edit(k_fp, start, x, w["flip_partial"])
       if flip_jitter > 0:
         x = augment.jitter(k_fj, x, flip_jitter)

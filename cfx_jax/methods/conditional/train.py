@@ -21,7 +21,7 @@ from cfx_jax.methods import common
 from cfx_jax.methods.base import ModelSpec
 from cfx_jax.methods.conditional import get_generator
 from cfx_jax.methods.conditional.explainer import GeneratorExplainer
-from cfx_jax.methods.conditional import gan, prior
+from cfx_jax.methods.conditional import gan, population, prior
 from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine.logging import MetricsLog
 from cfx_jax.engine.loop import LoopConfig, train_loop
@@ -48,6 +48,14 @@ def fit(name: str, classifier: Classifier, images: np.ndarray, *, config=None, s
         workdir: str | None = None) -> GeneratorExplainer:
   """The registry's entry point: `config` is None, a ConfigDict from
   `cfx_jax.explainer_config` or a nested dict of overrides; the keywords win."""
+  cfg = resolve_config(name, config, seed=seed, steps=steps, batch_size=batch_size)
+  return train_explainer(as_classifier(classifier, images.shape[1:]), images, cfg, workdir)
+
+
+def resolve_config(name: str, config=None, *, seed: int = 0, steps: int | None = None,
+                   batch_size: int | None = None) -> ml_collections.ConfigDict:
+  """The full config of a fit: the defaults of `name` with `config` (None, a ConfigDict or
+  a nested dict of overrides) and the keywords on top."""
   if isinstance(config, (dict, ml_collections.ConfigDict)):
     common.check_names(name, config, valid_settings(name))
   if config is None:
@@ -65,7 +73,7 @@ def fit(name: str, classifier: Classifier, images: np.ndarray, *, config=None, s
   if batch_size is not None:
     cfg.batch_size = int(batch_size)
   cfg.seed = int(seed)
-  return train_explainer(as_classifier(classifier, images.shape[1:]), images, cfg, workdir)
+  return cfg
 
 
 def valid_settings(name: str) -> dict:
@@ -98,6 +106,16 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
   In a multi-process job every process passes the same `images`; each reads only its
   own slice of every global batch.
   """
+  return train_group(classifier, images, [config], workdir)[0]
+
+
+def train_group(classifier: Classifier, images: np.ndarray, configs, workdir: str | None = None,
+                *, population_mode: str = "auto") -> list[GeneratorExplainer]:
+  """Fit one explainer per config in one compiled program: the configs must share
+  everything but their loss weights and seeds (`population.group_key`). One config is a
+  plain fit; several are a population (`population.py`), each member on the same
+  batches, its state stacked on a leading axis of the train state."""
+  config = configs[0]
   method = get_generator(config.method)
   k = classifier.num_classes
   spec = model_spec(config, images.shape[1:], k)
@@ -125,12 +143,19 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
   dataset = data_lib.grouped_batches(data_lib.ArraySource({"image": images}), predicted,
                                      k, per_class, seed=config.seed)
 
-  models, state = gan.init(method, spec, seed=config.seed, lr=config.learning_rate,
-                           b1=config.b1, disc_lr_scale=float(config.get("disc_lr_scale", 1.0)))
+  members = [gan.init(method, spec, seed=c.seed, lr=config.learning_rate, b1=config.b1,
+                      disc_lr_scale=float(config.get("disc_lr_scale", 1.0))) for c in configs]
+  models = members[0][0]
+  traced = population.traced_weights(configs, k)
+  mode = population.resolve_mode(population_mode) if len(configs) > 1 else None
+  state = population.stack([s for _, s in members], mode) if mode else members[0][1]
   layout = mesh_lib.describe(mesh, batch_size)
   meta = {"method": method.name, "image_shape": list(images.shape[1:]),
           "num_classes": k, "classifier_fingerprint": classifier.fingerprint(),
           "config": config.to_dict(), "layout": layout}
+  if len(configs) > 1:
+    meta["population"] = {name: np.asarray(v).tolist() for name, v in traced.items()}
+    meta["seeds"] = [int(c.seed) for c in configs]
 
   state_sharding = mesh_lib.state_shardings(mesh, state)
   replicated = mesh_lib.replicated(mesh)
@@ -144,15 +169,25 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
         seed=config.seed, workdir=workdir)
     frozen = (frozen, prior_params)
   frozen = jax.device_put(frozen, replicated)
-  step_fn = jax.jit(gan.make_train_step(method, models, classifier.apply,
-                                        dict(config.weights),
-                                        disc_steps=int(config.get("disc_steps", 1)),
-                                        disc_jitter=float(config.get("disc_jitter", 0.0)),
-                                        flip_jitter=float(config.get("flip_jitter", 0.0)),
-                                        runner_up_share=float(config.get("runner_up_share", 0.0)),
-                                        prior_graphdef=prior_graphdef),
-                    in_shardings=(state_sharding, replicated, images_sharding),
-                    out_shardings=(state_sharding, replicated), donate_argnums=0)
+  one_step = gan.make_train_step(method, models, classifier.apply, dict(config.weights),
+                                 disc_steps=int(config.get("disc_steps", 1)),
+                                 disc_jitter=float(config.get("disc_jitter", 0.0)),
+                                 flip_jitter=float(config.get("flip_jitter", 0.0)),
+                                 runner_up_share=float(config.get("runner_up_share", 0.0)),
+                                 prior_graphdef=prior_graphdef)
+  if mode == "loop":  # one compiled member step, called for each member in turn
+    member_sharding = state_sharding[0]
+    step_fn = population.population_step(
+        mesh_lib.jit(one_step, mesh, in_shardings=(member_sharding, replicated,
+                                                   images_sharding, replicated),
+                     out_shardings=(member_sharding, replicated), donate_argnums=0),
+        traced, mode)
+  else:
+    if mode:
+      one_step = population.population_step(one_step, traced, mode)
+    step_fn = mesh_lib.jit(one_step, mesh,
+                           in_shardings=(state_sharding, replicated, images_sharding),
+                           out_shardings=(state_sharding, replicated), donate_argnums=0)
 
   ids_log = MetricsLog(os.path.join(workdir, "example_ids.jsonl")
                        if workdir and config.get("log_example_ids") else None)
@@ -169,17 +204,24 @@ def train_explainer(classifier: Classifier, images: np.ndarray,
                                 shown=("d_loss", "g_loss", "g_flip"))
   state, log = train_loop(
       state, lambda s, images: step_fn(s, frozen, images), batch_at, loop, mesh=mesh,
-      workdir=workdir, meta=meta, compare=("method", "image_shape", "num_classes"),
+      workdir=workdir, meta=meta, compare=("method", "image_shape", "num_classes",
+                                           "population", "seeds"),
       check_saved=lambda saved: check_fingerprint(saved["classifier_fingerprint"],
                                                   classifier, f"checkpoint in {workdir}"),
       extra_logs=(ids_log,))
-  explainer = GeneratorExplainer(method, spec, models.gen_def, mesh_lib.to_host(state.gen, mesh),
-                                 classifier, chunk_size=config.chunk_size,
-                                 map_reference=map_reference(config), config=config.to_dict())
-  explainer.history = log.history
-  if workdir:
-    explainer.save(os.path.join(workdir, "explainer"))
-  return explainer
+  host = mesh_lib.to_host(state, mesh)
+  states = population.unstack(host, len(configs)) if len(configs) > 1 else [host]
+  explainers = []
+  for i, (c, s) in enumerate(zip(configs, states)):
+    explainer = GeneratorExplainer(method, spec, models.gen_def, s.gen, classifier,
+                                   chunk_size=c.chunk_size, map_reference=map_reference(c),
+                                   config=c.to_dict())
+    explainer.history = population.member_history(log.history, i, len(configs))
+    explainer.nonfinite_step = int(s.nonfinite_step)
+    explainers.append(explainer)
+  if workdir and len(configs) == 1:
+    explainers[0].save(os.path.join(workdir, "explainer"))
+  return explainers
 
 
 def map_reference(config) -> str:

@@ -6,10 +6,14 @@ import os
 
 import numpy as np
 
+from cfx_jax import config as config_lib
 from cfx_jax import image_space, persistence, validation
 from cfx_jax.classifier import as_classifier
 from cfx_jax.explanation import Explanation
+from cfx_jax import selection
 from cfx_jax.methods import registry
+from cfx_jax.methods.conditional import GENERATORS
+from cfx_jax.methods.conditional import train as generator_train
 from cfx_jax.methods.registry import Explainer
 
 
@@ -27,7 +31,7 @@ def _as_images(images) -> np.ndarray:
 def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None = None,
                   batch_size: int | None = None, seed: int = 0, workdir: str | None = None,
                   config=None, attributes=None, outputs: str = "logits", value_range=None,
-                  variables=None, generator=None) -> Explainer:
+                  variables=None, generator=None, select: bool | None = None) -> Explainer:
   """Train a counterfactual explainer of `classifier` on `images`.
 
   `method`: one of `trainable_methods()`. Optimisation methods ("fido", "disc") train at
@@ -41,6 +45,12 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
   (-1, 1); (0, 255) for uint8). The classifier sees them in that range, and the
   explainer takes and returns images in it; sizes the method's networks cannot take are
   reflect-padded inside and cropped back.
+  `select`: for the generator methods (syce, cyce, sagen), choose the setting by judges
+  (`cfx_jax.selection`, docs/selection.md): a few candidate settings train side by side
+  on 85% of `images`, an independent oracle judges their counterfactuals of the rest,
+  and the explainer's `selection` holds every candidate's scores and a second judge's
+  scores of the choice. None (the default) selects when no `config` is given or when the
+  config's `select.enabled` is set; False fits the defaults (or `config`) as they are.
   `config`: a ConfigDict (`cfx_jax.explainer_config` for the generator methods) or a
   dict of overrides of the method's settings; `steps` and `batch_size` set the
   method's step count and batch size (see `cfx_jax.methods.registry`). With `workdir`,
@@ -68,14 +78,41 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
   space, clf, x = image_space.bind(classifier, _as_images(images), outputs=outputs,
                                    value_range=value_range, variables=variables,
                                    multiple=multiple, square=square)
-  inner = entry.fit(clf, x, config=config, seed=seed, steps=steps, batch_size=batch_size,
-                    workdir=workdir, **extra)
+  if select and method not in GENERATORS:
+    raise ValueError(f"select=True chooses among settings of the generator methods "
+                     f"{sorted(GENERATORS)}, not {method!r}")
+  if select is None:
+    select = method in GENERATORS and (config is None or _selects(config))
+  if select:
+    registry.keyword_settings(method, config, lambda: config_lib.explainer_config(method),
+                              steps, batch_size)
+    base = generator_train.resolve_config(method, config, seed=seed, steps=steps,
+                                          batch_size=batch_size)
+    base.select.enabled = True
+    inner = selection.select(as_classifier(clf, x.shape[1:]), x, base, workdir)
+  else:
+    if method in GENERATORS and _selects(config):  # select=False wins over the config
+      config = _without_selection(method, config)
+    inner = entry.fit(clf, x, config=config, seed=seed, steps=steps, batch_size=batch_size,
+                      workdir=workdir, **extra)
   if space.is_identity:
     return inner
   explainer = InCallerSpace(inner, space, outputs)
   if workdir:
     space.save(os.path.join(workdir, "explainer"), outputs)
   return explainer
+
+
+def _selects(config) -> bool:
+  """Whether a generator method's config asks for its setting to be chosen by judges."""
+  node = config.get("select") if hasattr(config, "get") else None
+  return bool(node.get("enabled", False)) if hasattr(node, "get") else False
+
+
+def _without_selection(method: str, config):
+  c = generator_train.resolve_config(method, config)
+  c.select.enabled = False
+  return c
 
 
 def load_explainer(path: str, classifier, *, variables=None, generator=None) -> Explainer:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import ml_collections
 
 
-# Measured with benchmarks/counterfactual_truth.py (lesion quick-start setting, README
-# "Counterfactual truth"): detached cycles, a 4x stronger adversarial weight and a 4x
+# Measured with benchmarks/counterfactual_truth.py (lesion quick-start setting,
+# docs/counterfactual_truth.md): detached cycles, a 4x stronger adversarial weight and a 4x
 # faster discriminator turn SyCE's tints into fades the oracle accepts. CyCE and SAGen
 # keep the papers' weights until they are measured the same way.
 TRUTH_WEIGHTS = {"syce": {"cycle_grad": 0.0, "adv": 1.0}}
@@ -53,7 +53,7 @@ def explainer_config(method: str = "syce", preset: str = "small") -> ml_collecti
   c.prior = ml_collections.ConfigDict(dict(steps=1500, code_dim=128))
   # More than two classes: the share of images trained toward their runner-up class (the
   # class `explain` aims at by default) rather than a random other one (0: one random
-  # shift of every group per step). README "Ten classes".
+  # shift of every group per step). docs/fashion_mnist.md, "Ten classes".
   c.runner_up_share = 0.5
   # The discriminator's learning rate as a multiple of the generator's.
   c.disc_lr_scale = TRUTH_DISC_LR_SCALE.get(method, 1.0)
@@ -68,13 +68,25 @@ def explainer_config(method: str = "syce", preset: str = "small") -> ml_collecti
   c.map_reference = "auto"
   c.progress = True
   c.log_example_ids = False  # write the ids of every batch to example_ids.jsonl
+  # Choose the setting by judges (cfx_jax/selection): candidates trained side by side
+  # on all but `held_out` of the images, judged on the rest by an oracle trained for
+  # `judge_steps`; `seeds` members of each candidate form train as one population (on
+  # an accelerator they cost little more than one); `report_judge`: a second oracle
+  # scores the choice (the train job's evaluation oracle does that there). Each candidate
+  # trains `steps` steps of `batch_per_class` images of each class where `steps` and
+  # `batch_size` above are None: three candidates of 32x32 images then fit in about 15
+  # minutes on a 2-core CPU (docs/selection.md). `fit_explainer` without a config turns
+  # it on.
+  c.select = ml_collections.ConfigDict(dict(enabled=False, held_out=0.15, judge_steps=300,
+                                            seeds=1, report_judge=True, steps=300,
+                                            batch_per_class=16))
   return c
 
 
 def paper_form(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The papers' exact form: re-synthesis with tanh, no direct L1 or total-variation
   proximity, the papers' adversarial weight and flip, cycles that train both passes, one
-  discriminator learning rate."""
+  discriminator learning rate, and no selection."""
   c = c.copy_and_resolve_references()
   c.model.residual = False
   c.model.mask, c.model.infill, c.model.hard_mask, c.model.fill_only = False, False, False, ()
@@ -85,6 +97,7 @@ def paper_form(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if name in c.weights:
       del c.weights[name]
   c.disc_lr_scale = 1.0
+  c.select.enabled = False  # one fixed setting, nothing chosen
   return c
 
 

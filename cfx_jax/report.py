@@ -325,6 +325,31 @@ def _format_value(value) -> str:
   return str(value).replace('|', '\\|')
 
 
+def selection_table(record: Mapping) -> str:
+  """Markdown: every candidate's scores by the selection's judge, the chosen one in bold,
+  then the chosen one's scores by the second judge (cfx_jax/selection)."""
+  cols = ('valid', 'flip', 'oracle', 'fid', 'change', 'reach', 'concentration')
+  lines = ['Candidates trained side by side and judged on held-out images by an oracle '
+           f'({record["images"]["held_out"]} images; `valid`: the smallest share of '
+           'counterfactuals the classifier and the oracle both accept, over directions; '
+           '`reach`: the change as a share of the distance to the nearest real image of '
+           'the target class):', '',
+           '| candidate | ' + ' | '.join(cols) + ' |', '|---' * (len(cols) + 1) + '|']
+  for name, c in record['candidates'].items():
+    label = f'**{name}** (chosen)' if name == record['chosen'] else name
+    o = c['scores']['overall']
+    lines.append(f'| {label} | ' + ' | '.join(_format_value(o.get(k)) for k in cols) + ' |')
+  if not record.get('reported'):
+    return '\n'.join(lines)
+  lines += ['', 'The chosen setting by a second judge (another seed and widths) that the '
+            'selection never saw:', '', '| direction | images | ' + ' | '.join(cols[1:]) + ' |',
+            '|---' * (len(cols) + 1) + '|']
+  for name, d in record['reported']['directions'].items():
+    lines.append(f'| {name} | {d["images"]} | ' + ' | '.join(_format_value(d.get(k))
+                                                             for k in cols[1:]) + ' |')
+  return '\n'.join(lines)
+
+
 def write_report(path, *, title: str, metrics: Mapping,
                  sections: Mapping[str, str] | None = None,
                  images: Sequence[str] | None = None) -> str:

@@ -16,6 +16,11 @@ def experiment(dataset: ml_collections.ConfigDict, method: str | None,
   c.dataset = dataset
   c.classifier = classifier_config()
   c.explainer = explainer_config(method, preset) if method else None
+  if c.explainer is not None:
+    # With --config.explainer.select.enabled=True the job chooses the setting by judges
+    # (docs/selection.md); the second judge is then the evaluation's oracle (trained on
+    # the labels, its own seed and widths), which the selection never sees.
+    c.explainer.select.report_judge = False
   # scores: the families of `cfx_jax.jobs.evaluate.REPORTS` in metrics.json and
   # report.md. oracle_steps: train (once, cached in <workdir>/oracle) the independent
   # oracle that the truth scores need; 0 turns them off.

@@ -219,3 +219,14 @@ for module in sys.argv[1:]:
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   subprocess.run([sys.executable, "-c", script, *modules], cwd=root, check=True, timeout=120,
                  env={**os.environ, "PYTHONPATH": root})
+
+
+@pytest.mark.slow
+def test_population_and_one_device_jit_smoke():
+  from benchmarks import one_device_jit, population
+  pop = population.main(["--smoke", "--modes", "loop", "map"])
+  assert set(pop["results"]) == {"separate", "loop", "map"}
+  assert all(r["ratio_to_separate"] > 0 for k, r in pop["results"].items() if k != "separate")
+  jit = one_device_jit.main(["--smoke"])
+  assert jit["results"]["plain"]["ratio_to_plain"] == 1.0
+  assert set(jit["results"]) == {"plain", "mesh_shardings", "set_mesh"}

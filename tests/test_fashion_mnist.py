@@ -181,7 +181,8 @@ def test_load_source_falls_back_to_tfds(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("module, classes", [
     ("fashion_sneaker_boot", (7, 9)), ("fashion_shirt_tshirt", (0, 6)),
-    ("fashion_ten_classes", tuple(range(10))), ("fashion_leaderboard", (7, 9))])
+    ("fashion_ten_classes", tuple(range(10))), ("fashion_leaderboard", (7, 9)),
+    ("fashion_pullover_coat", (2, 4))])
 def test_configs_name_the_dataset(module, classes):
   import importlib
 

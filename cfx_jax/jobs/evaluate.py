@@ -63,8 +63,10 @@ def evaluate_explainer(explainer, test: dict, *, num_images: int = 512, oracle=N
 
 
 def write_outputs(workdir: str, name: str, test: dict, metrics: dict, out,
-                  *, extra: dict | None = None, grid_rows: int = 8, oracle=None) -> None:
-  """`name`: the method's name, for titles and legends; `oracle` adds its verdicts."""
+                  *, extra: dict | None = None, grid_rows: int = 8, oracle=None,
+                  selection: dict | None = None) -> None:
+  """`name`: the method's name, for titles and legends; `oracle` adds its verdicts;
+  `selection`, the record of a setting chosen by judges, adds its table."""
   if not is_main_process():
     return
   n = len(out)
@@ -87,12 +89,15 @@ def write_outputs(workdir: str, name: str, test: dict, metrics: dict, out,
                           {name: np.asarray(iou_curve(out.maps[has], masks[has]))})
     images.append(os.path.join(workdir, "iou_curve.png"))
   all_metrics = {**(extra or {}), "explainer": metrics}
-  report.save_json(os.path.join(workdir, "metrics.json"), all_metrics)
+  report.save_json(os.path.join(workdir, "metrics.json"),
+                   {**all_metrics, **({"selection": selection} if selection else {})})
   report.write_report(
       os.path.join(workdir, "report.md"),
       title=f"Counterfactual explanations: {name}",
       metrics=all_metrics,
-      sections={"Summary": summary(name, metrics), "How to read this": _HOW_TO_READ},
+      sections={"Summary": summary(name, metrics), "How to read this": _HOW_TO_READ,
+                **({"Setting chosen by judges": report.selection_table(selection)}
+                   if selection else {})},
       images=images)
 
 

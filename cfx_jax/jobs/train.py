@@ -88,8 +88,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                     oracle=oracle, scores=scores)
   timings["evaluate_s"] = time.time() - t0
   results["timings"] = timings
+  selection = getattr(explainer, "selection", None)
   write_outputs(workdir, name, test, metrics, out, extra=results,
-                grid_rows=config.eval.grid_rows, oracle=oracle)
+                grid_rows=config.eval.grid_rows, oracle=oracle, selection=selection)
+  if selection:
+    results["selection"] = selection
   if hasattr(explainer, "report") and is_main_process():  # e.g. CAE's code-space plot
     n = config.eval.num_images
     explainer.report(workdir, test["image"][:n], test.get("label", out.predicted)[:n])

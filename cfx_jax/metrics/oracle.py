@@ -99,13 +99,16 @@ def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
 
 def train_oracle(train: dict, test: dict, *, steps: int = 1200, batch_size: int = 64,
                  learning_rate: float = 2e-3, seed: int = 17,
+                 features: tuple[int, ...] = (48, 96, 160),
                  progress: bool = True, workdir: str | None = None,
                  checkpoint_every: int = 300) -> Oracle:
   """Supervised training on jittered batches; deterministic from `seed`. With `workdir`,
-  a stopped run resumes from `<workdir>/oracle_checkpoints`."""
+  a stopped run resumes from `<workdir>/oracle_checkpoints`. `features`: the OracleNet's
+  widths (another judge: another seed and other widths)."""
   images, labels = np.asarray(train["image"], np.float32), np.asarray(train["label"])
   num_classes = int(max(labels.max(), np.max(test["label"]))) + 1
-  model = OracleNet(images.shape[-1], num_classes, rngs=nnx.Rngs(seed))
+  model = OracleNet(images.shape[-1], num_classes, features=tuple(features),
+                    rngs=nnx.Rngs(seed))
   graphdef, params = nnx.split(model)
   tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, steps), weight_decay=1e-4)
   state = state_lib.init(params, tx)
@@ -146,14 +149,16 @@ def load_or_train_oracle(path: str, train: dict, test: dict, *, progress: bool =
                          **settings) -> Oracle:
   """The oracle cached at `path` if it was trained on the same data and settings."""
   changed = {k: v for k, v in settings.items() if k not in _DEFAULTS or v != _DEFAULTS[k]}
-  key = {"data": fingerprint(train["image"], train["label"]),
-         "settings": {k: changed[k] for k in sorted(changed)}}
+  key = json.loads(json.dumps({"data": fingerprint(train["image"], train["label"]),
+                               "settings": {k: changed[k] for k in sorted(changed)}}))
   meta_file = os.path.join(path, "oracle.json")
   if os.path.exists(meta_file):
     meta = persistence.read_meta(path, "oracle.json", "oracle")
     if meta.get("key") == key:
       shape, k = train["image"].shape[-1], meta["num_classes"]
-      abstract = nnx.eval_shape(lambda: OracleNet(shape, k, rngs=nnx.Rngs(0)))
+      widths = tuple(settings.get("features", _DEFAULTS["features"]))
+      abstract = nnx.eval_shape(lambda: OracleNet(shape, k, features=widths,
+                                                  rngs=nnx.Rngs(0)))
       graphdef, abstract_params = nnx.split(abstract)
       params = persistence.restore(path, "state", abstract_params)
       return Oracle(graphdef, params, k, meta["test_accuracy"])

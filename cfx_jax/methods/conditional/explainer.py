@@ -31,8 +31,9 @@ class GeneratorExplainer:
     self.gen_def, self.gen_params = gen_def, gen_params
     self.chunk_size = int(chunk_size)
     self.config = dict(config or {})
-    # SyCE with more than two classes trains no stable image by default (README "Ten
-    # classes"): G(G(x)) would be shown and scored as if it kept the class.
+    # SyCE with more than two classes trains no stable image by default
+    # (docs/fashion_mnist.md, "Ten classes"): G(G(x)) would be shown and scored as if
+    # it kept the class.
     self.has_stable = method.trains_stable(
         method.weights(spec.num_classes, dict(self.config.get("weights") or {})))
     if map_reference == "stable" and not self.has_stable:
@@ -40,6 +41,9 @@ class GeneratorExplainer:
                        "with these weights trains none (its symmetric terms are off); use "
                        "map_reference='input'")
     self.history: list[dict] = []  # training metrics, filled by the train loop
+    # How the setting was chosen (cfx_jax/selection): the candidates, their scores and
+    # the second judge's scores of the choice; None for a fixed config.
+    self.selection: dict | None = None
     self._programs = jax.jit(self._explain_program)
     self._all_targets = jax.jit(self._all_targets_program)
 
@@ -113,6 +117,7 @@ class GeneratorExplainer:
         "map_reference": self.map_reference,
         "config": self.config,
         "classifier_fingerprint": self.classifier.fingerprint(),
+        "selection": self.selection,
     }
     persistence.save(path, "explainer.json", meta, "generator", self.gen_params)
 
@@ -139,5 +144,8 @@ def load(method: Method, meta: dict, classifier, path: str) -> GeneratorExplaine
   check_fingerprint(meta["classifier_fingerprint"], clf, f"explainer at {path}")
   gen_def, abstract = nnx.split(nnx.eval_shape(lambda: method.build(spec, nnx.Rngs(0))[0]))
   params = persistence.restore(path, "generator", abstract)
-  return GeneratorExplainer(method, spec, gen_def, params, clf, chunk_size=meta["chunk_size"],
-                            map_reference=meta["map_reference"], config=meta["config"])
+  explainer = GeneratorExplainer(method, spec, gen_def, params, clf,
+                                 chunk_size=meta["chunk_size"],
+                                 map_reference=meta["map_reference"], config=meta["config"])
+  explainer.selection = meta.get("selection")
+  return explainer

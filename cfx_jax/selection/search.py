@@ -1,0 +1,225 @@
+"""Choose an explainer's setting by judges instead of by hand.
+
+The candidates are a few settings of one method that differ in what the papers leave to
+the user: how strongly proximity is charged, and, per direction, whether the generator
+may redraw or only replace a region by its surroundings (the in-fill form,
+`models/unet.py`), the form that removes evidence rather than tinting it. They train as
+populations (`methods/conditional/population.py`, one compiled program per structural
+group) on most of the caller's images; the rest are held out, and a judge
+(`judges.py`) scores each candidate's counterfactuals of them. `choose` keeps the
+candidates whose counterfactuals both the classifier and the judge accept, and of those
+the one that edits least and most realistically. A second judge reports the choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from cfx_jax.classifier import Classifier
+from cfx_jax.methods.conditional import population
+from cfx_jax.methods.conditional.train import train_group
+from cfx_jax.selection.judges import REPORT_JUDGE, SELECTION_JUDGE, Judge, split
+
+logger = logging.getLogger(__name__)
+
+# A candidate is accepted when the classifier and the judge both accept at least this
+# share of its counterfactuals in every direction (or, if none does, when it comes
+# within VALID_SLACK of the best).
+VALID_BAR = 0.9
+VALID_SLACK = 0.05
+# The in-fill form for a direction that removes: the mask widened by a pixel, the
+# generator charged for where it edits (l0) rather than how much, the flip required of
+# a weakened edit too, the edit's total variation charged (docs/counterfactual_truth.md).
+_FILL = {"model.mask_grow": 1, "weights.fill_l1": 0.0, "weights.fill_l0": 1.0,
+         "weights.tv": 3.0, "weights.flip_partial": 0.85}
+
+
+def candidates(base: ml_collections.ConfigDict, num_classes: int) -> dict[str, dict]:
+  """{name: overrides of `base`}: the settings a selection compares. Few, because on
+  the CPU each costs a fit: the base (the generator edits), and the in-fill form for
+  each direction that may be removing evidence."""
+  out = {"edit": {}}
+  if base.method in ("syce", "cyce") and num_classes == 2 and not base.model.shared:
+    for c in (0, 1):
+      out[f"in-fill {c}->{1 - c}"] = {"model.fill_only": (c,), **_FILL}
+  else:  # one network for every direction: the in-fill form (which can still draw)
+    out["in-fill"] = {"model.infill": True, "model.mask_grow": 1, "weights.tv": 3.0}
+  return out
+
+
+def member_config(base: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  c = base.copy_and_resolve_references()
+  with c.unlocked():
+    for key, value in overrides.items():
+      *path, last = key.split(".")
+      target = c
+      for part in path:
+        target = target[part]
+      target[last] = value
+  return c
+
+
+def choose(scores: dict[str, dict], direction: str | None = None) -> str:
+  """The candidate to keep: among those valid enough (`VALID_BAR`), the best sum of ranks
+  in reach, realism (FID) and concentration, ties to the more valid. With `direction`,
+  judged by that direction's scores alone."""
+  def view(s):
+    if direction is None:
+      return s["overall"]
+    d = s["directions"][direction]
+    return {**d, "valid": min(d["flip"], d["oracle"])}
+  finite = {n: view(s) for n, s in scores.items() if s.get("finite", True)}
+  if not finite:
+    raise ValueError("every candidate's training became non-finite; try a lower "
+                     "learning_rate")
+  best = max(v["valid"] for v in finite.values())
+  bar = min(VALID_BAR, best - VALID_SLACK)
+  eligible = sorted(n for n, v in finite.items() if v["valid"] >= bar)
+
+  def ranks(key, sign):
+    order = sorted(eligible, key=lambda n: sign * _number(finite[n][key]))
+    return {n: order.index(n) for n in eligible}
+  total = {n: 0 for n in eligible}
+  for key, sign in (("reach", 1), ("fid", 1), ("concentration", -1)):
+    for n, r in ranks(key, sign).items():
+      total[n] += r
+  return min(eligible, key=lambda n: (total[n], -finite[n]["valid"]))
+
+
+def composable(base, num_classes: int) -> bool:
+  """Whether each direction's generator can come from another candidate: two classes,
+  one network per source class (SyCE, CyCE), whose counterfactuals each network makes
+  alone (`map |x - G(x)|`: the residual form)."""
+  return (base.method in ("syce", "cyce") and num_classes == 2 and not base.model.shared
+          and bool(base.model.residual) and base.map_reference in ("auto", "input"))
+
+
+def compose(fitted: dict, by_direction: dict[str, str]):
+  """One explainer whose network for source class s is that of the candidate chosen for
+  direction s->t (`by_direction` {"s->t": name}); the in-fill form where that candidate
+  has it."""
+  from flax import nnx
+  from cfx_jax.methods.conditional.explainer import GeneratorExplainer
+  sources = {int(d.split("->")[0]): name for d, name in by_direction.items()}
+  first = fitted[sources[0]]
+  fills = tuple(s for s, n in sorted(sources.items()) if s in fitted[n].spec.fill_only)
+  grow = max((fitted[n].spec.mask_grow for s, n in sources.items() if s in fills),
+             default=0)
+  spec = dataclasses.replace(first.spec, fill_only=fills, mask_grow=grow)
+  gen_def, _ = nnx.split(nnx.eval_shape(lambda: first.method.build(spec, nnx.Rngs(0))[0]))
+  params = jax.tree.map(lambda a: a, first.gen_params)
+  for s, name in sources.items():
+    params["nets"][s] = fitted[name].gen_params["nets"][s]
+  config = dict(first.config)
+  config["model"] = {**config["model"], "fill_only": list(fills), "mask_grow": grow}
+  config["networks_from"] = dict(by_direction)  # each trained with its candidate's weights
+  out = GeneratorExplainer(first.method, spec, gen_def, params, first.classifier,
+                           chunk_size=first.chunk_size, map_reference=first.map_reference,
+                           config=config)
+  out.nonfinite_step = max(fitted[n].nonfinite_step for n in sources.values())
+  return out
+
+
+def _number(v) -> float:
+  return float("inf") if v is None or not np.isfinite(v) else float(v)
+
+
+def select(classifier: Classifier, images: np.ndarray, base: ml_collections.ConfigDict,
+           workdir: str | None = None):
+  """Fit every candidate of `base.method` on most of `images`, judge them on the rest,
+  and return the chosen explainer with the record in `explainer.selection`."""
+  t0 = time.time()
+  s = base.select
+  base = base.copy_and_resolve_references()
+  base.steps = base.steps or int(s.steps)
+  base.batch_size = base.batch_size or int(s.batch_per_class) * classifier.num_classes
+  predicted = classifier.predict(images, base.chunk_size)
+  fit_idx, held_idx = split(predicted, float(s.held_out), int(base.seed))
+  x_fit, x_held = images[fit_idx], images[held_idx]
+  held = {"image": x_held, "label": predicted[held_idx]}
+  where = (lambda name: os.path.join(workdir, "selection", name)) if workdir else (
+      lambda name: None)
+  judge = Judge.train(x_fit, predicted[fit_idx], held, steps=int(s.judge_steps),
+                      path=where("judge"), progress=base.progress, **SELECTION_JUDGE)
+  members = {}
+  for name, overrides in candidates(base, classifier.num_classes).items():
+    for i in range(int(s.seeds)):  # seeds of one form train as one population
+      label = name if i == 0 else f"{name}, seed {base.seed + i}"
+      members[label] = member_config(base, {**overrides, "seed": int(base.seed) + i})
+  groups: dict[str, list[str]] = {}
+  for name, c in members.items():
+    groups.setdefault(population.group_key(c), []).append(name)
+  fitted = {}
+  for i, names in enumerate(groups.values()):
+    logger.info("selection: training %s", ", ".join(names))
+    group_dir = where(f"group{i}")
+    for name, explainer in zip(names, train_group(classifier, x_fit,
+                                                  [members[n] for n in names], group_dir)):
+      fitted[name] = explainer
+  scores = {}
+  for name, explainer in fitted.items():
+    scores[name] = judge.score(x_held, predicted[held_idx], explainer.explain(x_held))
+    scores[name]["finite"] = explainer.nonfinite_step < 0
+  chosen = choose(scores)
+  explainer = fitted[chosen]
+  by_direction, composite = None, None
+  if composable(base, classifier.num_classes):
+    by_direction = {d: choose(scores, d) for d in scores[chosen]["directions"]}
+    if len(set(by_direction.values())) > 1:
+      explainer = compose(fitted, by_direction)
+      chosen = " + ".join(f"{n} ({d})" for d, n in by_direction.items())
+      composite = judge.score(x_held, predicted[held_idx], explainer.explain(x_held))
+  judges = {"selection": {**_plain(SELECTION_JUDGE),
+                          "agreement_with_classifier": judge.oracle.test_accuracy}}
+  reported = None
+  if s.report_judge:
+    reporter = Judge.train(x_fit, predicted[fit_idx], held, steps=int(s.judge_steps),
+                           path=where("report_judge"), progress=base.progress,
+                           **REPORT_JUDGE)
+    reported = reporter.score(x_held, predicted[held_idx], explainer.explain(x_held))
+    judges["report"] = {**_plain(REPORT_JUDGE),
+                        "agreement_with_classifier": reporter.oracle.test_accuracy}
+  explainer.selection = {
+      "chosen": chosen, "by_direction": by_direction, "reported": reported,
+      "candidates": {**{n: {"settings": _settings(base, members[n]), "scores": scores[n]}
+                        for n in members},
+                     **({chosen: {"settings": {"networks_from": by_direction},
+                                  "scores": composite}} if composite else {})},
+      "judges": judges,
+      "images": {"fit": int(len(fit_idx)), "held_out": int(len(held_idx))},
+      "seconds": round(time.time() - t0, 1)}
+  logger.info("selection: chose %r (%s)", chosen, {
+      n: round(v["overall"]["valid"], 3) for n, v in scores.items()})
+  if workdir:
+    explainer.save(os.path.join(workdir, "explainer"))
+  return explainer
+
+
+def _settings(base, member) -> dict:
+  """What a member sets differently from the base, flattened ("model.fill_only": [1])."""
+  a = _flat(base.to_dict())
+  return {k: v for k, v in _flat(member.to_dict()).items() if a.get(k) != v}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def _plain(d: dict) -> dict:
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+__all__ = ["candidates", "choose", "member_config", "select"]

@@ -8,7 +8,7 @@ calls a lesion:
 
 - a faded lesion, `twin + g (x - twin)`: its sharp edges, at a fraction g of the contrast;
 - a smudge, `twin + g blur_s(x - twin)`: the same, blurred (Gaussian, s pixels), which
-  is what the generator's counterfactuals leave (README "Counterfactual truth").
+  is what the generator's counterfactuals leave (docs/counterfactual_truth.md).
 
 It reuses the classifier and oracle of `benchmarks.counterfactual_truth` (trained there
 if missing):

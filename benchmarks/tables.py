@@ -1,4 +1,4 @@
-"""Markdown tables of the committed results, for the README.
+"""Markdown tables of the committed results, for the docs pages (docs/).
 
     python -m benchmarks.tables
 """

@@ -11,7 +11,7 @@ def get_config(preset: str = "small"):  # --config configs/fashion_sneaker_boot.
   # The flip as SyCE pushes it with more than two classes (weight 1, margin 3): at 1200
   # steps flip 0.988 and the oracle agreeing with 0.976 of boots turned sneakers and
   # 0.977 of sneakers turned boots, against 0.945, 0.941 and 0.915 with the two-class
-  # defaults (README "Counterfactual truth").
+  # defaults (docs/counterfactual_truth.md).
   c.explainer.weights.flip = 1.0
   c.explainer.weights.flip_margin = 3.0
   return c

@@ -1,8 +1,8 @@
 """SyCE explainer of a ten-class Fashion-MNIST classifier: each image is explained toward
 its runner-up class. With more than two classes SyCE drops its symmetric term, trains
-half of the images toward their runner-up class and pushes the flip harder (README "Ten
-classes": 600 steps of batch 80 flipped 0.965 of the test images there, and the oracle
-agreed with 0.867)."""
+half of the images toward their runner-up class and pushes the flip harder
+(docs/fashion_mnist.md, "Ten classes": 600 steps of batch 80 flipped 0.965 of the test
+images there, and the oracle agreed with 0.867)."""
 
 from configs import common
 

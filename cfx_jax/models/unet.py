@@ -22,8 +22,8 @@ should remove evidence, never paint it.
 
 `hard_mask` (either form) makes the mask binary in the forward pass, m > 0.5, with the
 soft mask's gradient (straight-through), so that a half-open mask cannot leave half a
-lesion behind. Measured on the lesion set it does not learn to open (README, sixth and
-seventh rounds); it stays an option.
+lesion behind. Measured on the lesion set it does not learn to open
+(docs/counterfactual_truth.md, sixth and seventh rounds); it stays an option.
 
 `mask_grow` k (either form) widens the mask by k pixels, a maximum over each
 (2k+1)x(2k+1) window: the mask's soft edge then lies outside the region it opens, so the

@@ -59,7 +59,7 @@ class CycleExplainer(Method):
     # an image that starts as the input, and the conditional generator stays the identity
     # (ten-class Fashion-MNIST: mean change 7e-5, flip 0). Without it, a flip weight of 1
     # and a margin of 3 took SyCE from flip 0.59 to 0.80 at 300 steps, and to 0.965
-    # (oracle 0.867) at 600 (README "Ten classes").
+    # (oracle 0.867) at 600 (docs/fashion_mnist.md, "Ten classes").
     self.multiclass_weights = (dict(sym=0.0, sym_cls=0.0, flip=1.0, flip_margin=3.0)
                                if symmetric else {})
 

@@ -2,15 +2,15 @@
 
 Once the classifier has flipped, neither it nor the realism discriminator objects to
 what a generator leaves behind: a lesion faded to a ghost ring with speckle in it
-(README "Counterfactual truth"). An autoencoder fitted only to the images the classifier
+(docs/counterfactual_truth.md). An autoencoder fitted only to the images the classifier
 assigns to the target class never saw such a remnant and cannot reconstruct it; on the
 lesion set its squared error within the lesion is 0.0066 for the true twins, 0.065 for
 SyCE's counterfactuals and 0.28 for the inputs (`benchmarks/removal_anatomy.py`). So
 the counterfactual aimed at class t pays its reconstruction error under class t's
 autoencoder (weight `prior`; the autoencoder loss of prototype-guided counterfactuals,
 Van Looveren and Klaise 2019). The autoencoders are fitted once, before the explainer,
-and stay frozen. Measured at weights 5 and 20 it did not move removal (README
-"Counterfactual truth", fifth round), so it is off by default.
+and stay frozen. Measured at weights 5 and 20 it did not move removal
+(docs/counterfactual_truth.md, fifth round), so it is off by default.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def fido_config(**overrides) -> ml_collections.ConfigDict:
   c.infiller = "blur"          # a name in INFILLERS (or pass a callable to FidoExplainer)
   c.threshold = 0.5            # counterfactual drops pixels whose drop prob exceeds this
   # Images optimised together; each carries `samples` copies. None: 4 on the CPU, where
-  # small batches stepped from Python run fastest (README Performance), 64 elsewhere.
+  # small batches stepped from Python run fastest (docs/performance.md), 64 elsewhere.
   c.chunk_size = ml_collections.FieldReference(None, field_type=int)
   c.loop = "auto"              # "scan" (one compiled loop), "host" (a compiled step per
                                # step) or "auto": host on the CPU, scan elsewhere

@@ -33,6 +33,7 @@ from cfx_jax.metrics.oracle import load_or_train_oracle
 from cfx_jax.jobs import classifier_training
 from cfx_jax.jobs.datasets import load_split
 from cfx_jax.methods.conditional.train import train_explainer
+from cfx_jax.selection.search import member_config
 from configs import common
 
 # Every variant starts from the defaults before this study (residual generator, direct
@@ -198,16 +199,6 @@ TASKS = {
 CLASS_NAMES = {"sneaker_boot": ("Sneaker", "Ankle boot"), "fashion10": fashion_mnist.CLASS_NAMES}
 
 
-def apply_overrides(c, overrides: dict):
-  for dotted, value in overrides.items():
-    *path, last = dotted.split(".")
-    node = c
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--task", choices=sorted(TASKS), default="lesions")
@@ -240,8 +231,7 @@ def main():
   for name in args.variants.split(","):
     c = explainer_config(args.method)
     c.steps, c.progress, c.batch_size = args.steps, False, args.batch_size
-    apply_overrides(c, PREVIOUS_DEFAULTS)
-    apply_overrides(c, VARIANTS[name])
+    c = member_config(member_config(c, PREVIOUS_DEFAULTS), VARIANTS[name])
     t0 = time.time()
     explainer = train_explainer(clf, train["image"], c)
     fit_s = time.time() - t0

@@ -163,9 +163,10 @@ def select(classifier: Classifier, images: np.ndarray, base: ml_collections.Conf
     for name, explainer in zip(names, train_group(classifier, x_fit,
                                                   [members[n] for n in names], group_dir)):
       fitted[name] = explainer
-  scores = {}
+  scores, outs = {}, {}
   for name, explainer in fitted.items():
-    scores[name] = judge.score(x_held, predicted[held_idx], explainer.explain(x_held))
+    outs[name] = explainer.explain(x_held)
+    scores[name] = judge.score(x_held, predicted[held_idx], outs[name])
     scores[name]["finite"] = explainer.nonfinite_step < 0
   chosen = choose(scores)
   explainer = fitted[chosen]
@@ -175,7 +176,8 @@ def select(classifier: Classifier, images: np.ndarray, base: ml_collections.Conf
     if len(set(by_direction.values())) > 1:
       explainer = compose(fitted, by_direction)
       chosen = " + ".join(f"{n} ({d})" for d, n in by_direction.items())
-      composite = judge.score(x_held, predicted[held_idx], explainer.explain(x_held))
+      outs[chosen] = explainer.explain(x_held)
+      composite = judge.score(x_held, predicted[held_idx], outs[chosen])
   judges = {"selection": {**_plain(SELECTION_JUDGE),
                           "agreement_with_classifier": judge.oracle.test_accuracy}}
   reported = None
@@ -183,7 +185,7 @@ def select(classifier: Classifier, images: np.ndarray, base: ml_collections.Conf
     reporter = Judge.train(x_fit, predicted[fit_idx], held, steps=int(s.judge_steps),
                            path=where("report_judge"), progress=base.progress,
                            **REPORT_JUDGE)
-    reported = reporter.score(x_held, predicted[held_idx], explainer.explain(x_held))
+    reported = reporter.score(x_held, predicted[held_idx], outs[chosen])
     judges["report"] = {**_plain(REPORT_JUDGE),
                         "agreement_with_classifier": reporter.oracle.test_accuracy}
   explainer.selection = {

@@ -37,10 +37,9 @@ def make_mesh(num_devices: int | None = None, fsdp: int = 1) -> jax.sharding.Mes
 
 
 def jit(fn, mesh, *, in_shardings, out_shardings, donate_argnums=()):
-  """`jax.jit` with explicit shardings on a mesh of several devices; on one device a
-  plain `jax.jit`. On XLA:CPU the SyCE step compiled with shardings of a one-device
-  mesh, or traced under `jax.set_mesh` of one, ran 2.3x slower than the same step
-  compiled plainly (docs/performance.md), and one device has nothing to shard."""
+  """`jax.jit` with explicit shardings on a mesh of several devices; on one device, which
+  has nothing to shard, a plain `jax.jit` (side by side on the CPU the two ran alike:
+  docs/performance.md)."""
   if mesh.devices.size == 1:
     return jax.jit(fn, donate_argnums=donate_argnums)
   return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,

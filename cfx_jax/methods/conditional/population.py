@@ -11,7 +11,7 @@ whose convolutions carry a member axis, which fills an accelerator that one smal
 explainer leaves mostly idle; "map" runs them one after another inside one program
 (`lax.map`); "loop" keeps one state per member and calls one compiled member step for
 each in turn: one compilation for the group, the batches and the classifier shared. On
-XLA:CPU both one-program forms were many times slower than the members fitted apart
+XLA:CPU both one-program forms were more than twice as slow as the members fitted apart
 (docs/selection.md), so "auto" loops on the CPU and vmaps elsewhere.
 """
 

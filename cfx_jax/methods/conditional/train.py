@@ -114,7 +114,7 @@ def train_group(classifier: Classifier, images: np.ndarray, configs, workdir: st
   """Fit one explainer per config in one compiled program: the configs must share
   everything but their loss weights and seeds (`population.group_key`). One config is a
   plain fit; several are a population (`population.py`), each member on the same
-  batches, its state stacked on a leading axis of the train state."""
+  batches (those of the first config's seed)."""
   config = configs[0]
   method = get_generator(config.method)
   k = classifier.num_classes

@@ -4,7 +4,8 @@ shardings of a one-device mesh (and traced under `jax.set_mesh` of it), side by 
     python -m benchmarks.one_device_jit                 # 32x32x3, batch 64, 3 rounds of 6 steps
     python -m benchmarks.one_device_jit --smoke         # tiny (used by the tests)
 
-Why `cfx_jax.engine.mesh.jit` compiles plainly on one device. Writes
+Whether a step on one device should compile without the mesh's shardings
+(docs/performance.md: measured alike, so it does not). Writes
 benchmarks/results/one_device_jit_<device>.json.
 """
 

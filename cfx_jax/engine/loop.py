@@ -157,7 +157,7 @@ def train_loop(state, step: Callable, batch_at: Callable[[int], Any], loop: Loop
     if is_main_process() and loop.progress and "layout" in meta:
       logger.info("%s: %s", loop.name, meta["layout"])
     progress = Progress(loop.steps, start, desc=loop.name, enabled=loop.progress)
-    with mesh_lib.use(mesh):
+    with jax.set_mesh(mesh):
       for i in range(start, loop.steps):
         state, metrics = step(state, batch_at(i))
         done = i + 1

@@ -8,8 +8,6 @@ replicate it when there is none. With `fsdp=1` this is plain data parallelism.
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -34,21 +32,6 @@ def make_mesh(num_devices: int | None = None, fsdp: int = 1) -> jax.sharding.Mes
     raise ValueError("a multi-process job must use every device (num_devices=0)")
   return jax.make_mesh((n // fsdp, fsdp), BATCH_AXES,
                        axis_types=(AxisType.Auto, AxisType.Auto), devices=devices[:n])
-
-
-def jit(fn, mesh, *, in_shardings, out_shardings, donate_argnums=()):
-  """`jax.jit` with explicit shardings on a mesh of several devices; on one device, which
-  has nothing to shard, a plain `jax.jit` (side by side on the CPU the two ran alike:
-  docs/performance.md)."""
-  if mesh.devices.size == 1:
-    return jax.jit(fn, donate_argnums=donate_argnums)
-  return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
-                 donate_argnums=donate_argnums)
-
-
-def use(mesh):
-  """`jax.set_mesh(mesh)` for a mesh of several devices; nothing on one (see `jit`)."""
-  return jax.set_mesh(mesh) if mesh.devices.size > 1 else contextlib.nullcontext()
 
 
 def replicated(mesh) -> NamedSharding:

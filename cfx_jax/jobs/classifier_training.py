@@ -76,8 +76,8 @@ def train_classifier(config: ml_collections.ConfigDict, train: dict, test: dict,
   mesh = mesh_lib.make_mesh(config.num_devices)
   rep = mesh_lib.replicated(mesh)
   shard = {"image": mesh_lib.batch_sharding(mesh, 4), "label": mesh_lib.batch_sharding(mesh, 1)}
-  step_fn = mesh_lib.jit(train_step, mesh, in_shardings=(rep, shard),
-                         out_shardings=(rep, rep), donate_argnums=0)
+  step_fn = jax.jit(train_step, in_shardings=(rep, shard), out_shardings=(rep, rep),
+                    donate_argnums=0)
   dataset = data_lib.batches(data_lib.ArraySource({"image": train["image"],
                                                    "label": train["label"]}),
                              config.batch_size, seed=config.seed)

@@ -260,9 +260,9 @@ def compiled_train_step(models: GanModels, config, mesh, images_sharding):
     if len(_STEPS) >= 8:
       _STEPS.clear()
     rep = mesh_lib.replicated(mesh)
-    _STEPS[key] = mesh_lib.jit(make_train_step(models, dict(weights)), mesh,
-                               in_shardings=(rep, images_sharding),
-                               out_shardings=(rep, rep), donate_argnums=0)
+    _STEPS[key] = jax.jit(make_train_step(models, dict(weights)),
+                          in_shardings=(rep, images_sharding), out_shardings=(rep, rep),
+                          donate_argnums=0)
   return _STEPS[key]
 
 

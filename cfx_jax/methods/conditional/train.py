@@ -178,16 +178,15 @@ def train_group(classifier: Classifier, images: np.ndarray, configs, workdir: st
   if mode == "loop":  # one compiled member step, called for each member in turn
     member_sharding = state_sharding[0]
     step_fn = population.population_step(
-        mesh_lib.jit(one_step, mesh, in_shardings=(member_sharding, replicated,
-                                                   images_sharding, replicated),
-                     out_shardings=(member_sharding, replicated), donate_argnums=0),
+        jax.jit(one_step, in_shardings=(member_sharding, replicated, images_sharding,
+                                        replicated),
+                out_shardings=(member_sharding, replicated), donate_argnums=0),
         traced, mode)
   else:
     if mode:
       one_step = population.population_step(one_step, traced, mode)
-    step_fn = mesh_lib.jit(one_step, mesh,
-                           in_shardings=(state_sharding, replicated, images_sharding),
-                           out_shardings=(state_sharding, replicated), donate_argnums=0)
+    step_fn = jax.jit(one_step, in_shardings=(state_sharding, replicated, images_sharding),
+                      out_shardings=(state_sharding, replicated), donate_argnums=0)
 
   ids_log = MetricsLog(os.path.join(workdir, "example_ids.jsonl")
                        if workdir and config.get("log_example_ids") else None)

@@ -245,10 +245,10 @@ def compiled_train_step(models: GanModels, config, spec: MaskSpec, mesh,
   if key not in _STEPS:
     if len(_STEPS) >= 8:
       _STEPS.clear()
-    _STEPS[key] = mesh_lib.jit(make_train_step(models, dict(weights), spec), mesh,
-                               in_shardings=(state_sharding, images_sharding),
-                               out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
-                               donate_argnums=0)
+    _STEPS[key] = jax.jit(make_train_step(models, dict(weights), spec),
+                          in_shardings=(state_sharding, images_sharding),
+                          out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
+                          donate_argnums=0)
   return _STEPS[key]
 
 

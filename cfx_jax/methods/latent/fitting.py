@@ -58,8 +58,8 @@ def train_network(name: str, loss_fn, params, frozen, arrays: dict, cfg, *, step
 
   rep = mesh_lib.replicated(mesh)
   shardings = {k: mesh_lib.batch_sharding(mesh, np.ndim(v)) for k, v in arrays.items()}
-  step_fn = mesh_lib.jit(train_step, mesh, in_shardings=(rep, rep, shardings),
-                         out_shardings=(rep, rep), donate_argnums=0)
+  step_fn = jax.jit(train_step, in_shardings=(rep, rep, shardings),
+                    out_shardings=(rep, rep), donate_argnums=0)
   dataset = data_lib.batches(data_lib.ArraySource(arrays), batch_size, seed=seed)
   frozen = jax.device_put(frozen, rep)
 

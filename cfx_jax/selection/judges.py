@@ -22,7 +22,6 @@ and other widths, that selection never saw (`SELECTION_JUDGE`, `REPORT_JUDGE`).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 from scipy.spatial.distance import cdist
@@ -137,7 +136,3 @@ def _fid(real_features: dict, features: np.ndarray, target: np.ndarray) -> float
       total += sel.sum() * realism.frechet_distance(real_features[int(t)], features[sel])
       count += sel.sum()
   return float(total / count) if count else float("nan")
-
-
-def judge_path(workdir: str | None, name: str) -> str | None:
-  return os.path.join(workdir, "selection", name) if workdir else None

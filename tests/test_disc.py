@@ -1,10 +1,9 @@
 """DISC: loss terms against NumPy, batch independence, flips and proximity on a trained CNN,
-the auxiliary model's uncertainty, input checks, failure reports, the ablation script."""
+the auxiliary model's uncertainty, input checks, failure reports."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 
 import jax
@@ -158,7 +157,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(lesions, workdir):
-  """(classifier, auxiliary), both saved under `workdir` as the ablation script expects."""
+  """(classifier, auxiliary), both saved under `workdir`."""
   train, test = lesions
   c = classifier_config()
   c.features, c.steps, c.batch_size = (8, 16), 60, 32
@@ -272,24 +271,6 @@ def test_failures_are_reported_without_batchnorm(classifier, images):
     assert explainer.report_failures(out).tolist() == failed.tolist()
   target = 1 - classifier.predict(images)
   np.testing.assert_array_equal(out.target, target)
-
-
-# Ablation script ------------------------------------------------------------------------
-
-
-def test_ablation_smoke(trained, workdir):
-  from benchmarks import disc_ablation
-  out = workdir / "ablation.json"
-  result = disc_ablation.main(["--smoke", "--workdir", str(workdir), "--out", str(out),
-                               "--variants", "no_bn"])
-  saved = json.loads(out.read_text())
-  assert saved["images"] == 8 and saved["smoke"] is True
-  row = saved["variants"]["no_bn"]
-  for k in ("flip_rate", "l1_proximity", "aux_uncertainty", "pixel_auroc", "seconds"):
-    assert k in row
-  assert 0 <= row["flip_rate"] <= 1 and row["l1_proximity"] >= 0
-  assert result["variants"]["no_bn"]["overrides"] == {"bn": 0.0}
-
 
 
 @pytest.mark.slow

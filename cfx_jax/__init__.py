@@ -3,16 +3,51 @@
     explainer = cfx_jax.fit_explainer(classifier, images, method="syce")
     out = explainer.explain(images)      # -> cfx_jax.Explanation
     cfx_jax.explain_baseline("integrated_gradients", classifier, images)
+
+The names below are imported on first use, so that importing a light part of the
+package (the command line, to print its help) does not import JAX.
 """
 
-from cfx_jax.api import fit_explainer, load_explainer, trainable_methods
-from cfx_jax.baselines import BASELINES, explain_baseline
-from cfx_jax.classifier import Classifier, as_classifier
-from cfx_jax.config import explainer_config, paper_form
-from cfx_jax.explanation import Explanation
-from cfx_jax.methods import REGISTRY, Explainer
+from __future__ import annotations
 
-METHODS = tuple(sorted(REGISTRY))  # every method fit_explainer accepts
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+  from cfx_jax.api import fit_explainer, load_explainer, trainable_methods
+  from cfx_jax.baselines import BASELINES, explain_baseline
+  from cfx_jax.classifier import Classifier, as_classifier
+  from cfx_jax.config import explainer_config, paper_form
+  from cfx_jax.explanation import Explanation
+  from cfx_jax.methods import Explainer
+
+_SOURCES = {
+    "fit_explainer": "cfx_jax.api", "load_explainer": "cfx_jax.api",
+    "trainable_methods": "cfx_jax.api", "BASELINES": "cfx_jax.baselines",
+    "explain_baseline": "cfx_jax.baselines", "Classifier": "cfx_jax.classifier",
+    "as_classifier": "cfx_jax.classifier", "explainer_config": "cfx_jax.config",
+    "paper_form": "cfx_jax.config", "Explanation": "cfx_jax.explanation",
+    "REGISTRY": "cfx_jax.methods", "Explainer": "cfx_jax.methods",
+}
+
+
+def __getattr__(name: str):
+  if name == "METHODS":  # every method fit_explainer accepts
+    value = tuple(sorted(importlib.import_module("cfx_jax.methods").REGISTRY))
+  elif name in _SOURCES:
+    value = getattr(importlib.import_module(_SOURCES[name]), name)
+  elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+    return importlib.import_module(f"{__name__}.{name}")  # a subpackage, as before
+  else:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted({*globals(), *_SOURCES, "METHODS"})
+
 
 __all__ = ["BASELINES", "METHODS", "Classifier", "Explainer", "Explanation",
            "as_classifier", "explain_baseline", "explainer_config", "fit_explainer",

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 
 import matplotlib.image
@@ -60,6 +62,25 @@ def test_help(command, capsys):
     cli.main([*command, "--help"])
   assert e.value.code == 0
   assert capsys.readouterr().out.startswith(" ".join(["usage: cfx-jax", *command]))
+
+
+def test_help_does_not_import_jax():
+  # In a fresh process: the suite has imported JAX long before.
+  code = textwrap.dedent("""\
+      import sys
+      from cfx_jax import cli
+      for command in ([], ["train"], ["evaluate"], ["leaderboard"], ["explain"]):
+        try:
+          cli.main([*command, "--help"])
+        except SystemExit as e:
+          assert e.code == 0, e.code
+      heavy = {m.split(".")[0] for m in sys.modules} & {"jax", "flax", "matplotlib"}
+      assert not heavy, f"--help imported {sorted(heavy)}"
+      """)
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=60)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "usage: cfx-jax explain" in done.stdout
 
 
 @pytest.mark.parametrize("spec, message", [

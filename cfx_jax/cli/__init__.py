@@ -24,7 +24,6 @@ import sys
 import numpy as np
 
 import cfx_jax
-from cfx_jax import report
 from cfx_jax.cli.inputs import (
   PROG,
   CliError,
@@ -99,6 +98,9 @@ def _leaderboard(args, overrides) -> int:
 
 
 def _explain(args, overrides) -> int:
+  if args.method not in cfx_jax.METHODS:  # checked here: listing them imports JAX
+    raise CliError(f"--method {args.method!r} is not a method; choose from "
+                   f"{', '.join(cfx_jax.METHODS)}")
   if args.value_range is not None and not args.value_range[0] < args.value_range[1]:
     raise CliError(f"--value-range needs LO < HI, got {args.value_range}")
   value_range = None if args.value_range is None else tuple(args.value_range)
@@ -143,6 +145,7 @@ def parse_settings(items: list[str]) -> dict:
 def write_explanations(folder: str, images, out, *, method: str, source: str,
                        classifier: str, value_range=None) -> list[str]:
   """explanations.npz (every array of `out`), explanations.png, metrics.json, report.md."""
+  from cfx_jax import report
   from cfx_jax.metrics import counterfactual_report
 
   os.makedirs(folder, exist_ok=True)
@@ -234,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--images", required=True, metavar="PATH",
                  help="a .npy (N, H, W[, C]), a .npz (key 'image' or 'images', or its only "
                  "array) or a folder of PNGs; arrays in [-1, 1] unless --value-range")
-  p.add_argument("--method", default="syce", choices=cfx_jax.METHODS)
+  p.add_argument("--method", default="syce",
+                 help="an explanation method, one of cfx_jax.METHODS (default: syce)")
   p.add_argument("--steps", type=int, default=None, help="training steps (default: by image size)")
   p.add_argument("--batch-size", type=int, default=None)
   p.add_argument("--seed", type=int, default=0)

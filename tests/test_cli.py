@@ -96,6 +96,59 @@ def test_a_bad_classifier_is_named_in_one_line(user_dir, capsys, spec, message):
   assert not (user_dir / "out").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["train", "--config", "lesions_syce", "--config.explainer.stepz=3"],
+     "unknown setting explainer.stepz; did you mean explainer.steps?"),
+    (["train", "--config", "lesions_syce", "--config.explainer.steps=abc"],
+     "--config.explainer.steps=abc: invalid literal for int()"),
+    (["evaluate", "--config", "lesions_leaderboard", "--config.nosuch.x=1"],
+     "unknown setting nosuch.x; the config has "),
+    (["train", "--config", "lesions_syce:huge"], "unknown preset 'huge'"),
+    (["train", "--config", "lesions_syce", "--config.explainer.steps", "5", "stray"],
+     "unexpected argument 'stray'"),
+])
+def test_a_bad_setting_is_named_in_one_line(tmp_path, capsys, args, message):
+  workdir = tmp_path / "run"
+  assert cli.main([*args[:3], "--workdir", str(workdir), *args[3:]]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"cfx-jax {args[0]}: error: ") and message in err, err
+  assert err.count("\n") == 1 and "Traceback" not in err
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--images", "absent.npy"], "--images 'absent.npy' does not exist"),
+    (["--method", "nosuch"], "--method 'nosuch' is not a method; choose from cae, "),
+    (["--steps", "0"], "steps must be >= 1, got 0 (--debug shows the traceback)"),
+])
+def test_a_bad_explain_argument_is_named_in_one_line(user_dir, capsys, args, message):
+  base = ["explain", "--classifier", "cli_user_classifier:make", "--images", "x.npy"]
+  assert cli.main([*base, "--out", "out", *args]) == 2
+  err = capsys.readouterr().err
+  assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+  from cfx_jax.engine import runtime
+  from cfx_jax.jobs import train
+
+  errors = iter([ValueError("learning_rate must be > 0"), KeyError("a bug"),
+                 ValueError("learning_rate must be > 0")])
+
+  def job(config, workdir):
+    raise next(errors)
+
+  monkeypatch.setattr(train, "train_and_evaluate", job)
+  monkeypatch.setattr(runtime, "setup", lambda c: None)
+  args = ["train", "--config", "lesions_syce", "--workdir", str(tmp_path)]
+  assert cli.main(args) == 2
+  assert "error: learning_rate must be > 0 (--debug shows" in capsys.readouterr().err
+  with pytest.raises(KeyError, match="a bug"):
+    cli.main(args)
+  with pytest.raises(ValueError, match="learning_rate"):
+    cli.main([*args, "--debug"])
+
+
 def test_images_from_npz_and_png_folders(tmp_path):
   x = random_images(3)
   np.savez(tmp_path / "named.npz", images=x, labels=np.zeros(3))

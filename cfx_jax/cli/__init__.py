@@ -30,11 +30,16 @@ from cfx_jax.cli.inputs import (
   load_classifier,
   load_config,
   load_images,
+  one_line,
   resolve_config,
   shipped_configs,
 )
 
 logger = logging.getLogger(__name__)
+
+# What a wrong setting, value or path raises: the library checks its arguments with
+# ValueError and TypeError. Other exceptions are bugs and keep their traceback.
+USER_ERRORS = (CliError, FileNotFoundError, ValueError, TypeError)
 
 @contextlib.contextmanager
 def console_logging(level: int = logging.INFO):
@@ -195,12 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
       prog=PROG, description="Counterfactual explanations of image classifiers, in JAX.")
   parser.add_argument("--version", action="version", version=cfx_jax.__version__)
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument("--debug", action="store_true",
+                      help="show the traceback of an error, not just its message")
   overrides = ("Fields of the config are overridden with --config.<field>=<value> after the "
                "other flags, e.g. --config.explainer.steps=2000.")
   configs = "a shipped config by name (" + ", ".join(shipped_configs()) + ") or a config file"
 
   def config_command(name, run, help_text, description, workdir_help):
-    p = sub.add_parser(name, help=help_text, description=description, epilog=overrides)
+    p = sub.add_parser(name, parents=[common], help=help_text, description=description,
+                       epilog=overrides)
     p.add_argument("--config", required=True, help=configs)
     p.add_argument("--workdir", required=True, help=workdir_help)
     p.set_defaults(run=run, overrides=True)
@@ -217,14 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
                  "everything already trained.",
                  "directory for models and the leaderboard")
 
-  p = sub.add_parser("leaderboard", help="print the tables of a finished leaderboard",
+  p = sub.add_parser("leaderboard", parents=[common], help="print the tables of a finished leaderboard",
                      description="Print the score tables of the leaderboard.json that "
                      f"`{PROG} evaluate` wrote to WORKDIR, as markdown.")
   p.add_argument("workdir", metavar="WORKDIR")
   p.set_defaults(run=_leaderboard, overrides=False)
 
   p = sub.add_parser(
-      "explain", help="fit an explainer on images and explain them",
+      "explain", parents=[common], help="fit an explainer on images and explain them",
       description="Fit an explainer of CLASSIFIER on the images, explain the same images "
       "and write report.md, explanations.png, metrics.json and explanations.npz (maps, "
       "target, probs, counterfactual, ...) to --out.")
@@ -267,8 +276,11 @@ def main(argv: list[str] | None = None) -> int:
   with console_logging():
     try:
       return args.run(args, extra)
-    except CliError as e:
-      print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+      if args.debug:
+        raise
+      hint = "" if isinstance(e, CliError) else " (--debug shows the traceback)"
+      print(f"{PROG} {args.command}: error: {one_line(e)}{hint}", file=sys.stderr)
       return 2
 
 

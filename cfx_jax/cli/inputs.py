@@ -48,23 +48,70 @@ def resolve_config(spec: str) -> str:
 
 def load_config(spec: str, overrides: list[str]):
   """The config `spec` names with `--config.<field>=<value>` overrides applied, parsed
-  exactly as `python -m train` parses them."""
+  exactly as `python -m train` parses them. A misspelt field is named with the closest
+  one before absl sees it: its own message is a KeyError's repr."""
+  after_name = False  # `--config.steps 5`: the value is the next argument
+  for arg in overrides:
+    if not (after_name or re.match(r"^--?(no)?config\.", arg)):
+      raise CliError(f"unexpected argument {arg!r}; only --config.<field>=<value> "
+                     "overrides may follow")
+    after_name = not after_name and "=" not in arg and not arg.startswith(("-no", "--no"))
+  path = resolve_config(spec)
+  base = _parse_config(spec, [f"--config={path}"])
+  for arg in overrides:
+    name = re.match(r"^--?(?:no)?config\.([^=]+)", arg)
+    if name:
+      check_setting(base, name.group(1))
+  return _parse_config(spec, [f"--config={path}", *overrides])
+
+
+def _parse_config(spec: str, args: list[str]):
   from absl import flags
   from ml_collections import config_flags
 
-  bad = [a for a in overrides if not re.match(r"^--?(no)?config\.", a)]
-  if bad:
-    raise CliError(f"unexpected arguments {bad}; only --config.<field>=<value> overrides "
-                   "may follow")
-  argv = [PROG, f"--config={resolve_config(spec)}", *overrides]
+  argv = [PROG, *args]
   values = flags.FlagValues()
   holder = config_flags.DEFINE_config_file("config", None, "Config file.", flag_values=values,
                                            lock_config=True, sys_argv=argv)
   try:
-    values(argv)
+    rest = values(argv)
+  except flags.IllegalFlagValueError as e:
+    if "Error whilst parsing config file" in str(e):  # its traceback as text: keep the error
+      last = [line for line in str(e).splitlines() if line.strip()][-1]
+      raise CliError(f"--config {spec!r}: {last}") from e
+    raise CliError(one_line(e).removeprefix("flag ")) from e
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    raise CliError(f"--config {spec!r}: {e}") from e
+    raise CliError(f"--config {spec!r}: {one_line(e)}") from e
+  if len(rest) > 1:
+    raise CliError(f"unexpected arguments {rest[1:]}")
   return holder.value
+
+
+def check_setting(config, name: str) -> None:
+  """Raise a CliError when `name` (`explainer.steps`) is not a field of `config`,
+  suggesting the closest one. Indexed and deeper names are left to absl."""
+  import difflib
+
+  parts = name.split(".")
+  node = config
+  for i, part in enumerate(parts):
+    if not hasattr(node, "keys") or "[" in part:
+      return
+    keys = list(node.keys())
+    if part not in keys:
+      close = difflib.get_close_matches(part, keys, n=1)
+      if close:
+        hint = f"did you mean {'.'.join([*parts[:i], close[0], *parts[i + 1:]])}?"
+      else:
+        hint = f"{'.'.join(parts[:i]) or 'the config'} has {', '.join(sorted(keys))}"
+      raise CliError(f"unknown setting {name}; {hint}")
+    node = node[part]
+
+
+def one_line(error: BaseException) -> str:
+  """An exception's message on one line (a KeyError's str is the repr of its key)."""
+  text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+  return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
 def load_classifier(spec: str):

@@ -8,7 +8,7 @@ import numpy as np
 
 from cfx_jax import config as config_lib
 from cfx_jax import image_space, persistence, validation
-from cfx_jax.classifier import as_classifier
+from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
 from cfx_jax import selection
 from cfx_jax.methods import registry
@@ -95,8 +95,9 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
       config = _without_selection(method, config)
     inner = entry.fit(clf, x, config=config, seed=seed, steps=steps, batch_size=batch_size,
                       workdir=workdir, **extra)
-  if space.is_identity:
+  if space.is_identity and outputs == "logits":
     return inner
+  # The wrapper saves the outputs kind (and the space) that `load_explainer` needs.
   explainer = InCallerSpace(inner, space, outputs)
   if workdir:
     space.save(os.path.join(workdir, "explainer"), outputs)
@@ -115,12 +116,14 @@ def _without_selection(method: str, config):
   return c
 
 
-def load_explainer(path: str, classifier, *, variables=None, generator=None) -> Explainer:
+def load_explainer(path: str, classifier, *, outputs: str | None = None, variables=None,
+                   generator=None) -> Explainer:
   """Load an explainer saved with `save`; checks it was made for `classifier`.
 
   The classifier is taken as at fit time (same outputs kind and value range, saved with
-  the explainer); a Linen module or `f(variables, images)` needs its `variables` again,
-  and a latent explainer fitted with a pretrained generator needs that `generator`.
+  the explainer); `outputs` overrides the saved kind. A Linen module or
+  `f(variables, images)` needs its `variables` again, and a latent explainer fitted with
+  a pretrained generator needs that `generator`.
   """
   path = os.path.abspath(path)
   meta = persistence.read_meta(path, "explainer.json", "explainer")
@@ -131,13 +134,27 @@ def load_explainer(path: str, classifier, *, variables=None, generator=None) -> 
       raise ValueError(f"generator= is only for latent explainers, this one is "
                        f"{meta.get('method')!r}")
     extra["generator"] = generator
-  space, outputs = image_space.load(path)
+  space, saved = image_space.load(path)
+  if outputs is None:
+    # A Classifier returns logits whatever its own classifier returned.
+    outputs = "logits" if isinstance(classifier, Classifier) else saved
   if space is None:
-    return entry.load(meta, classifier, path, **extra)
+    shape = _saved_shape(meta)
+    space = image_space.ImageSpace(image_space.DEFAULT_RANGE, shape, shape[:2])
   clf = as_classifier(classifier, space.shape, outputs=outputs,
                       value_range=space.value_range, variables=variables)
-  return InCallerSpace(entry.load(meta, space.classifier(clf), path, **extra), space,
-                       outputs)
+  inner = entry.load(meta, space.classifier(clf), path, **extra)
+  if space.is_identity and outputs == "logits":
+    return inner
+  return InCallerSpace(inner, space, outputs)
+
+
+def _saved_shape(meta: dict) -> tuple[int, int, int]:
+  """The (H, W, C) a saved explainer takes, from its explainer.json."""
+  if "image_shape" in meta:
+    return tuple(int(d) for d in meta["image_shape"])
+  spec = meta["spec"]
+  return int(spec["image_size"]), int(spec["image_size"]), int(spec["channels"])
 
 
 class InCallerSpace:

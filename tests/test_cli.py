@@ -13,6 +13,7 @@ from conftest import random_images
 
 from cfx_jax import cli
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A classifier factory as a user writes one: a module in the current directory.
 CLASSIFIER_MODULE = textwrap.dedent("""\
     import jax.numpy as jnp
@@ -219,3 +220,33 @@ def test_outputs_and_value_range_reach_fit_explainer(user_dir, monkeypatch):
       cli.main(args + extra)
   assert calls == [{"outputs": "logits", "value_range": None},
                    {"outputs": "probabilities", "value_range": (-1.0, 1.0)}]
+
+
+# Runs a command module (`train.evaluate`, `cfx_jax.cli evaluate`) whose job receives
+# SIGTERM at its first step, as a scheduler's preemption would deliver it.
+PREEMPTED_JOB = textwrap.dedent("""\
+    import os, runpy, signal, sys
+    from cfx_jax.engine.preemption import Preemption
+    from cfx_jax.jobs import leaderboard
+
+    def run_leaderboard(config, workdir):
+      stop = Preemption()
+      os.kill(os.getpid(), signal.SIGTERM)
+      stop.checkpoint_or_stop(None, 1, 10, 5, None, None)
+
+    leaderboard.run_leaderboard = run_leaderboard
+    sys.argv = sys.argv[1:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    """)
+
+
+@pytest.mark.parametrize("command", [["train.evaluate"], ["cfx_jax.cli", "evaluate"]])
+def test_a_preempted_evaluate_exits_75(tmp_path, command):
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  env.pop("XLA_FLAGS", None)
+  args = ["--config", "configs/lesions_leaderboard.py", "--workdir", str(tmp_path)]
+  done = subprocess.run([sys.executable, "-c", PREEMPTED_JOB, *command, *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 75, done.stdout[-2000:] + done.stderr[-3000:]
+  assert "preempted: stopped by SIGTERM after saving step 1" in done.stdout
+  assert "Traceback" not in done.stderr

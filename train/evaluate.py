@@ -5,31 +5,18 @@
 Trains what the work directory lacks (classifier, each trained explainer per seed),
 then writes leaderboard.md, leaderboard.json, leaderboard_maps.png and, where the
 dataset has masks, leaderboard_iou.png. Rerunning reuses everything already trained.
+The `cfx-jax evaluate` command: exit status 75 means the job was stopped by SIGTERM after
+writing a checkpoint, and the same command resumes it.
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+import sys
 
-from cfx_jax.cli import console_logging
-from cfx_jax.engine import runtime
-from cfx_jax.jobs.leaderboard import run_leaderboard
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Leaderboard config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for models and the leaderboard.")
-flags.mark_flags_as_required(["config", "workdir"])
+from cfx_jax import cli
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
-  runtime.setup(config.runtime)
-  with console_logging():
-    run_leaderboard(config, _WORKDIR.value)
-  print(f"wrote {_WORKDIR.value}/leaderboard.md", flush=True)
+def main(argv: list[str] | None = None) -> int:
+  return cli.main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(main())

@@ -74,7 +74,8 @@ class Explanation:
                        f"missing {missing}")
     return cls(**arrays)
 
-  def plot(self, images, path_or_ax, *, num_rows: int = 8, class_names=None):
+  def plot(self, images, path_or_ax, *, num_rows: int = 8, class_names=None,
+           value_range=None):
     """Input, counterfactual (when there is one) and the map over the input, one row per
     image; the explanation does not keep its inputs, so `images` are the ones it explains.
 
@@ -82,8 +83,11 @@ class Explanation:
     to draw on (one Axes: the map of the first image; an array of shape (columns,) or
     (rows, columns): as many images as rows); returns the Axes then. At most `num_rows`
     images are drawn.
+    value_range: (lo, hi) of `images` and the counterfactual, as given to `fit_explainer`;
+    by default (0, 255) for uint8 images and (-1, 1) otherwise. Images outside it are
+    refused, since they would be drawn blank.
     """
     from cfx_jax import report
 
     return report.plot_explanation(images, self, path_or_ax, num_rows=num_rows,
-                                   class_names=class_names)
+                                   class_names=class_names, value_range=value_range)

@@ -20,9 +20,11 @@ _PANEL_IN = 2.0
 _TOP_PERCENTILE = 95.0
 
 
-def _to_display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
-  """[-1, 1] HWC image -> [0, 1] array for imshow, plus a cmap for grayscale."""
-  img = np.clip((np.asarray(image, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+def _to_display(image: np.ndarray,
+                value_range=(-1.0, 1.0)) -> tuple[np.ndarray, str | None]:
+  """HWC image in `value_range` -> [0, 1] array for imshow, plus a cmap for grayscale."""
+  lo, hi = value_range
+  img = np.clip((np.asarray(image, np.float32) - lo) / (hi - lo), 0.0, 1.0)
   if img.ndim == 3 and img.shape[-1] == 1:
     return img[..., 0], 'gray'
   if img.ndim == 2:
@@ -151,9 +153,9 @@ def save_explanation_grid(path, images, explanation, masks=None, *,
   return save_figure(fig, path)
 
 
-def _map_over(ax, image, saliency) -> None:
+def _map_over(ax, image, saliency, value_range=(-1.0, 1.0)) -> None:
   """The map, normalised per image, over a faded grey copy of the input."""
-  img, _ = _to_display(image)
+  img, _ = _to_display(image, value_range)
   grey = img if img.ndim == 2 else img.mean(axis=-1)
   ax.imshow(grey, cmap='gray', vmin=0.0, vmax=1.0)
   m = np.asarray(saliency, np.float32)
@@ -164,14 +166,17 @@ def _map_over(ax, image, saliency) -> None:
 
 
 def plot_explanation(images, explanation, path_or_ax, *, num_rows: int = 8,
-                     class_names: Sequence[str] | None = None):
+                     class_names: Sequence[str] | None = None, value_range=None):
   """input | counterfactual (when there is one) | map over the input, for the first
-  images (`Explanation.plot` documents `path_or_ax`)."""
+  images (`Explanation.plot` documents `path_or_ax` and `value_range`)."""
+  from cfx_jax.image_space import value_range_of
+
   images = np.asarray(images)
   maps = np.asarray(explanation.maps, np.float32)
   if images.ndim != 4 or images.shape[:3] != maps.shape:
     raise ValueError(f"images {images.shape} are not the (N, H, W, C) images of maps "
                      f"{maps.shape}")
+  value_range = value_range_of(images, value_range)
   has_cf = explanation.counterfactual is not None
   columns = ['input'] + (['counterfactual'] if has_cf else []) + ['map over input']
   if isinstance(path_or_ax, (str, os.PathLike)):
@@ -194,12 +199,12 @@ def plot_explanation(images, explanation, path_or_ax, *, num_rows: int = 8,
     for ax, column in zip(axes[i], columns):
       if column == 'input':
         p = int(np.argmax(probs[i]))
-        img, cmap = _to_display(images[i])
+        img, cmap = _to_display(images[i], value_range)
         ax.imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
         ax.set_title(f'input: {_class_name(p, class_names)} ({probs[i, p]:.2f})')
         ax.set_ylabel(f'#{i}', fontsize=9)
       elif column == 'counterfactual':
-        img, cmap = _to_display(explanation.counterfactual[i])
+        img, cmap = _to_display(explanation.counterfactual[i], value_range)
         ax.imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
         t = int(target[i])
         title = f'cf → {_class_name(t, class_names)}'
@@ -209,7 +214,7 @@ def plot_explanation(images, explanation, path_or_ax, *, num_rows: int = 8,
           title += f' ({cf_probs[i, t]:.2f}){mark}'
         ax.set_title(title)
       else:
-        _map_over(ax, images[i], maps[i])
+        _map_over(ax, images[i], maps[i], value_range)
         ax.set_title(f'map (max {maps[i].max():.2g})')
       ax.set_xticks([])
       ax.set_yticks([])

@@ -40,3 +40,36 @@ def test_probabilities_explainer_loads_back(images, tmp_path):
   with pytest.raises(ValueError, match="look like probabilities"):
     cfx_jax.load_explainer(path, _probabilities, outputs="logits")
 
+
+# Figures ------------------------------------------------------------------------------
+
+def _drawn_input(images, explanation, **kwargs) -> np.ndarray:
+  """The input panel of the first row, as imshow holds it (in [0, 1])."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 3)
+  explanation.plot(images, axes, **kwargs)
+  drawn = np.asarray(axes[0].images[0].get_array())
+  plt.close(fig)
+  return drawn
+
+
+@pytest.mark.parametrize("uint8", [True, False])
+def test_plot_draws_images_in_their_value_range(uint8, tmp_path):
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 200, (2, 8, 8, 3)).astype(np.uint8)
+  images = pixels if uint8 else pixels.astype(np.float32)
+  out = cfx_jax.Explanation(maps=np.ones((2, 8, 8), np.float32),
+                            target=np.array([1, 0], np.int32),
+                            probs=np.array([[0.9, 0.1], [0.2, 0.8]], np.float32),
+                            counterfactual=images)
+  kwargs = {} if uint8 else {"value_range": (0, 255)}
+  drawn = _drawn_input(images, out, **kwargs)
+  assert drawn.max() < 1.0  # not a blank white panel
+  np.testing.assert_allclose(drawn, pixels[0] / 255.0, atol=1e-6)
+  if not uint8:
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
+      out.plot(images, tmp_path / "figure.png")

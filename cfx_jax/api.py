@@ -75,7 +75,8 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
     extra["generator"] = generator
   # A pretrained generator takes the images at their own size: no padding to a grid.
   multiple, square = (1, False) if generator is not None else entry.grid(config)
-  space, clf, x = image_space.bind(classifier, _as_images(images), outputs=outputs,
+  images = validation.batched(_as_images(images), single=False)
+  space, clf, x = image_space.bind(classifier, images, outputs=outputs,
                                    value_range=value_range, variables=variables,
                                    multiple=multiple, square=square)
   if select and method not in GENERATORS:

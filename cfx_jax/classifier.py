@@ -19,6 +19,7 @@ which Grad-CAM needs; `from_module` provides the cut for modules that define
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable
 
 import jax
@@ -162,6 +163,7 @@ def as_classifier(classifier, image_shape, *, outputs: str = "logits", value_ran
     if variables is None:
       raise ValueError("a Flax Linen module needs its variables: "
                        "as_classifier(model, image_shape, variables=variables)")
+    _refuse_extra_arguments(classifier)
     module = classifier
     return _checked(lambda params, images: _as_logits(module.apply(params, images), outputs),
                     variables, image_shape, outputs, value_range)
@@ -173,6 +175,21 @@ def as_classifier(classifier, image_shape, *, outputs: str = "logits", value_ran
                     variables, image_shape, outputs, value_range)
   return _checked(lambda params, images: _as_logits(fn(images), outputs), None, image_shape,
                   outputs, value_range)
+
+
+def _refuse_extra_arguments(module: linen.Module) -> None:
+  """The module is called with the images alone: arguments it needs besides them (such
+  as `train`) would fail deep in tracing with a bare TypeError."""
+  params = list(inspect.signature(module.__call__).parameters.values())[1:]
+  needed = [p.name for p in params if p.default is p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+  if needed:
+    names = ", ".join(f"`{n}`" for n in needed)
+    example = ", ".join(f"{n}=False" if n == "train" else f"{n}=..." for n in needed)
+    raise TypeError(f"the classifier's __call__ needs {names} besides the images, but it "
+                    f"is called with the images alone: pass a function of (variables, "
+                    f"images) with your variables instead, such as "
+                    f"`lambda variables, x: model.apply(variables, x, {example})`")
 
 
 def check_value_range(value_range) -> tuple[float, float]:

@@ -7,19 +7,39 @@ import numpy as np
 RANGE_TOLERANCE = 1e-3
 
 
-def batched(images, *, name: str = "images"):
-  """A non-empty array (N, H, W, C); a single image (H, W, C) gets a batch axis."""
+def batched(images, *, name: str = "images", single: bool = True):
+  """A non-empty array (N, H, W, C); a single image (H, W, C) gets a batch axis, where
+  `single` allows one (fitting needs a batch: three axes there are (N, H, W) images)."""
   if not hasattr(images, "shape") or not hasattr(images, "dtype"):
     raise TypeError(f"{name} must be a numpy or JAX array of shape (N, H, W, C), "
                     f"got {type(images).__name__}")
+  if images.ndim == 3 and not single:
+    raise ValueError(f"{name} must be (N, H, W, C); got {tuple(images.shape)}: for (N, H, W) "
+                     f"images add a channel axis with {name}[..., None] (fitting needs a "
+                     "batch, not one (H, W, C) image)")
   if images.ndim == 3:
+    if looks_channels_first((1,) + tuple(images.shape)):
+      raise ValueError(f"{name} of shape {tuple(images.shape)} look channels-first "
+                       f"(C, H, W); this library takes (H, W, C) images: transpose with "
+                       f"{name}.transpose(1, 2, 0). If they are (N, H, W) images, add a "
+                       f"channel axis with {name}[..., None]")
     images = images[None]
   if images.ndim != 4:
     raise ValueError(f"{name} must have shape (N, H, W, C) or (H, W, C), got "
                      f"{tuple(images.shape)}")
   if images.shape[0] == 0:
     raise ValueError(f"{name} is empty (N = 0)")
+  if looks_channels_first(images.shape):
+    raise ValueError(f"{name} of shape {tuple(images.shape)} look channels-first "
+                     f"(N, C, H, W); this library takes (N, H, W, C): transpose with "
+                     f"{name}.transpose(0, 2, 3, 1)")
   return images
+
+
+def looks_channels_first(shape) -> bool:
+  """(N, C, H, W) with 1, 3 or 4 channels and sides of 8 or more: read as (N, H, W, C),
+  such images would be a few pixels high with many channels."""
+  return shape[1] in (1, 3, 4) and min(shape[2], shape[3]) >= 8
 
 
 def check_images(images, image_shape=None, *, name: str = "images") -> np.ndarray:
@@ -46,8 +66,11 @@ def check_shape(images, image_shape, *, name: str = "images") -> None:
     h, w, c = image_shape
     got_h, got_w, got_c = images.shape[1:]
     what = "channel count" if (got_h, got_w) == (h, w) else "image size"
+    hint = ""
+    if (got_w, got_c) == (h, w) and c == 1:
+      hint = f"; (N, H, W) images without a channel axis? Add one with {name}[..., None]"
     raise ValueError(f"{name} have shape (H, W, C) = {tuple(images.shape[1:])}, expected "
-                     f"{tuple(image_shape)} (wrong {what})")
+                     f"{tuple(image_shape)} (wrong {what}){hint}")
 
 
 def check_target(target, n: int, num_classes: int, predicted: np.ndarray) -> np.ndarray:

@@ -4,9 +4,10 @@ range, errors that name the cause and the fix, help text and progress."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import linear_logits
+from conftest import linear_logits, model_config
 
 import cfx_jax
 
@@ -73,3 +74,45 @@ def test_plot_draws_images_in_their_value_range(uint8, tmp_path):
   if not uint8:
     with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
       out.plot(images, tmp_path / "figure.png")
+
+
+# Errors that name the cause and the fix -----------------------------------------------
+
+def test_images_without_channel_axis_are_named(images):
+  grey = images[..., 0]  # (N, H, W)
+  with pytest.raises(ValueError, match=r"add a channel axis with images\[\.\.\., None\]"):
+    cfx_jax.fit_explainer(linear_logits, grey, method="syce", steps=2, batch_size=8,
+                          config=model_config())
+  e = cfx_jax.fit_explainer(linear_logits, grey[:8, ..., None], method="fido", config=FIDO)
+  with pytest.raises(ValueError, match=r"Add one with images\[\.\.\., None\]"):
+    e.explain(grey[:5])
+
+
+def test_channels_first_images_are_named(images):
+  nchw = images.transpose(0, 3, 1, 2)
+  with pytest.raises(ValueError, match=r"look channels-first \(N, C, H, W\).*"
+                                       r"transpose\(0, 2, 3, 1\)"):
+    cfx_jax.fit_explainer(linear_logits, nchw, method="fido", config=FIDO)
+  e = cfx_jax.fit_explainer(linear_logits, images[:8], method="fido", config=FIDO)
+  with pytest.raises(ValueError, match=r"look channels-first \(C, H, W\)"):
+    e.explain(nchw[0])
+
+
+def test_linen_module_that_needs_train_is_named(images):
+  from flax import linen as nn
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train):
+      x = nn.Dense(2)(jnp.mean(x, axis=(1, 2)))
+      return nn.Dropout(0.5, deterministic=not train)(x)
+
+  net = Net()
+  variables = net.init(jax.random.key(0), images[:2], train=False)
+  with pytest.raises(TypeError, match=r"needs `train`.*lambda variables, x: "
+                                      r"model\.apply\(variables, x, train=False\)"):
+    cfx_jax.fit_explainer(net, images, method="fido", config=FIDO, variables=variables)
+  # The function the message suggests is accepted.
+  clf = cfx_jax.as_classifier(lambda v, x: net.apply(v, x, train=False), images.shape[1:],
+                              variables=variables)
+  assert clf.num_classes == 2

@@ -8,6 +8,7 @@ import numpy as np
 
 from cfx_jax import config as config_lib
 from cfx_jax import image_space, persistence, validation
+from cfx_jax.baselines import BASELINES
 from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
 from cfx_jax import selection
@@ -35,7 +36,8 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
   """Train a counterfactual explainer of `classifier` on `images`.
 
   `method`: one of `trainable_methods()`. Optimisation methods ("fido", "disc") train at
-  most a helper model here: `config` holds their settings and `explain` optimises.
+  most a helper model here: `config` holds their settings and `explain` optimises. The
+  saliency baselines fit nothing: `explain_baseline` runs them.
 
   `classifier`: a JAX-traceable callable images -> outputs, `f(variables, images)` or a
   Flax Linen module with `variables`, or an NNX module (explained in eval mode).
@@ -62,6 +64,11 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
   returns images of the caller's size, in [-1, 1]. It is not saved with the explainer:
   `load_explainer` needs it again.
   """
+  if method in BASELINES:
+    raise ValueError(f"unknown method {method!r} for fit_explainer: it is a saliency "
+                     f"baseline, which needs no fitting; call cfx_jax.explain_baseline("
+                     f"{method!r}, classifier, images). Trainable methods: "
+                     f"{trainable_methods()}")
   entry = registry.get(method)
   extra = {}
   if attributes is not None:

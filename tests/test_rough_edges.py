@@ -116,3 +116,9 @@ def test_linen_module_that_needs_train_is_named(images):
   clf = cfx_jax.as_classifier(lambda v, x: net.apply(v, x, train=False), images.shape[1:],
                               variables=variables)
   assert clf.num_classes == 2
+
+
+@pytest.mark.parametrize("method", ["gradient", "integrated_gradients"])
+def test_fitting_a_baseline_points_to_explain_baseline(images, method):
+  with pytest.raises(ValueError, match=rf"explain_baseline\('{method}', classifier, images\)"):
+    cfx_jax.fit_explainer(linear_logits, images, method=method)

@@ -234,38 +234,6 @@ def leaderboards() -> str:
   return "\n".join(lines)
 
 
-def counterfactual_truth() -> str:
-  """benchmarks/counterfactual_truth.py: each variant's truth scores, one row each."""
-  lines = []
-  for name, r in _load("counterfactual_truth_*.json"):
-    directions = sorted({d for v in r["variants"].values()
-                         for d in v["oracle_agreement_by_direction"]})
-    lines += [f"`{name}` ({r['task']}; classifier accuracy {r['classifier_accuracy']:.3f}, "
-              f"oracle accuracy {r['oracle_accuracy']:.3f}; {r['num_images']} test images)",
-              "",
-              "| variant | steps | flip | twin removal (median) | "
-              + " | ".join(f"oracle agrees {d}" for d in directions)
-              + " | change outside | pixel AUROC | FID (oracle) |",
-              "|---|---|---|---|" + "---|" * len(directions) + "---|---|---|"]
-    for variant, v in r["variants"].items():
-      agree = v["oracle_agreement_by_direction"]
-      cells = [f"{agree[d]:.3f}" if d in agree else "—" for d in directions]
-      removal = v.get("twin_removal_median")
-      lines.append(
-          f"| {variant} | {v['steps']} | {v['flip_rate']:.3f} | "
-          + ("—" if removal is None else f"{removal:.3f}") + " | " + " | ".join(cells)
-          + f" | {v.get('change_outside_evidence', float('nan')):.4f} | "
-          + f"{v.get('pixel_auroc', float('nan')):.3f} | {v['oracle_realism']['fid']:.2f} |")
-    lines.append("")
-  return "\n".join(lines)
-
-
-def methods() -> str:
-  from benchmarks.compare_methods import table
-  return "\n\n".join(f"`{name}` ({r['device']}, {r['steps']} steps)\n\n{table(r['results'])}"
-                     for name, r in _load("methods_*.json"))
-
-
 if __name__ == "__main__":
   for title, text in (("Step time", step_time()), ("FLOPs and bytes per step", step_count()),
                       ("JAX against PyTorch", compare_torch()),
@@ -275,8 +243,6 @@ if __name__ == "__main__":
                       ("Explanation throughput", explain_throughput()),
                       ("FIDO and DISC: batched against one at a time", optimiser_throughput()),
                       ("One step in the forms XLA compiles differently", step_forms()),
-                      ("Leaderboards", leaderboards()), ("Scaling", scaling()),
-                      ("Counterfactual truth", counterfactual_truth()),
-                      ("Methods", methods())):
+                      ("Leaderboards", leaderboards()), ("Scaling", scaling())):
     if text:
       print(f"### {title}\n\n{text}\n")

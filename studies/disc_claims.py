@@ -39,7 +39,7 @@ import warnings
 import numpy as np
 
 import cfx_jax
-from benchmarks import disc_ablation
+from studies import disc_ablation
 from benchmarks.step_time import environment
 from cfx_jax import report
 from cfx_jax.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt

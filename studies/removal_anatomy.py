@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from cfx_jax.config import explainer_config
-from benchmarks.lesion_visibility import lesion_classifier
+from studies.lesion_visibility import lesion_classifier
 from cfx_jax.methods.conditional import prior
 from cfx_jax.models.unet import surroundings
 

@@ -1,0 +1,1 @@
+"""One-off experiments, each answering one question; results under `studies/results/`."""

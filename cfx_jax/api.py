@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 
 import numpy as np
@@ -173,8 +175,21 @@ class InCallerSpace:
     self.inner, self.space, self.outputs = inner, space, outputs
     self.image_shape = space.shape
     self.num_classes = inner.num_classes
+    self.explain = _documented(self._explain, inner.explain)
 
-  def explain(self, images, target=None, **options) -> Explanation:
+  def _explain(self, images, target=None, **options) -> Explanation:
+    """Counterfactuals and maps of `images`, in the caller's value range and size.
+
+    Args:
+      images: (N, H, W, C), or one (H, W, C) image, of the size, channel count and
+        value range the explainer was fitted on.
+      target: the class each counterfactual should reach, an int or (N,) ints, none of
+        them the classifier's decision; None: the method's default.
+      options: the method's own keywords (below), such as `ids` for FIDO and DISC.
+    Returns:
+      An `Explanation` whose maps are (N, H, W) and whose counterfactuals are in the
+      images' value range and size, ready to compare with or plot over them.
+    """
     x = validation.batched(images)
     validation.check_shape(x, self.image_shape)
     image_space.value_range_of(x, self.space.value_range)
@@ -182,11 +197,28 @@ class InCallerSpace:
                                                      **options))
 
   def save(self, path: str) -> None:
+    """Write the explainer and its image space to the directory `path`, so that
+    `load_explainer` gives it back, taking images as this one does."""
     self.inner.save(path)
     self.space.save(os.path.abspath(path), self.outputs)
 
   def __getattr__(self, name):
     return getattr(self.inner, name)
+
+
+def _documented(method, wrapped):
+  """`method`, with `wrapped`'s docstring after its own and `wrapped`'s signature: help()
+  on a wrapped explainer's explain then shows the method's own arguments too."""
+
+  @functools.wraps(wrapped, assigned=("__name__",))
+  def call(*args, **kwargs):
+    return method(*args, **kwargs)
+
+  call.__qualname__ = f"{type(method.__self__).__name__}.{call.__name__}"
+  own = inspect.getdoc(wrapped)
+  call.__doc__ = inspect.getdoc(method) + (
+      f"\n\n{wrapped.__qualname__}:\n{own}" if own else "")
+  return call
 
 
 def trainable_methods() -> list[str]:

@@ -122,3 +122,23 @@ def test_linen_module_that_needs_train_is_named(images):
 def test_fitting_a_baseline_points_to_explain_baseline(images, method):
   with pytest.raises(ValueError, match=rf"explain_baseline\('{method}', classifier, images\)"):
     cfx_jax.fit_explainer(linear_logits, images, method=method)
+
+
+# Help text ----------------------------------------------------------------------------
+
+def test_explain_has_help_text(images):
+  import inspect
+
+  protocol = inspect.getdoc(cfx_jax.Explainer.explain) or ""
+  assert "target" in protocol and "Returns" in protocol
+  assert "load_explainer" in (inspect.getdoc(cfx_jax.Explainer.save) or "")
+  e = cfx_jax.fit_explainer(lambda x: linear_logits(2.0 * x - 1.0), (images + 1.0) / 2.0,
+                            method="fido", config=FIDO, value_range=(0, 1))
+  assert isinstance(e, cfx_jax.api.InCallerSpace)
+  text = inspect.getdoc(e.explain) or ""
+  assert "caller's value range" in text and "Returns" in text
+  assert "ids: integers that seed" in text  # FIDO's own explain, below the wrapper's
+  assert "ids" in inspect.signature(e.explain).parameters
+  assert "load_explainer" in (inspect.getdoc(e.save) or "")
+  np.testing.assert_allclose(e.explain(images[:2] * 0.5 + 0.5, ids=[3, 4]).maps,
+                             e.inner.explain(images[:2], ids=[3, 4]).maps, atol=1e-5)

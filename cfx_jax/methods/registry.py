@@ -46,9 +46,26 @@ class Explainer(Protocol):
   image_shape: tuple[int, int, int]
   num_classes: int
 
-  def explain(self, images, target=None) -> Explanation: ...
+  def explain(self, images, target=None) -> Explanation:
+    """Counterfactuals and maps of `images`: the one call every method answers, so a
+    caller can swap methods without changing code.
 
-  def save(self, path: str) -> None: ...
+    Args:
+      images: (N, H, W, C), or one (H, W, C) image, of the shape and value range the
+        explainer was fitted on.
+      target: the class each counterfactual should reach, an int or (N,) ints, none of
+        them the classifier's decision; None: the method's default (for most, the most
+        likely other class).
+    Returns:
+      An `Explanation`: maps (N, H, W), the counterfactuals in the images' value range,
+      their targets and the classifier's probabilities on the images and on them.
+    """
+    ...
+
+  def save(self, path: str) -> None:
+    """Write the explainer to the directory `path`, so that `cfx_jax.load_explainer`
+    gives it back without fitting again."""
+    ...
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,7 +85,13 @@ class GeneratorExplainer:
     return self.classifier.predict_proba(x, self.chunk_size)
 
   def explain(self, images, target=None) -> Explanation:
-    """Counterfactuals and maps; default target is the most likely other class."""
+    """Counterfactuals and maps, one generator pass per image (no optimisation).
+
+    images: (N, H, W, C) or one (H, W, C) image in [-1, 1]. target: the class each
+    counterfactual should reach (int or (N,), not the predicted class); default: the
+    most likely other class. Returns an `Explanation` with the counterfactuals, their
+    maps and, where the method trains one, the stable image.
+    """
     x = validation.check_images(images, self.image_shape)
     if target is None:
       t = np.full((len(x),), -1, np.int32)

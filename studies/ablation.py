@@ -1,15 +1,15 @@
 """What makes a trained method's counterfactuals keep the image? Variants of one method
 side by side on the lesion set.
 
-    python -m benchmarks.ablation --method cae --workdir runs/counterfactual_truth/lesions
-    python -m benchmarks.ablation --method latent --variants leaderboard,spatial
+    python -m studies.ablation --method cae --workdir runs/counterfactual_truth/lesions
+    python -m studies.ablation --method latent --variants leaderboard,spatial
 
 Loads (or trains) the classifier and the oracle of the counterfactual-truth study from
 WORKDIR, fits the method once per variant against that classifier, explains the first
 `--images` test images and scores what a person checks: flip rate, the oracle's
 agreement, twin removal and change outside the lesion, pixel AUROC of the maps, and the
 generative model's reconstruction error. Results are merged by variant into
-benchmarks/results/<method>_ablation_lesions.json, with one figure of every variant's
+studies/results/<method>_ablation_lesions.json, with one figure of every variant's
 counterfactuals beside it.
 """
 
@@ -78,7 +78,7 @@ def main(argv=None):
   p.add_argument("--images", type=int, default=512)
   p.add_argument("--classifier_steps", type=int, default=800)
   p.add_argument("--out", default=None,
-                 help="default: benchmarks/results/<method>_ablation_lesions.json")
+                 help="default: studies/results/<method>_ablation_lesions.json")
   args = p.parse_args(argv)
   variants = VARIANTS[args.method]
   names = (args.variants or DEFAULT_VARIANTS[args.method]).split(",")

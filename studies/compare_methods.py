@@ -1,10 +1,10 @@
 """Every generative explainer, and the papers' exact form, against one classifier.
 
-    python -m benchmarks.compare_methods --workdir runs/compare --steps 800
+    python -m studies.compare_methods --workdir runs/compare --steps 800
 
 Trains (or reuses) the lesion-set classifier of `configs/lesions_syce.py` in WORKDIR,
 fits each variant for the same number of steps, scores it on the same held-out images
-and writes `benchmarks/results/methods_lesions_<device>.json` plus a markdown table.
+and writes `studies/results/methods_lesions_<device>.json` plus a markdown table.
 """
 
 from __future__ import annotations

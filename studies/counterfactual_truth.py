@@ -6,12 +6,12 @@ person would check: does the counterfactual reach its class (flip), does an inde
 oracle agree, is the evidence actually gone (twin removal, lesions only), is the rest
 left alone, and do the maps still localise.
 
-  python -m benchmarks.counterfactual_truth --task lesions --variants detach_adv1_lr4,default_mask
-  python -m benchmarks.counterfactual_truth --task sneaker_boot --variants detach_adv1_lr4
-  python -m benchmarks.counterfactual_truth --task fashion10 --variants ten_default \
+  python -m studies.counterfactual_truth --task lesions --variants detach_adv1_lr4,default_mask
+  python -m studies.counterfactual_truth --task sneaker_boot --variants detach_adv1_lr4
+  python -m studies.counterfactual_truth --task fashion10 --variants ten_default \
       --steps 600 --batch_size 80
 
-Results go to benchmarks/results/counterfactual_truth_<task>.json (merged by variant);
+Results go to studies/results/counterfactual_truth_<task>.json (merged by variant);
 each variant's counterfactuals and figure to <workdir>/<task>/.
 """
 

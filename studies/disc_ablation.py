@@ -1,8 +1,8 @@
 """DISC ablation on the lesion set: with and without the manifold (and BatchNorm) term.
 
-    python -m benchmarks.disc_ablation --workdir runs/disc_ablation          # 64 images
-    python -m benchmarks.disc_ablation --workdir runs/disc_ablation --images 32 --steps 200
-    python -m benchmarks.disc_ablation --smoke --workdir /tmp/x             # tiny (tests)
+    python -m studies.disc_ablation --workdir runs/disc_ablation             # 64 images
+    python -m studies.disc_ablation --workdir runs/disc_ablation --images 32 --steps 200
+    python -m studies.disc_ablation --smoke --workdir /tmp/x                # tiny
 
 Trains (or loads from WORKDIR/classifier and WORKDIR/auxiliary) the lesion classifier of
 `configs/lesions_classifier.py` (with `--classifier-steps` steps) and the auxiliary RBF

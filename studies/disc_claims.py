@@ -1,11 +1,11 @@
 """DISC's two further claims, on the lesion set: its counterfactuals teach the classifier's
 decision boundary, and they hold up when the query is corrupted. SyCE beside it.
 
-    python -m benchmarks.disc_claims --workdir runs/counterfactual_truth/lesions
-    python -m benchmarks.disc_claims --smoke --workdir /tmp/x --out /tmp/x/claims.json
+    python -m studies.disc_claims --workdir runs/counterfactual_truth/lesions
+    python -m studies.disc_claims --smoke --workdir /tmp/x --out /tmp/x/claims.json
 
 Trains (or loads from WORKDIR) the classifier and DISC's auxiliary model as
-`benchmarks/disc_ablation.py` does, the oracle of the counterfactual-truth scores, and a
+`studies/disc_ablation.py` does, the oracle of the counterfactual-truth scores, and a
 SyCE explainer (`--syce-steps`, saved to WORKDIR/syce/explainer).
 
 Boundary learning. The first K training images are explained by each method. For each k
@@ -23,7 +23,7 @@ lesion masks, and the median twin removal over the lesion images against their
 lesion-free twin under the same corruption (whatever the target: where the classifier no
 longer sees the lesion the target is "lesion", and removal goes negative).
 
-Writes the JSON (default benchmarks/results/disc_claims_lesions.json) and two figures
+Writes the JSON (default studies/results/disc_claims_lesions.json) and two figures
 beside it: the agreement curves and one lesion image's counterfactuals under each
 corruption.
 """

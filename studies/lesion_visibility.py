@@ -10,12 +10,12 @@ calls a lesion:
 - a smudge, `twin + g blur_s(x - twin)`: the same, blurred (Gaussian, s pixels), which
   is what the generator's counterfactuals leave (docs/counterfactual_truth.md).
 
-It reuses the classifier and oracle of `benchmarks.counterfactual_truth` (trained there
+It reuses the classifier and oracle of `studies.counterfactual_truth` (trained there
 if missing):
 
-  python -m benchmarks.lesion_visibility --workdir runs/counterfactual_truth
+  python -m studies.lesion_visibility --workdir runs/counterfactual_truth
 
-Results: benchmarks/results/lesion_visibility.json.
+Results: studies/results/lesion_visibility.json.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ BLURS = (0.0, 0.5, 0.75, 1.0)
 
 def lesion_classifier(workdir: str):
   """(train, test, <workdir>/lesions, classifier): the lesion task's split and the
-  classifier of `benchmarks.counterfactual_truth`, trained there if missing."""
+  classifier of `studies.counterfactual_truth`, trained there if missing."""
   dataset = common.lesions()
   train, test = load_split(dataset, "train"), load_split(dataset, "test")
   workdir = os.path.abspath(os.path.join(workdir, "lesions"))

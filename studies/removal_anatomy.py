@@ -15,12 +15,12 @@ within the lesion for the twins, the inputs and each variant's counterfactuals. 
 for the in-fill form's fill (`models/unet.py`) pasted through the true mask gives what
 that form could reach.
 
-Reads the classifier and the counterfactuals that `benchmarks.counterfactual_truth`
+Reads the classifier and the counterfactuals that `studies.counterfactual_truth`
 saved in its work directory:
 
-  python -m benchmarks.removal_anatomy --variants syce/default_partial5_tv3,syce/default_partial5_tv3_prior20
+  python -m studies.removal_anatomy --variants syce/default_partial5_tv3,syce/default_partial5_tv3_prior20
 
-Results: benchmarks/results/removal_anatomy_lesions.json.
+Results: studies/results/removal_anatomy_lesions.json.
 """
 
 from __future__ import annotations

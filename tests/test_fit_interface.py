@@ -3,8 +3,6 @@ Explanation's file and figure."""
 
 from __future__ import annotations
 
-import logging
-
 import jax
 import matplotlib
 
@@ -201,17 +199,15 @@ def test_a_configdict_with_an_unknown_name_raises(images):
     _fit("syce", images, config=c)
 
 
-def test_progress_is_logged_per_chunk_and_can_be_turned_off(images, caplog):
+def test_progress_is_shown_per_chunk_and_can_be_turned_off(images, capsys):
   e = _fit("fido", images, steps=STEPS, batch_size=BATCH,
            config={**TINY["fido"], "progress": True})
-  with caplog.at_level(logging.INFO, logger="cfx_jax"):
-    e.explain(images[:10])
-  lines = [r.getMessage() for r in caplog.records if "images explained" in r.getMessage()]
-  assert [line.split(": ")[1].split(" ")[0] for line in lines] == ["8/10", "10/10"]
-  caplog.clear()
-  with caplog.at_level(logging.INFO, logger="cfx_jax"):
-    _fit("fido", images, steps=STEPS, batch_size=BATCH).explain(images[:10])
-  assert "images explained" not in caplog.text
+  capsys.readouterr()
+  e.explain(images[:10])
+  lines = [line for line in capsys.readouterr().err.splitlines() if "[FIDO]" in line]
+  assert [line.split(" ")[2] for line in lines] == ["8/10", "10/10"]
+  _fit("fido", images, steps=STEPS, batch_size=BATCH).explain(images[:10])
+  assert "[FIDO]" not in capsys.readouterr().err
 
 
 # Explanation files and figures -----------------------------------------------------------

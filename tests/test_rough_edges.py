@@ -3,6 +3,8 @@ range, errors that name the cause and the fix, help text and progress."""
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -142,3 +144,25 @@ def test_explain_has_help_text(images):
   assert "load_explainer" in (inspect.getdoc(e.save) or "")
   np.testing.assert_allclose(e.explain(images[:2] * 0.5 + 0.5, ids=[3, 4]).maps,
                              e.inner.explain(images[:2], ids=[3, 4]).maps, atol=1e-5)
+
+
+# Progress -----------------------------------------------------------------------------
+
+DISC = {"bn": 0.0, "manifold": 0.0, "fit_steps": 2, "steps": 2, "confidence": (0.6,),
+        "inr_frequencies": 8, "inr_width": 16, "warn_failures": False}
+
+
+@pytest.mark.parametrize("method, config", [("fido", FIDO), ("disc", DISC)])
+def test_explain_shows_progress_without_logging_setup(images, capsys, monkeypatch, method,
+                                                      config):
+  e = cfx_jax.fit_explainer(linear_logits, images, method=method,
+                            config={**config, "progress": True, "chunk_size": 4})
+  capsys.readouterr()
+  e.explain(images[:6])
+  err = capsys.readouterr().err
+  assert f"[{method.upper()}] images 4/6" in err and f"[{method.upper()}] images 6/6" in err
+  # On a terminal, a bar.
+  monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+  e.explain(images[:6])
+  err = capsys.readouterr().err
+  assert method.upper() in err and "6/6" in err and "█" in err

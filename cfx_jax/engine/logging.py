@@ -59,10 +59,11 @@ class Progress:
   """A tqdm bar with ETA on a terminal; periodic one-line updates otherwise."""
 
   def __init__(self, total: int, initial: int = 0, desc: str = "train",
-               enabled: bool = True):
+               enabled: bool = True, unit: str = "step"):
     self.enabled = enabled and is_main_process()
     self.interactive = sys.stderr.isatty()
     self.total, self.desc, self.start, self.first = total, desc, time.time(), initial
+    self.unit = unit
     self.bar = None
     if self.enabled and self.interactive:
       self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
@@ -82,7 +83,7 @@ class Progress:
     rate = done / max(time.time() - self.start, 1e-9)
     eta = (self.total - step) / rate if rate > 0 else float("nan")
     text = " ".join(f"{k}={v}" for k, v in shown.items())
-    print(f"[{self.desc}] step {step}/{self.total} {rate:.2f} it/s eta {eta:.0f}s {text}",
+    print(f"[{self.desc}] {self.unit} {step}/{self.total} {rate:.2f} it/s eta {eta:.0f}s {text}",
           file=sys.stderr, flush=True)
 
   def close(self) -> None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
-import logging
 import os
-import time
 import warnings
 
 import jax
@@ -20,9 +18,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from cfx_jax.engine.logging import Progress
 from cfx_jax.explanation import Explanation
-
-logger = logging.getLogger(__name__)
 
 
 class ClassifierBound:
@@ -78,15 +75,18 @@ def as_settings(config, make) -> ml_collections.ConfigDict:
 
 
 def chunk_progress(method: str, total: int, enabled: bool):
-  """A `map_in_chunks` callback that logs images done, of `total`, and the time taken:
-  a per-image optimisation of many images runs for minutes without other output."""
+  """A `map_in_chunks` callback that shows images done, of `total`, as the training
+  loop shows steps (a bar on a terminal, a line per chunk otherwise), with no logging
+  set up: a per-image optimisation of many images runs for minutes without other
+  output."""
   if not enabled:
     return None
-  start = time.perf_counter()
+  progress = Progress(total, desc=method, unit="images")
 
   def report(done: int) -> None:
-    logger.info("%s: %d/%d images explained, %.1f s", method, done, total,
-                time.perf_counter() - start)
+    progress.update(done)
+    if done >= total:
+      progress.close()
 
   return report
 

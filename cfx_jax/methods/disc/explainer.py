@@ -100,7 +100,7 @@ def disc_config(**overrides) -> ml_collections.ConfigDict:
   c.chunk_size = 64             # images per compiled call
   c.seed = 0
   c.warn_failures = True        # warn, listing indices, when a counterfactual misses its target
-  c.progress = True             # log images done and time taken after every compiled chunk
+  c.progress = True             # show images done per compiled chunk (a bar on a terminal)
   return common.settings("DISC", c, overrides, check_config)
 
 

@@ -70,7 +70,7 @@ def fido_config(**overrides) -> ml_collections.ConfigDict:
                                # step) or "auto": host on the CPU, scan elsewhere
   c.seed = 0
   c.warn_failures = True       # warn, listing indices, when a counterfactual misses its target
-  c.progress = True            # log images done and time taken after every compiled chunk
+  c.progress = True            # show images done per compiled chunk (a bar on a terminal)
   return common.settings("FIDO", c, overrides, check_config)
 
 

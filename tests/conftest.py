@@ -20,6 +20,8 @@ import tempfile  # noqa: E402
 # process that reads this file (pytest-xdist's controller), so that both workers and
 # every job they start share it.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="cfx_jax_xla_"))
+# The commands' own cache (cfx_jax.engine.runtime) is the same folder, not the user's.
+os.environ.setdefault("CFX_JAX_COMPILATION_CACHE", os.environ["JAX_COMPILATION_CACHE_DIR"])
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax.numpy as jnp  # noqa: E402

@@ -202,14 +202,42 @@ def test_sigterm_then_restart_equals_uninterrupted(tmp_path):
   _assert_close(_generator(cut), _generator(whole), rtol=1e-6, atol=1e-7)
 
 
-def test_compilation_cache_is_written(tmp_path):
+def _compile_in_a_fresh_process(cwd, setting, env):
+  """Set up the runtime with `setting`, as the commands do, and compile a small program."""
   code = ("import jax, jax.numpy as jnp\n"
           "from cfx_jax.engine import runtime\n"
           "c = runtime.runtime_config()\n"
-          f"c.compilation_cache_dir = {str(tmp_path / 'cache')!r}\n"
+          f"c.compilation_cache_dir = {setting!r}\n"
           "runtime.setup(c)\n"
           "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n")
-  env = {**os.environ, "PYTHONPATH": ROOT}
-  env.pop("XLA_FLAGS", None)
-  subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
-  assert os.listdir(tmp_path / "cache"), "the compiled program was not cached"
+  clean = {k: v for k, v in os.environ.items()
+           if k not in ("XLA_FLAGS", "XDG_CACHE_HOME", "JAX_COMPILATION_CACHE_DIR",
+                        runtime.CACHE_ENV) and not k.startswith("JAX_PERSISTENT_CACHE_")}
+  clean.update(PYTHONPATH=ROOT, HOME=str(cwd / "home"), **env)
+  subprocess.run([sys.executable, "-c", code], cwd=cwd, env=clean, check=True, timeout=120)
+
+
+# No compile-time threshold in the environment: JAX's own (1 s) would skip this program.
+@pytest.mark.parametrize("setting, env, folder", [
+    (None, {}, "home/.cache/cfx_jax/jax"),
+    (None, {"XDG_CACHE_HOME": "xdg"}, "xdg/cfx_jax/jax"),
+    (None, {runtime.CACHE_ENV: "from_env"}, "from_env"),
+    ("from_config", {runtime.CACHE_ENV: "from_env"}, "from_config"),
+    (None, {runtime.CACHE_ENV: ""}, None),
+])
+def test_compilation_cache_location(tmp_path, setting, env, folder):
+  env = {k: str(tmp_path / v) if v else v for k, v in env.items()}
+  _compile_in_a_fresh_process(tmp_path, setting, env)
+  written = sorted(str(p.parent.relative_to(tmp_path)) for p in tmp_path.rglob("*")
+                   if p.is_file())
+  if folder is None:
+    assert not written
+  else:
+    assert written and set(written) == {folder}, written
+
+
+def test_the_suite_keeps_its_cache_out_of_home():
+  folder = runtime.compilation_cache_dir()
+  assert folder == os.path.abspath(os.environ[runtime.CACHE_ENV])
+  assert folder == os.path.abspath(os.environ["JAX_COMPILATION_CACHE_DIR"])  # a temporary one
+  assert runtime.compilation_cache_dir("") == ""

@@ -110,6 +110,8 @@ def _explain(args, overrides) -> int:
     raise CliError(f"--value-range needs LO < HI, got {args.value_range}")
   value_range = None if args.value_range is None else tuple(args.value_range)
   settings = parse_settings(args.set)
+  from cfx_jax.engine import runtime
+  runtime.enable_compilation_cache()  # before the classifier's code compiles anything
   classifier = load_classifier(args.classifier)
   x = load_images(args.images, args.value_range)
   logger.info("explain: %d images of shape %s from %s, method %s", len(x), x.shape[1:],
@@ -197,7 +199,10 @@ def _summary(metrics: dict, source: str, classifier: str, value_range) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog=PROG, description="Counterfactual explanations of image classifiers, in JAX.")
+      prog=PROG, description="Counterfactual explanations of image classifiers, in JAX.",
+      epilog="Compiled programs are cached in $XDG_CACHE_HOME/cfx_jax/jax "
+      "(~/.cache/cfx_jax/jax) or $CFX_JAX_COMPILATION_CACHE; set it empty to turn the "
+      "cache off.")
   parser.add_argument("--version", action="version", version=cfx_jax.__version__)
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   common = argparse.ArgumentParser(add_help=False)

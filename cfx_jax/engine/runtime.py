@@ -1,5 +1,11 @@
 """Process-level setup before any device is touched: multi-host start, compile cache.
 
+The commands (`cfx-jax`, `python -m train`) keep compiled programs on disk, so the same
+shapes compiled again (a rerun, a resumed job, another seed) are loaded instead:
+`runtime.compilation_cache_dir` of the config, else $CFX_JAX_COMPILATION_CACHE, else the
+folder JAX was given (JAX_COMPILATION_CACHE_DIR), else $XDG_CACHE_HOME/cfx_jax/jax
+(~/.cache/cfx_jax/jax). An empty value, in the config or the variable, turns it off.
+
 A multi-host job (TPU pod slice, several GPU hosts) runs the same command on every
 host; `jax.distributed.initialize` connects them. It is called when the config asks for
 it or when `CFX_DISTRIBUTED=1`; the coordinator address, process count and id come from
@@ -17,6 +23,7 @@ import jax
 import ml_collections
 
 ENV_FLAG = "CFX_DISTRIBUTED"
+CACHE_ENV = "CFX_JAX_COMPILATION_CACHE"
 
 logger = logging.getLogger(__name__)
 
@@ -28,15 +35,39 @@ def runtime_config() -> ml_collections.ConfigDict:
   c.num_processes = ml_collections.FieldReference(None, field_type=int)
   c.process_id = ml_collections.FieldReference(None, field_type=int)
   c.initialization_timeout = 300     # seconds to wait for every process
+  # None: the default folder (module docstring); "": no cache.
   c.compilation_cache_dir = ml_collections.FieldReference(None, field_type=str)
   return c
 
 
+def compilation_cache_dir(path: str | None = None) -> str:
+  """The cache folder that `path` (a config's setting) names; "" when it is off."""
+  if path is None:
+    path = os.environ.get(CACHE_ENV)
+  if path is None:
+    path = jax.config.jax_compilation_cache_dir
+  if path is None:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(base, "cfx_jax", "jax")
+  return os.path.abspath(os.path.expanduser(path)) if path else ""
+
+
+def enable_compilation_cache(path: str | None = None) -> str:
+  """Cache compiled programs in `compilation_cache_dir(path)`, the small ones too: JAX
+  skips programs compiled in under a second by default, which is most of them on a CPU.
+  Thresholds set in the environment are kept. Returns the folder, "" when off."""
+  folder = compilation_cache_dir(path)
+  if folder:
+    jax.config.update("jax_compilation_cache_dir", folder)
+    for option, lowest in (("jax_persistent_cache_min_compile_time_secs", 0.0),
+                           ("jax_persistent_cache_min_entry_size_bytes", 0)):
+      if option.upper() not in os.environ:
+        jax.config.update(option, lowest)
+  return folder
+
+
 def setup(c: ml_collections.ConfigDict) -> None:
-  if c.compilation_cache_dir:
-    # Restarts after preemption then load compiled programs instead of recompiling.
-    jax.config.update("jax_compilation_cache_dir", os.path.abspath(c.compilation_cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  enable_compilation_cache(c.compilation_cache_dir)
   if c.distributed or os.environ.get(ENV_FLAG) == "1":
     initialize_distributed(c)
 

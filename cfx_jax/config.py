@@ -9,7 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 
-# Measured with benchmarks/counterfactual_truth.py (lesion quick-start setting,
+# Measured with studies/counterfactual_truth.py (lesion quick-start setting,
 # docs/counterfactual_truth.md): detached cycles, a 4x stronger adversarial weight and a 4x
 # faster discriminator turn SyCE's tints into fades the oracle accepts. CyCE and SAGen
 # keep the papers' weights until they are measured the same way.

@@ -5,7 +5,7 @@ what a generator leaves behind: a lesion faded to a ghost ring with speckle in i
 (docs/counterfactual_truth.md). An autoencoder fitted only to the images the classifier
 assigns to the target class never saw such a remnant and cannot reconstruct it; on the
 lesion set its squared error within the lesion is 0.0066 for the true twins, 0.065 for
-SyCE's counterfactuals and 0.28 for the inputs (`benchmarks/removal_anatomy.py`). So
+SyCE's counterfactuals and 0.28 for the inputs (`studies/removal_anatomy.py`). So
 the counterfactual aimed at class t pays its reconstruction error under class t's
 autoencoder (weight `prior`; the autoencoder loss of prototype-guided counterfactuals,
 Van Looveren and Klaise 2019). The autoencoders are fitted once, before the explainer,

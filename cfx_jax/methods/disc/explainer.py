@@ -48,7 +48,7 @@ are enough on the small images here and keep a CPU run short. BN weight 0.01 (fi
 x10), TV 1e-4 and l2 1e-5 are deep inversion's reference values. TV and l2 are weak on
 small images; the per-image BN term is not (tens to hundreds at a real image, mostly from
 the deeper layers, whose per-image variance sits below the population's), so it moves
-pixels away from the query everywhere - `benchmarks/disc_ablation.py` measures what it
+pixels away from the query everywhere - `studies/disc_ablation.py` measures what it
 costs in proximity and localisation. Proximity 5 and manifold 1 were chosen on the lesion
 set so that both terms act against a cross-entropy of a few nats.
 """

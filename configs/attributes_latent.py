@@ -8,7 +8,7 @@ marker, bright, large), and its counterfactuals move the latent code until the
 classifier changes its mind. The spurious-marker study is `python -m train.causal`.
 """
 
-from configs import common
+from cfx_jax.configs import common
 from cfx_jax.jobs.datasets import dataset_config
 
 

@@ -1,6 +1,6 @@
 """Reference CNN on scikit-learn digits, 3 vs 8 (>= 97% test accuracy)."""
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config():

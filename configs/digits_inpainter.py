@@ -7,7 +7,7 @@ import ml_collections
 
 from cfx_jax.methods.fido.inpainter_train import inpainter_config
 from cfx_jax.engine.runtime import runtime_config
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config():

@@ -3,7 +3,7 @@
     python -m train.evaluate --config configs/digits_leaderboard.py --workdir runs/leaderboard_digits
 """
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """SyCE explainer of a 3-vs-8 digit classifier, as in the paper (no ground-truth masks)."""
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config(preset: str = "small"):  # --config configs/digits_syce.py:paper

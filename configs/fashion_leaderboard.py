@@ -7,7 +7,7 @@ independent oracle (agreement with the target class, FID/KID in its features). N
 `apt-get install dataset-fashion-mnist`.
 """
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config():

@@ -2,7 +2,7 @@
 before the settings were chosen by judges, and run only at the end, as the honest test
 of the defaults (docs/selection.md)."""
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config(preset: str = "small"):  # --config configs/fashion_pullover_coat.py:paper

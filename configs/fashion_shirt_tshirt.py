@@ -1,7 +1,7 @@
 """SyCE explainer of a shirt-vs-T-shirt/top Fashion-MNIST classifier: a pair that sleeves,
 collar and buttons separate more than the silhouette does."""
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config(preset: str = "small"):  # --config configs/fashion_shirt_tshirt.py:paper

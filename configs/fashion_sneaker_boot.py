@@ -1,6 +1,6 @@
 """SyCE explainer of a sneaker-vs-ankle-boot Fashion-MNIST classifier (no ground-truth masks)."""
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config(preset: str = "small"):  # --config configs/fashion_sneaker_boot.py:paper

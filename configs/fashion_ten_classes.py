@@ -4,7 +4,7 @@ half of the images toward their runner-up class and pushes the flip harder
 (docs/fashion_mnist.md, "Ten classes": 600 steps of batch 80 flipped 0.965 of the test
 images there, and the oracle agreed with 0.867)."""
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config(preset: str = "small"):  # --config configs/fashion_ten_classes.py:paper

@@ -10,7 +10,7 @@ costs the same, so the time is set by `steps`. Any setting of `cae_config` can b
 overridden, e.g. --config.explainer.settings.steps=3000.
 """
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """Reference CNN on the procedural lesion set (>= 97% test accuracy)."""
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config():

@@ -6,7 +6,7 @@ Fitting trains only the auxiliary uncertainty model (the manifold term); each ex
 image costs its own optimisation, so the evaluation uses 64 test images.
 """
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config():

@@ -7,7 +7,7 @@ Nothing is trained for the explainer; each explained image costs its own optimis
 (300 steps x 8 mask samples), so the evaluation uses 64 test images.
 """
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config():

@@ -10,7 +10,7 @@ reused from the work directory. Every row keeps the paper's optimiser settings (
 steps x 8 mask samples) and explains 64 test images, one seed.
 """
 
-from configs import common, lesions_inpainter
+from cfx_jax.configs import common, lesions_inpainter
 
 INFILLERS = ("blur", "mean", "noise", "local_mean", "inpainter")
 

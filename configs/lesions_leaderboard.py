@@ -6,7 +6,7 @@ Trains the classifier once and each trained explainer for three seeds (finished 
 reused), then writes leaderboard.md / leaderboard.json and the figures.
 """
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config():

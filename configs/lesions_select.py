@@ -3,7 +3,7 @@
 of 32 images each, judged on held-out images; the result scored against the masks, the
 twins and the evaluation's independent oracle."""
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config(preset: str = "small"):  # --config configs/lesions_select.py:paper

@@ -4,7 +4,7 @@ The explainer trains in 5 to 13 minutes on a 2-core CPU (README). Other methods:
 --config.explainer.method=cyce|sagen.
 """
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config(preset: str = "small"):  # --config configs/lesions_syce.py:paper

@@ -28,7 +28,7 @@ from cfx_jax.jobs import classifier_training
 from cfx_jax.jobs.datasets import load_split
 from cfx_jax.metrics import localization_report, truth_report
 from cfx_jax.metrics.oracle import load_or_train_oracle
-from configs import common
+from cfx_jax.configs import common
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 

@@ -22,7 +22,7 @@ from cfx_jax.jobs import classifier_training
 from cfx_jax.jobs.datasets import load_split
 from cfx_jax.jobs.evaluate import evaluate_explainer
 from cfx_jax.methods.conditional.train import train_explainer
-from configs import lesions_syce
+from cfx_jax.configs import lesions_syce
 
 VARIANTS = {
     "syce": lambda: explainer_config("syce"),

@@ -34,7 +34,7 @@ from cfx_jax.jobs import classifier_training
 from cfx_jax.jobs.datasets import load_split
 from cfx_jax.methods.conditional.train import train_explainer
 from cfx_jax.selection.search import member_config
-from configs import common
+from cfx_jax.configs import common
 
 # Every variant starts from the defaults before this study (residual generator, direct
 # L1 proximity, the papers' loss weights, one learning rate); these restore them.

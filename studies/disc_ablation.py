@@ -41,7 +41,7 @@ def load_data(args):
   if args.smoke:
     return (make_lesions(256, image_size=16, seed=0), make_lesions(64, image_size=16, seed=1, twins=True))
   from cfx_jax.jobs.datasets import load_split
-  from configs import lesions_classifier
+  from cfx_jax.configs import lesions_classifier
   config = lesions_classifier.get_config()
   return load_split(config.dataset, "train"), load_split(config.dataset, "test")
 
@@ -54,7 +54,7 @@ def classifier_and_auxiliary(args, train, test):
     clf = classifier_training.load_classifier(clf_dir)
     sources["classifier"] = f"loaded from {os.path.abspath(clf_dir)}"
   else:
-    from configs import lesions_classifier
+    from cfx_jax.configs import lesions_classifier
     c = lesions_classifier.get_config().classifier
     c.steps, c.progress, c.num_devices = args.classifier_steps, False, 1
     if args.smoke:

@@ -30,7 +30,7 @@ from cfx_jax.data.corruptions import gaussian_blur
 from cfx_jax.jobs import classifier_training
 from cfx_jax.jobs.datasets import load_split
 from cfx_jax.metrics.oracle import load_or_train_oracle
-from configs import common
+from cfx_jax.configs import common
 
 STRENGTHS = (1.0, 0.6, 0.5, 0.4, 0.3, 0.2)
 BLURS = (0.0, 0.5, 0.75, 1.0)

@@ -186,7 +186,7 @@ def test_load_source_falls_back_to_tfds(tmp_path, monkeypatch):
 def test_configs_name_the_dataset(module, classes):
   import importlib
 
-  c = importlib.import_module(f"configs.{module}").get_config()
+  c = importlib.import_module(f"cfx_jax.configs.{module}").get_config()
   assert c.dataset.name == "fashion_mnist"
   assert tuple(c.dataset.kwargs.classes) == classes
   assert c.dataset.kwargs.image_size == 32 and c.dataset.kwargs.channels == 1
@@ -212,7 +212,7 @@ def test_real_splits():
 
 @needs_real_files
 def test_real_config_split():
-  from configs import fashion_sneaker_boot
+  from cfx_jax.configs import fashion_sneaker_boot
   from cfx_jax.jobs.datasets import load_split
 
   c = fashion_sneaker_boot.get_config()

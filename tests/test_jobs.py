@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from configs import common
+from cfx_jax.configs import common
 from cfx_jax.jobs.train import train_and_evaluate
 
 
@@ -64,7 +64,7 @@ def test_classifier_predict_proba_is_the_softmax_of_its_logits():
 
 @pytest.mark.slow
 def test_latent_job_trains_on_the_attribute_labels(tmp_path):
-  from configs import attributes_latent
+  from cfx_jax.configs import attributes_latent
   c = attributes_latent.get_config()
   c.dataset.num_train, c.dataset.num_test, c.dataset.kwargs.image_size = 300, 16, 16
   c.classifier.steps, c.classifier.progress = 10, False

@@ -436,7 +436,7 @@ def test_bad_pretrained_generators_raise_before_training(attribute_data, classif
 
 @pytest.mark.slow
 def test_causal_study_job_end_to_end(tmp_path):
-  from configs.attributes_causal import get_config
+  from cfx_jax.configs.attributes_causal import get_config
   from cfx_jax.jobs.causal_study import run_spurious_marker_study
 
   result = run_spurious_marker_study(get_config("smoke"), str(tmp_path))

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from cfx_jax.jobs import evaluators, leaderboard
-from configs import common
+from cfx_jax.configs import common
 
 
 def tiny_config():

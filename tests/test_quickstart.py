@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from configs import lesions_syce
+from cfx_jax.configs import lesions_syce
 from cfx_jax.jobs.train import train_and_evaluate
 
 

@@ -1,6 +1,6 @@
 """A tiny train-job config for tests that run `python -m train` as a real process."""
 
-from configs import common
+from cfx_jax.configs import common
 
 
 def get_config():

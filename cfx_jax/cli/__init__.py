@@ -6,9 +6,9 @@
     cfx-jax explain --classifier mypkg.models:make_classifier --images x.npy --out out/
 
 `--config` is the name of a config shipped with the package (the repository's
-`configs/`) or the path of a config file; `--config.<field>=<value>` overrides a field,
-as with `python -m train`. The library only logs; this module and `python -m train` show
-its messages.
+`configs/`, installed as `cfx_jax.configs`) or the path of a config file;
+`--config.<field>=<value>` overrides a field, as with `python -m train`. The library
+only logs; this module and `python -m train` show its messages.
 """
 
 from __future__ import annotations

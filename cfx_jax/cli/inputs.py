@@ -15,7 +15,8 @@ import numpy as np
 import cfx_jax
 
 PROG = "cfx-jax"
-CONFIG_PACKAGE = "configs"
+CONFIG_PACKAGE = "cfx_jax.configs"  # the repository's configs/, installed under cfx_jax
+CONFIG_FOLDER = "configs"
 
 
 class CliError(Exception):
@@ -39,7 +40,7 @@ def resolve_config(spec: str) -> str:
   spec, colon, argument = spec.partition(":")
   if os.path.isfile(spec):
     return spec + colon + argument
-  name = re.sub(r"\.py$", "", re.sub(rf"^{CONFIG_PACKAGE}[/\\]", "", spec))
+  name = re.sub(r"\.py$", "", re.sub(rf"^{CONFIG_FOLDER}[/\\]", "", spec))
   if name.isidentifier() and name in shipped_configs():
     return str(importlib.resources.files(CONFIG_PACKAGE) / f"{name}.py") + colon + argument
   raise CliError(f"--config {spec!r} is neither a config file nor a shipped config; "

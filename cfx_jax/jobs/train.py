@@ -7,7 +7,7 @@ with an `inpainter` section first trains (or reuses) a generative in-filler for 
 scores it against the blur and mean fills; with `classifier = None` that is all it does.
 
 `config.explainer` holds `method`, `seed` and that method's settings: an
-`explainer_config` for the generator methods, `configs.common.method_config` for the
+`explainer_config` for the generator methods, `cfx_jax.configs.common.method_config` for the
 others.
 """
 

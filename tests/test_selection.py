@@ -9,6 +9,7 @@ import pytest
 
 import cfx_jax
 from cfx_jax import selection
+from cfx_jax.methods.conditional import population
 from cfx_jax.selection import judges, search
 
 from conftest import model_config
@@ -86,16 +87,20 @@ def test_choose_keeps_valid_candidates_and_prefers_the_smallest_realistic_edit()
     search.choose({"x": _scores(1.0, 1.0, 1.0, 1.0, finite=False)})
 
 
-def test_candidates_per_direction_for_two_classes():
+def test_candidates_for_two_classes_and_shared_networks():
   base = cfx_jax.explainer_config("syce")
   names = search.candidates(base, 2)
-  assert {"edit", "in-fill 0->1", "in-fill 1->0"} <= set(names)
-  member = search.member_config(base, names["in-fill 1->0"])
-  assert tuple(member.model.fill_only) == (1,) and member.model.mask_grow == 1
+  assert set(names) == {"edit", "smooth edit", "in-fill"}
+  smooth, fill = (search.member_config(base, names[n]) for n in ("smooth edit", "in-fill"))
+  # the edits share their networks (one population); every in-fill network only in-fills
+  assert population.group_key(smooth) == population.group_key(base)
+  assert tuple(fill.model.fill_only) == (0, 1) and fill.model.mask_grow == 1
+  assert population.group_key(fill) != population.group_key(base)
   assert tuple(base.model.fill_only) == ()          # the base is left as it was
   shared = search.candidates(base, 10)
-  assert not any("->" in n for n in shared) and "in-fill" in shared
-  assert not any("->" in n for n in search.candidates(cfx_jax.explainer_config("sagen"), 2))
+  assert search.member_config(base, shared["in-fill"]).model.infill
+  sagen = search.candidates(cfx_jax.explainer_config("sagen"), 2)
+  assert "model.fill_only" not in sagen["in-fill"]
 
 
 def _tiny_select(**extra):
@@ -116,7 +121,7 @@ def test_fit_with_selection_records_and_saves_the_choice(classifier_fn, images, 
              if "networks_from" not in c["settings"]}
   assert trained == set(forms) | {f"{n}, seed 1" for n in forms}
   assert record["candidates"]["edit, seed 1"]["settings"] == {"seed": 1}
-  assert record["candidates"]["in-fill 1->0"]["settings"]["model.fill_only"] == [1]
+  assert record["candidates"]["in-fill"]["settings"]["model.fill_only"] == [0, 1]
   assert set(record["by_direction"]) == {"0->1", "1->0"}
   assert set(record["by_direction"].values()) <= trained
   for c in record["candidates"].values():
@@ -181,7 +186,7 @@ def test_a_composed_explainer_takes_each_direction_from_its_candidate(classifier
   from cfx_jax.methods.conditional.train import resolve_config, train_group
   base = resolve_config("syce", model_config(steps=2, batch_size=8))
   forms = search.candidates(base, 2)
-  edit, fill = (search.member_config(base, forms[n]) for n in ("edit", "in-fill 1->0"))
+  edit, fill = (search.member_config(base, forms[n]) for n in ("edit", "in-fill"))
   fitted = {"edit": train_group(classifier, images, [edit])[0],
             "fill": train_group(classifier, images, [fill])[0]}
   both = search.compose(fitted, {"0->1": "edit", "1->0": "fill"})

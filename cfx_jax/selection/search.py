@@ -34,21 +34,26 @@ logger = logging.getLogger(__name__)
 # within VALID_SLACK of the best).
 VALID_BAR = 0.9
 VALID_SLACK = 0.05
-# The in-fill form for a direction that removes: the mask widened by a pixel, the
-# generator charged for where it edits (l0) rather than how much, the flip required of
-# a weakened edit too, the edit's total variation charged (docs/counterfactual_truth.md).
-_FILL = {"model.mask_grow": 1, "weights.fill_l1": 0.0, "weights.fill_l0": 1.0,
-         "weights.tv": 3.0, "weights.flip_partial": 0.85}
+# The weights of a smooth edit: the flip must hold for a weakened edit too, and the
+# edit's total variation is charged (docs/counterfactual_truth.md): strokes and fades
+# rather than scattered tints.
+_SMOOTH = {"weights.tv": 3.0, "weights.flip_partial": 0.85}
+# The in-fill form for a direction that removes: the generator can only replace a region
+# by its surroundings, through a mask widened by a pixel, and is charged for where it
+# edits (l0) rather than how much.
+_FILL = {**_SMOOTH, "model.mask_grow": 1, "weights.fill_l1": 0.0, "weights.fill_l0": 1.0}
 
 
 def candidates(base: ml_collections.ConfigDict, num_classes: int) -> dict[str, dict]:
   """{name: overrides of `base`}: the settings a selection compares. Few, because on
-  the CPU each costs a fit: the base (the generator edits), and the in-fill form for
-  each direction that may be removing evidence."""
-  out = {"edit": {}}
+  the CPU each costs a fit: the base (the generator edits), a smooth edit (same
+  networks, so one population with the base), and the in-fill form. With one network
+  per source class (two classes, SyCE, CyCE) every network of the in-fill candidate
+  only in-fills, and each direction's network is chosen apart (`compose`): a direction
+  that removes evidence can take the in-fill, one that adds a smooth edit."""
+  out = {"edit": {}, "smooth edit": dict(_SMOOTH)}
   if base.method in ("syce", "cyce") and num_classes == 2 and not base.model.shared:
-    for c in (0, 1):
-      out[f"in-fill {c}->{1 - c}"] = {"model.fill_only": (c,), **_FILL}
+    out["in-fill"] = {"model.fill_only": (0, 1), **_FILL}
   else:  # one network for every direction: the in-fill form (which can still draw)
     out["in-fill"] = {"model.infill": True, "model.mask_grow": 1, "weights.tv": 3.0}
   return out

@@ -22,14 +22,15 @@ from flax import nnx
 from benchmarks import step_time
 from cfx_jax.baselines import BASELINES, explain_baseline
 from cfx_jax.classifier import from_module
-from cfx_jax.methods import GENERATORS, REGISTRY, ModelSpec
+from cfx_jax.methods import GENERATOR_METHODS, METHODS, ModelSpec
+from cfx_jax.methods.conditional import get_generator
 from cfx_jax.models import CNNClassifier
 
 
 def generative(name):
   def make(clf, image_size, channels, chunk_size):
     from cfx_jax.methods.conditional.explainer import GeneratorExplainer
-    method = GENERATORS[name]
+    method = get_generator(name)
     spec = ModelSpec(image_size, channels, 2)
     gen_def, gen_params = nnx.split(method.build(spec, nnx.Rngs(0))[0])
     explainer = GeneratorExplainer(method, spec, gen_def, gen_params, clf,
@@ -41,7 +42,7 @@ def generative(name):
 def optimiser(name):
   def make(clf, image_size, channels, chunk_size):
     images = np.zeros((1, image_size, image_size, channels), np.float32)
-    explainer = REGISTRY[name].fit(clf, images, seed=0, config={"warn_failures": False})
+    explainer = METHODS[name].fit(clf, images, seed=0, config={"warn_failures": False})
     return explainer.explain
   return make
 
@@ -53,8 +54,8 @@ def baseline(name):
 
 
 # Methods that optimise per image (FIDO, DISC) are timed on fewer images.
-OPTIMISERS = sorted(name for name, entry in REGISTRY.items() if entry.optimises_per_image)
-MAKERS = {**{name: generative(name) for name in GENERATORS},
+OPTIMISERS = sorted(name for name, entry in METHODS.items() if entry.optimises_per_image)
+MAKERS = {**{name: generative(name) for name in GENERATOR_METHODS},
           **{name: optimiser(name) for name in OPTIMISERS},
           **{name: baseline(name) for name in BASELINES}}
 

@@ -28,13 +28,18 @@ _SOURCES = {
     "explain_baseline": "cfx_jax.baselines", "Classifier": "cfx_jax.classifier",
     "as_classifier": "cfx_jax.classifier", "explainer_config": "cfx_jax.config",
     "paper_form": "cfx_jax.config", "Explanation": "cfx_jax.explanation",
-    "REGISTRY": "cfx_jax.methods", "Explainer": "cfx_jax.methods",
+    "Explainer": "cfx_jax.methods",
 }
+# Public names whose object now goes by another name where it lives.
+_RENAMED = {"REGISTRY": ("cfx_jax.methods", "METHODS")}
 
 
 def __getattr__(name: str):
   if name == "METHODS":  # every method fit_explainer accepts
-    value = tuple(sorted(importlib.import_module("cfx_jax.methods").REGISTRY))
+    value = tuple(sorted(importlib.import_module("cfx_jax.methods").METHODS))
+  elif name in _RENAMED:
+    module, attribute = _RENAMED[name]
+    value = getattr(importlib.import_module(module), attribute)
   elif name in _SOURCES:
     value = getattr(importlib.import_module(_SOURCES[name]), name)
   elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
@@ -46,7 +51,7 @@ def __getattr__(name: str):
 
 
 def __dir__():
-  return sorted({*globals(), *_SOURCES, "METHODS"})
+  return sorted({*globals(), *_SOURCES, *_RENAMED, "METHODS"})
 
 
 __all__ = ["BASELINES", "METHODS", "Classifier", "Explainer", "Explanation",

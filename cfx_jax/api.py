@@ -8,14 +8,12 @@ import os
 
 import numpy as np
 
-from cfx_jax import config as config_lib
 from cfx_jax import image_space, persistence, validation
 from cfx_jax.baselines import BASELINES
 from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
 from cfx_jax import selection
 from cfx_jax.methods import registry
-from cfx_jax.methods.conditional import GENERATORS
 from cfx_jax.methods.conditional import train as generator_train
 from cfx_jax.methods.registry import Explainer
 
@@ -88,20 +86,20 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
   space, clf, x = image_space.bind(classifier, images, outputs=outputs,
                                    value_range=value_range, variables=variables,
                                    multiple=multiple, square=square)
-  if select and method not in GENERATORS:
+  generative = method in registry.GENERATOR_METHODS
+  if select and not generative:
     raise ValueError(f"select=True chooses among settings of the generator methods "
-                     f"{sorted(GENERATORS)}, not {method!r}")
+                     f"{sorted(registry.GENERATOR_METHODS)}, not {method!r}")
   if select is None:
-    select = method in GENERATORS and (config is None or _selects(config))
+    select = generative and (config is None or _selects(config))
   if select:
-    registry.keyword_settings(method, config, lambda: config_lib.explainer_config(method),
-                              steps, batch_size)
+    entry.settings(config, steps, batch_size)  # raises where they disagree with config
     base = generator_train.resolve_config(method, config, seed=seed, steps=steps,
                                           batch_size=batch_size)
     base.select.enabled = True
     inner = selection.select(as_classifier(clf, x.shape[1:]), x, base, workdir)
   else:
-    if method in GENERATORS and _selects(config):  # select=False wins over the config
+    if generative and _selects(config):  # select=False wins over the config
       config = _without_selection(method, config)
     inner = entry.fit(clf, x, config=config, seed=seed, steps=steps, batch_size=batch_size,
                       workdir=workdir, **extra)
@@ -223,7 +221,7 @@ def _documented(method, wrapped):
 
 def trainable_methods() -> list[str]:
   """Every method `fit_explainer` accepts."""
-  return sorted(registry.REGISTRY)
+  return sorted(registry.METHODS)
 
 
 __all__ = ["fit_explainer", "load_explainer", "trainable_methods"]

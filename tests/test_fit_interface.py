@@ -15,19 +15,19 @@ from conftest import linear_logits, model_config, random_images  # noqa: E402
 import cfx_jax  # noqa: E402
 from cfx_jax.explanation import Explanation  # noqa: E402
 from cfx_jax.methods.fido.explainer import fido_config  # noqa: E402
+from cfx_jax.methods.registry import GENERATOR_METHODS  # noqa: E402
 
 STEPS = 2
 BATCH = 8
-GENERATORS = ("syce", "cyce", "sagen")
 # The settings `steps` and `batch_size` stand for, per method (registry docstring).
 STEPS_SETTINGS = {"cae": ("steps",), "disc": ("steps",), "fido": ("steps",),
                   "latent": ("vae_steps", "predictor_steps", "shift_steps"),
-                  **{g: ("steps",) for g in GENERATORS}}
+                  **{g: ("steps",) for g in GENERATOR_METHODS}}
 BATCH_SETTINGS = {"cae": "batch_size", "disc": "chunk_size", "fido": "chunk_size",
-                  "latent": "batch_size", **{g: "batch_size" for g in GENERATORS}}
+                  "latent": "batch_size", **{g: "batch_size" for g in GENERATOR_METHODS}}
 # Tiny networks, quiet, one device; whatever each method needs to fit in seconds.
 TINY = {
-    **{g: model_config() for g in GENERATORS},
+    **{g: model_config() for g in GENERATOR_METHODS},
     "cae": {"num_devices": 1, "progress": False, "log_every": 1, "checkpoint_every": 100,
             "chunk_size": 16, "model": {"features": (8, 16), "content_channels": 8,
                                         "mlp_width": 16, "disc_features": (8, 16),
@@ -82,7 +82,7 @@ def _settings_at_trainer(method, images, monkeypatch):
     seen.update(next(a for a in args if hasattr(a, "to_dict")).to_dict())
     raise _Stop
 
-  if method in GENERATORS:
+  if method in GENERATOR_METHODS:
     from cfx_jax.methods.conditional import train as generator_train
     monkeypatch.setattr(generator_train, "train_explainer", stand_in)
   elif method == "cae":
@@ -114,7 +114,7 @@ def test_steps_and_batch_size_are_honoured(fitted, images, method, monkeypatch):
 
 
 def _params(explainer, method):
-  if method in GENERATORS:
+  if method in GENERATOR_METHODS:
     return explainer.gen_params
   return explainer.model.params
 
@@ -122,7 +122,7 @@ def _params(explainer, method):
 @pytest.mark.parametrize("method", ["syce", "cae"])
 def test_the_seed_decides_the_fit(images, method):
   explainer = _fit(method, images, steps=STEPS, batch_size=BATCH)
-  history = explainer.history if method in GENERATORS else explainer.model.history
+  history = explainer.history if method in GENERATOR_METHODS else explainer.model.history
   assert [row["step"] for row in history] == list(range(1, STEPS + 1))  # the steps run
   first = jax.tree.leaves(_params(explainer, method))
   same = jax.tree.leaves(_params(_fit(method, images, steps=STEPS, batch_size=BATCH), method))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import cfx_jax
-from cfx_jax.methods import GENERATORS, ModelSpec
+from cfx_jax.methods import ModelSpec
+from cfx_jax.methods.conditional import get_generator
 from cfx_jax.methods.conditional import gan
 from cfx_jax.engine import mesh as mesh_lib
 
@@ -15,7 +16,7 @@ from conftest import IMAGE_SHAPE, linear_logits, linear_predict
 
 SPEC = ModelSpec(image_size=16, channels=3, num_classes=2, gen_features=(8, 16),
                  disc_features=(8, 16))
-METHOD = GENERATORS["syce"]
+METHOD = get_generator("syce")
 PER_CLASS = 8   # divisible by the 8 devices of the sharded mesh
 LR = 1e-3
 

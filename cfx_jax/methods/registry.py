@@ -1,7 +1,8 @@
 """Every explanation method by name, behind one interface: fit one, load a saved one.
 
-The API, the train job and the leaderboard only ever look a method up here; none of
-them knows which family a method belongs to.
+`METHODS` is the one table of methods: the API, the train job and the leaderboard only
+ever look a method up here, and every entry is fitted the same way (`Entry.fit`); only
+the API's choice of a setting by judges asks which methods are `GENERATOR_METHODS`.
 
 `fit(steps=, batch_size=)` set these settings of each method (a config that sets one of
 them to another value raises):
@@ -29,7 +30,7 @@ from cfx_jax.classifier import as_classifier, check_fingerprint
 from cfx_jax.explanation import Explanation
 from cfx_jax.methods.cae import CaeExplainer
 from cfx_jax.methods.cae.explainer import cae_config
-from cfx_jax.methods.conditional import GENERATORS, get_generator
+from cfx_jax.methods.conditional import RECIPES, get_generator
 from cfx_jax.methods.conditional import explainer as generator_explainer
 from cfx_jax.methods.conditional import train as generator_train
 from cfx_jax.methods.disc import DiscExplainer
@@ -70,22 +71,43 @@ class Explainer(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  """fit(classifier, images, *, config, seed, steps, batch_size, workdir[, attributes]
-  [, generator]): trains what the method needs; with `workdir` it checkpoints there,
-  resumes, and saves the fitted explainer to `<workdir>/explainer`.
+  """One method: how to fit it, how to load it, and what its fit takes.
+
+  train(classifier, images, *, config, seed, settings, workdir[, attributes]
+  [, generator]): the family's training, given the settings `steps` and `batch_size`
+  stand for; with `workdir` it checkpoints there, resumes, and saves the fitted explainer
+  to `<workdir>/explainer`.
   load(meta, classifier, path[, generator]): the explainer saved at `path`, whose
   explainer.json is `meta`, checked against `classifier`.
   """
 
   name: str
-  fit: Callable[..., Explainer]
+  family: str                     # the package under cfx_jax/methods that implements it
+  defaults: Callable[[], ml_collections.ConfigDict]  # the method's default settings
+  train: Callable[..., Explainer]
   load: Callable[[dict, object, str], Explainer]
+  steps_settings: tuple[str, ...] = ("steps",)       # what `steps` sets
+  batch_settings: tuple[str, ...] = ("batch_size",)  # what `batch_size` sets
   optimises_per_image: bool = False  # `explain` runs an optimisation for every image
   uses_attributes: bool = False      # `fit` takes attribute labels of the images
   uses_generator: bool = False       # `fit` and `load` take a pretrained generator
   # grid(config) -> (multiple, square): image sides the method's networks take are
   # multiples of `multiple`, and equal if `square` (the API pads other sizes).
   grid: Callable[[object], tuple[int, bool]] = lambda config: (1, False)
+
+  def settings(self, config, steps=None, batch_size=None) -> dict:
+    """{setting: value} that `steps` and `batch_size` stand for (`keyword_settings`)."""
+    return keyword_settings(self.name, config, self.defaults, steps, batch_size,
+                            self.steps_settings, self.batch_settings)
+
+  def fit(self, classifier, images, *, config=None, seed=0, steps=None, batch_size=None,
+          workdir=None, **extra) -> Explainer:
+    """Train what the method needs on `images`: the one way every method is fitted."""
+    if config is not None and not isinstance(config, (dict, ml_collections.ConfigDict)):
+      raise TypeError(f"config must be a ConfigDict or a dict, got {type(config).__name__}")
+    return self.train(classifier, images, config=config, seed=seed,
+                      settings=self.settings(config, steps, batch_size), workdir=workdir,
+                      **extra)
 
 
 def _setting(config, path: str, default):
@@ -134,35 +156,32 @@ def keyword_settings(name: str, config, defaults, steps, batch_size,
 
 
 def _generator_entry(name: str) -> Entry:
-  def fit(classifier, images, *, config=None, seed=0, steps=None, batch_size=None,
-          workdir=None):
-    keyword_settings(name, config, lambda: config_lib.explainer_config(name), steps,
-                     batch_size)
+  """A conditional-generator method: trained by the shared GAN loop, whose config is
+  `cfx_jax.explainer_config(name)`."""
+
+  def train(classifier, images, *, config, seed, settings, workdir):
     return generator_train.fit(name, classifier, images, config=config, seed=seed,
-                               steps=steps, batch_size=batch_size, workdir=workdir)
+                               steps=settings.get("steps"),
+                               batch_size=settings.get("batch_size"), workdir=workdir)
 
   def load(meta, classifier, path):
     return generator_explainer.load(get_generator(name), meta, classifier, path)
 
-  default = config_lib.explainer_config(name).model.gen_features
-  return Entry(name, fit, load, grid=_halving_grid("model.gen_features", default, 1,
-                                                   square=True))
+  def defaults():
+    return config_lib.explainer_config(name)
+
+  return Entry(name, "conditional", defaults, train, load, grid=_halving_grid(
+      "model.gen_features", defaults().model.gen_features, 1, square=True))
 
 
-def _own_class_entry(name: str, cls, defaults, *, steps_settings=("steps",),
-                     batch_settings=("batch_size",), **flags) -> Entry:
+def _class_entry(name: str, cls, defaults, **options) -> Entry:
   """A method whose explainer class has fit / from_meta / save of its own; `defaults()`
-  its settings."""
+  its settings, which a dict of overrides (`steps` and `batch_size` on top) updates."""
 
-  def fit(classifier, images, *, config=None, seed=0, steps=None, batch_size=None,
-          workdir=None, **extra):
-    if config is not None and not isinstance(config, (dict, ml_collections.ConfigDict)):
-      raise TypeError(f"config must be a ConfigDict or a dict, got {type(config).__name__}")
-    keywords = keyword_settings(name, config, defaults, steps, batch_size, steps_settings,
-                                batch_settings)
+  def train(classifier, images, *, config, seed, settings, workdir, **extra):
     if isinstance(config, ml_collections.ConfigDict):
       config = config.to_dict()
-    config = {**(config or {}), **keywords}
+    config = {**(config or {}), **settings}
     explainer = cls.fit(as_classifier(classifier, images.shape[1:]), images, seed=seed,
                         config=config, workdir=workdir, **extra)
     if workdir:
@@ -174,25 +193,27 @@ def _own_class_entry(name: str, cls, defaults, *, steps_settings=("steps",),
     check_fingerprint(meta["classifier_fingerprint"], clf, f"explainer at {path}")
     return cls.from_meta(meta, clf, path, **extra)
 
-  return Entry(name, fit, load, **flags)
+  return Entry(name, name, defaults, train, load, **options)
 
 
-REGISTRY: dict[str, Entry] = {
-    **{name: _generator_entry(name) for name in GENERATORS},
-    "cae": _own_class_entry("cae", CaeExplainer, cae_config, grid=_halving_grid(
+METHODS: dict[str, Entry] = {
+    **{recipe.name: _generator_entry(recipe.name) for recipe in RECIPES},
+    "cae": _class_entry("cae", CaeExplainer, cae_config, grid=_halving_grid(
         "model.features", cae_config().model.features, 1)),
-    "disc": _own_class_entry("disc", DiscExplainer, disc_config, batch_settings=("chunk_size",),
-                             optimises_per_image=True),
-    "fido": _own_class_entry("fido", FidoExplainer, fido_config, batch_settings=("chunk_size",),
-                             optimises_per_image=True),
-    "latent": _own_class_entry("latent", LatentExplainer, latent_config,
-                               steps_settings=("vae_steps", "predictor_steps", "shift_steps"),
-                               uses_attributes=True, uses_generator=True, grid=_halving_grid(
-                                   "vae_features", latent_config().vae_features, 0)),
+    "disc": _class_entry("disc", DiscExplainer, disc_config, batch_settings=("chunk_size",),
+                         optimises_per_image=True),
+    "fido": _class_entry("fido", FidoExplainer, fido_config, batch_settings=("chunk_size",),
+                         optimises_per_image=True),
+    "latent": _class_entry("latent", LatentExplainer, latent_config,
+                           steps_settings=("vae_steps", "predictor_steps", "shift_steps"),
+                           uses_attributes=True, uses_generator=True, grid=_halving_grid(
+                               "vae_features", latent_config().vae_features, 0)),
 }
+# The methods `cfx_jax.selection` can choose a setting of: one GAN recipe, many weights.
+GENERATOR_METHODS = tuple(name for name, e in METHODS.items() if e.family == "conditional")
 
 
 def get(name: str) -> Entry:
-  if name not in REGISTRY:
-    raise ValueError(f"unknown method {name!r}; available: {sorted(REGISTRY)}")
-  return REGISTRY[name]
+  if name not in METHODS:
+    raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}")
+  return METHODS[name]

@@ -1,23 +1,24 @@
 """Conditional-generator explainers: CyCE and SyCE (`cycle.py`), SAGen (`sagen.py`).
 
 All three train with one GAN step (`gan.py`) on the engine's loop (`train.py`); the
-fitted result is a `GeneratorExplainer` (`explainer.py`).
+fitted result is a `GeneratorExplainer` (`explainer.py`). `RECIPES` are the family's
+members; `cfx_jax.methods.registry` names them beside the other methods.
 """
 
 from cfx_jax.methods.conditional.cycle import CycleExplainer
 from cfx_jax.methods.conditional.sagen import StableAdversarialExplainer
 
-GENERATORS = {
-    "syce": CycleExplainer(symmetric=True),
-    "cyce": CycleExplainer(symmetric=False),
-    "sagen": StableAdversarialExplainer(),
-}
+RECIPES = (CycleExplainer(symmetric=True), CycleExplainer(symmetric=False),
+           StableAdversarialExplainer())
 
 
 def get_generator(name: str):
-  if name not in GENERATORS:
-    raise ValueError(f"unknown generator method {name!r}; available: {sorted(GENERATORS)}")
-  return GENERATORS[name]
+  """The recipe of the generator method `name`, as a config's `method` names it."""
+  for recipe in RECIPES:
+    if recipe.name == name:
+      return recipe
+  raise ValueError(f"unknown generator method {name!r}; available: "
+                   f"{sorted(r.name for r in RECIPES)}")
 
 
-__all__ = ["GENERATORS", "CycleExplainer", "StableAdversarialExplainer", "get_generator"]
+__all__ = ["RECIPES", "CycleExplainer", "StableAdversarialExplainer", "get_generator"]

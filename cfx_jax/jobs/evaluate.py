@@ -12,42 +12,18 @@ import os
 import numpy as np
 
 from cfx_jax import report
-from cfx_jax.metrics import counterfactual_report, iou_curve, localization_report, truth_report
+from cfx_jax.metrics import iou_curve
 from cfx_jax.engine.logging import is_main_process
-from cfx_jax.jobs.evaluators import check_names
-
-
-def _counterfactual(explainer, test, x, out, oracle) -> dict:
-  stable_probs = (None if out.stable is None
-                  else explainer.classifier.predict_proba(out.stable))
-  return counterfactual_report(x, out, stable_probs)
-
-
-def _truth(explainer, test, x, out, oracle) -> dict | None:
-  return None if oracle is None else truth_report(test, out, oracle)
-
-
-def _localization(explainer, test, x, out, oracle) -> dict | None:
-  if "mask" not in test:
-    return None
-  masks = test["mask"][:len(x)]
-  has = masks.reshape(len(masks), -1).max(axis=1) > 0
-  return localization_report(out.maps[has], masks[has]) if has.any() else None
-
-
-# The train job's score families, by the names `config.eval.scores` uses (the
-# leaderboard's evaluators of the same names score per image; these summarise).
-REPORTS = {"counterfactual": _counterfactual, "truth": _truth,
-           "localization": _localization}
+from cfx_jax.jobs.evaluators import SCORE_FAMILIES, TRAIN_JOB_FAMILIES, check_names
 
 
 def check_scores(names) -> list[str]:
   """`config.eval.scores` of a train job, or a ValueError naming the nearest family."""
-  return check_names(names, REPORTS, "a train job")
+  return check_names(names, TRAIN_JOB_FAMILIES, "a train job")
 
 
 def evaluate_explainer(explainer, test: dict, *, num_images: int = 512, oracle=None,
-                       scores=tuple(REPORTS)) -> tuple[dict, object]:
+                       scores=TRAIN_JOB_FAMILIES) -> tuple[dict, object]:
   """The named score families on the first `num_images` test images: counterfactual
   quality on all of them, localization on those with a mask, and with an `oracle` the
   truth scores of `cfx_jax.metrics.truth` (twins where the test set has them, the
@@ -56,7 +32,7 @@ def evaluate_explainer(explainer, test: dict, *, num_images: int = 512, oracle=N
   out = explainer.explain(x)
   metrics = {"num_images": int(len(x))}
   for name in check_scores(scores):
-    section = REPORTS[name](explainer, test, x, out, oracle)
+    section = SCORE_FAMILIES[name].summary(explainer, test, x, out, oracle)
     if section is not None:
       metrics[name] = section
   return metrics, out

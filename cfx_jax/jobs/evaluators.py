@@ -1,12 +1,14 @@
-"""The leaderboard's scores, built by name from `config.eval.scores`, as big_vision builds
-its evaluators: a new family of scores is one function here and one name in a config.
+"""Every family of scores, in one table by the names `config.eval.scores` uses, built by
+name as big_vision builds its evaluators: a new family is a function here and one entry in
+`SCORE_FAMILIES`.
 
-Each evaluator scores one method's explanations and returns {score: values}: an (N,)
-array where the score exists per image (NaN where it does not apply to that image), a
-float where it exists only for the whole set (realism, preservation). It returns {} where
-the family does not apply: localization without masks, counterfactual scores for a
-map-only baseline, sanity for a trained explainer (which would need retraining against
-each randomised classifier).
+Each family scores one method's explanations for the leaderboard and returns {score:
+values}: an (N,) array where the score exists per image (NaN where it does not apply to
+that image), a float where it exists only for the whole set (realism, preservation). It
+returns {} where the family does not apply: localization without masks, counterfactual
+scores for a map-only baseline, sanity for a trained explainer (which would need
+retraining against each randomised classifier). The families a train job reports also
+summarise an explainer for its metrics.json (`ScoreFamily.summary`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from typing import Callable
 
 from cfx_jax import metrics as M
 from cfx_jax.baselines import BASELINES, explain_baseline
@@ -149,12 +153,52 @@ def sanity(name, x, out, masks, ctx: Scoring) -> dict:
   return {"randomisation_correlation": np.asarray(list(per_layer.values())[-1])}
 
 
-EVALUATORS = {"localization": localization, "faithfulness": faithfulness,
-              "counterfactual": counterfactual, "realism": realism, "truth": truth,
-              "sanity": sanity}
+def counterfactual_summary(explainer, test, x, out, oracle) -> dict:
+  """Flip, proximity and, for methods that make one, the stable image's preservation."""
+  stable_probs = (None if out.stable is None
+                  else explainer.classifier.predict_proba(out.stable))
+  return M.counterfactual_report(x, out, stable_probs)
 
 
-def check_names(names, available=EVALUATORS, job: str = "the leaderboard") -> list[str]:
+def truth_summary(explainer, test, x, out, oracle) -> dict | None:
+  """The oracle's verdict, twin removal and realism in its features (with an oracle)."""
+  return None if oracle is None else M.truth_report(test, out, oracle)
+
+
+def localization_summary(explainer, test, x, out, oracle) -> dict | None:
+  """Localization over the images that carry a ground-truth mask."""
+  if "mask" not in test:
+    return None
+  masks = test["mask"][:len(x)]
+  has = masks.reshape(len(masks), -1).max(axis=1) > 0
+  return M.localization_report(out.maps[has], masks[has]) if has.any() else None
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreFamily:
+  """per_image(name, x, out, masks, ctx: Scoring) -> {score: values}: the leaderboard's
+  scores of one method. summary(explainer, test, x, out, oracle) -> dict | None: the
+  train job's section of metrics.json (None where the family does not apply); families
+  without one are scored only by the leaderboard."""
+  per_image: Callable[..., dict]
+  summary: Callable[..., dict | None] | None = None
+
+
+# In the order a train job writes its sections.
+SCORE_FAMILIES = {
+    "counterfactual": ScoreFamily(counterfactual, counterfactual_summary),
+    "truth": ScoreFamily(truth, truth_summary),
+    "localization": ScoreFamily(localization, localization_summary),
+    "faithfulness": ScoreFamily(faithfulness),
+    "realism": ScoreFamily(realism),
+    "sanity": ScoreFamily(sanity),
+}
+# The families a train job reports, the default of its `config.eval.scores`.
+TRAIN_JOB_FAMILIES = tuple(name for name, f in SCORE_FAMILIES.items() if f.summary)
+
+
+def check_names(names, available=tuple(SCORE_FAMILIES),
+                job: str = "the leaderboard") -> list[str]:
   """The score families of `config.eval.scores`, or a ValueError naming the nearest one
   of `available`."""
   names = list(names)
@@ -168,10 +212,10 @@ def check_names(names, available=EVALUATORS, job: str = "the leaderboard") -> li
 
 
 def score(names, name, x, out, masks, ctx: Scoring) -> dict:
-  """Every score of the named evaluators for one method's explanations."""
+  """Every score of the named families for one method's explanations."""
   scores = {}
-  for evaluator in names:
-    scores.update(EVALUATORS[evaluator](name, x, out, masks, ctx))
+  for family in names:
+    scores.update(SCORE_FAMILIES[family].per_image(name, x, out, masks, ctx))
   return scores
 
 

@@ -11,7 +11,7 @@ filed under that name in `config.trained.settings` (e.g. another in-filler). Wit
 
 Each score is a mean with a 95% confidence interval: over seeds for trained explainers
 (each seed's mean over images is one sample, Student t), over images for the rest.
-Which scores are computed is `config.eval.scores`, names of `jobs.evaluators`.
+Which scores are computed is `config.eval.scores`, names in `evaluators.SCORE_FAMILIES`.
 """
 
 from __future__ import annotations

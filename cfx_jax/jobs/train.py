@@ -26,7 +26,8 @@ from cfx_jax.methods import registry
 from cfx_jax.metrics.oracle import load_or_train_oracle
 from cfx_jax.jobs import classifier_training
 from cfx_jax.jobs.datasets import load_split
-from cfx_jax.jobs.evaluate import REPORTS, check_scores, evaluate_explainer, write_outputs
+from cfx_jax.jobs.evaluate import check_scores, evaluate_explainer, write_outputs
+from cfx_jax.jobs.evaluators import TRAIN_JOB_FAMILIES
 from cfx_jax.jobs.inpainter_stage import run_inpainter_stage
 from cfx_jax.engine.logging import is_main_process
 
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   # Checked before anything trains; jobs without an explainer have no `eval`.
-  scores = check_scores((config.get("eval") or {}).get("scores", REPORTS))
+  scores = check_scores((config.get("eval") or {}).get("scores", TRAIN_JOB_FAMILIES))
   os.makedirs(workdir, exist_ok=True)
   if is_main_process():
     with open(os.path.join(workdir, "config.json"), "w") as f:

@@ -23,14 +23,14 @@ from benchmarks import step_time
 from cfx_jax.baselines import BASELINES, explain_baseline
 from cfx_jax.classifier import from_module
 from cfx_jax.methods import GENERATOR_METHODS, METHODS, ModelSpec
-from cfx_jax.methods.conditional import get_generator
+from cfx_jax.methods.conditional import get_recipe
 from cfx_jax.models import CNNClassifier
 
 
 def generative(name):
   def make(clf, image_size, channels, chunk_size):
     from cfx_jax.methods.conditional.explainer import GeneratorExplainer
-    method = get_generator(name)
+    method = get_recipe(name)
     spec = ModelSpec(image_size, channels, 2)
     gen_def, gen_params = nnx.split(method.build(spec, nnx.Rngs(0))[0])
     explainer = GeneratorExplainer(method, spec, gen_def, gen_params, clf,

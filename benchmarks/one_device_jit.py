@@ -23,7 +23,7 @@ from benchmarks.step_time import environment, write_result
 from cfx_jax import config as config_lib
 from cfx_jax import data as data_lib
 from cfx_jax.engine import mesh as mesh_lib
-from cfx_jax.methods.conditional import gan, get_generator
+from cfx_jax.methods.conditional import gan, get_recipe
 from cfx_jax.methods.conditional.train import model_spec
 
 
@@ -43,7 +43,7 @@ def main(argv=None):
   images = data_lib.make_lesions(max(256, a.batch), image_size=a.size, channels=3,
                                  seed=0)["image"]
   clf = _classifier(images)
-  method = get_generator("syce")
+  method = get_recipe("syce")
   spec = model_spec(c, images.shape[1:], 2)
   models, state = gan.init(method, spec, seed=0, lr=1e-4, b1=0.5, disc_lr_scale=4.0)
   step = gan.make_train_step(method, models, clf.apply, dict(c.weights))

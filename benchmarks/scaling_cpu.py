@@ -26,14 +26,13 @@ def measure(steps: int, fsdp: int) -> dict:
   import cfx_jax
   from cfx_jax.data import make_lesions
   from cfx_jax.methods import ModelSpec
-  from cfx_jax.methods.conditional import get_generator
-  from cfx_jax.methods.conditional import gan
+  from cfx_jax.methods.conditional import gan, get_recipe
   from cfx_jax.engine import mesh as mesh_lib
 
   x = make_lesions(256, image_size=32, channels=3, seed=0)["image"]
   w = np.random.default_rng(0).normal(size=(32 * 32 * 3, 2)).astype(np.float32) * 0.01
   clf = cfx_jax.as_classifier(lambda im: im.reshape(im.shape[0], -1) @ w, (32, 32, 3))
-  method = get_generator("syce")
+  method = get_recipe("syce")
   models, state = gan.init(method, ModelSpec(32, 3, 2), seed=0, lr=1e-4, b1=0.5)
   mesh = mesh_lib.make_mesh(0, fsdp=fsdp)
   shard = mesh_lib.state_shardings(mesh, state)

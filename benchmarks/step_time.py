@@ -32,9 +32,8 @@ from benchmarks import flops as flops_lib
 from cfx_jax.classifier import from_module
 from cfx_jax.config import PRESETS
 from cfx_jax.methods import ModelSpec
-from cfx_jax.methods.conditional import get_generator
+from cfx_jax.methods.conditional import gan, get_recipe
 from cfx_jax.models import CNNClassifier
-from cfx_jax.methods.conditional import gan
 
 
 def environment() -> dict:
@@ -65,7 +64,7 @@ def write_result(result: dict, name: str, out: str | None = None) -> dict:
 def build(image_size: int, channels: int, dtype: str, preset: str = "small"):
   spec = ModelSpec(image_size, channels, 2, **PRESETS[preset],
                    dtype=None if dtype == "float32" else jnp.dtype(dtype))
-  method = get_generator("syce")
+  method = get_recipe("syce")
   models, state = gan.init(method, spec, seed=0, lr=1e-4, b1=0.5)
   clf = from_module(CNNClassifier(channels, 2, rngs=nnx.Rngs(0)), (image_size, image_size, channels))
   return method, models, state, clf

@@ -363,12 +363,11 @@ def check_against_jax(image_size: int = 16, channels: int = 3, per_class: int = 
 
   import cfx_jax
   from cfx_jax.methods import ModelSpec
-  from cfx_jax.methods.conditional import get_generator
+  from cfx_jax.methods.conditional import gan, get_recipe
   from cfx_jax.models.classifier import CNNClassifier as JaxCNN
-  from cfx_jax.methods.conditional import gan
 
   spec = ModelSpec(image_size, channels, 2, tuple(gen_features), tuple(disc_features))
-  method = get_generator("syce")
+  method = get_recipe("syce")
   models, state = gan.init(method, spec, seed=seed, lr=1e-4, b1=0.5)
   rng = np.random.default_rng(seed)
   normal = lambda shape, scale: jnp.asarray(rng.normal(size=shape) * scale, jnp.float32)

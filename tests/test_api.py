@@ -12,8 +12,7 @@ import pytest
 
 import cfx_jax
 from cfx_jax.methods import ModelSpec
-from cfx_jax.methods.conditional import get_generator
-from cfx_jax.methods.conditional import gan
+from cfx_jax.methods.conditional import gan, get_recipe
 from cfx_jax.methods.conditional.explainer import GeneratorExplainer
 from cfx_jax.engine.checkpoints import Checkpoints
 
@@ -336,7 +335,7 @@ def test_nonfinite_training_stops_and_keeps_good_checkpoint(images, tmp_path):
   assert latest is not None and 1 <= latest <= bad
   spec = ModelSpec(image_size=16, channels=3, num_classes=2, gen_features=(8, 16),
                    disc_features=(8, 16))
-  _, like = gan.init(get_generator("syce"), spec, seed=0, lr=1e8, b1=0.5)
+  _, like = gan.init(get_recipe("syce"), spec, seed=0, lr=1e8, b1=0.5)
   state = ckpts.restore(like)
   ckpts.close()
   assert int(state.nonfinite_step) == -1 and int(state.step) == latest

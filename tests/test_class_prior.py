@@ -8,8 +8,7 @@ from flax import nnx
 
 from cfx_jax.classifier import as_classifier
 from cfx_jax.methods import ModelSpec
-from cfx_jax.methods.conditional import get_generator
-from cfx_jax.methods.conditional import gan, prior
+from cfx_jax.methods.conditional import gan, get_recipe, prior
 from cfx_jax.models.autoencoder import ConvAutoencoder
 
 RNG = np.random.default_rng(0)
@@ -52,7 +51,7 @@ def test_each_class_autoencoder_learns_only_its_own_images():
 def test_step_charges_the_counterfactuals_reconstruction_error():
   w = np.linspace(-1, 1, 16 * 16 * 3).reshape(16, 16, 3).astype(np.float32)
   clf = as_classifier(lambda x: (x * w).sum(axis=(1, 2, 3)), (16, 16, 3))
-  method = get_generator("syce")
+  method = get_recipe("syce")
   spec = ModelSpec(16, 3, 2, (8, 16), (8, 16, 16))
   x = jnp.asarray(RNG.uniform(-1, 1, (2, 2, 16, 16, 3)), jnp.float32)
   graphdef, _, params = _stacked_autoencoders(2)

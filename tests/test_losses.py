@@ -10,7 +10,7 @@ from flax import nnx
 
 import cfx_jax
 from cfx_jax.methods import ModelSpec, losses
-from cfx_jax.methods.conditional import get_generator
+from cfx_jax.methods.conditional import get_recipe
 from cfx_jax.methods.conditional.gan import directions
 from cfx_jax.models import Discriminator, Generator
 
@@ -229,7 +229,7 @@ def _per_image(targets):
 
 
 def _setup(name, k):
-  method = get_generator(name)
+  method = get_recipe(name)
   spec = ModelSpec(image_size=16, channels=3, num_classes=k, gen_features=(8, 16),
                    disc_features=(8, 16))
   gen, disc = _random_modules(lambda: method.build(spec, nnx.Rngs(3)), seed=10 * k)
@@ -404,7 +404,7 @@ def test_directions_per_image():
 
 
 def test_syce_beyond_two_classes_drops_the_symmetric_term_and_pushes_the_flip():
-  syce, cyce = get_generator("syce"), get_generator("cyce")
+  syce, cyce = get_recipe("syce"), get_recipe("cyce")
   assert syce.weights(2, {})["sym"] == 10.0 and syce.weights(2, {})["sym_cls"] == 0.01
   assert syce.weights(10, {})["sym"] == 0.0 and syce.weights(10, {})["sym_cls"] == 0.0
   assert syce.weights(10, {})["flip"] == 1.0 and syce.weights(10, {})["flip_margin"] == 3.0
@@ -420,8 +420,8 @@ def test_syce_beyond_two_classes_drops_the_symmetric_term_and_pushes_the_flip():
 
 def test_default_weights_follow_design():
   """DESIGN 2.1: the papers' weights, plus the direct L1 proximity term."""
-  syce, cyce, sagen = get_generator("syce").default_weights, get_generator("cyce").default_weights, \
-      get_generator("sagen").default_weights
+  syce, cyce, sagen = get_recipe("syce").default_weights, get_recipe("cyce").default_weights, \
+      get_recipe("sagen").default_weights
   for w in (syce, cyce):
     assert w["flip"] == 0.2 and w["adv"] == 0.25
     assert w["cycle_cls"] == 0.005 and w["gp"] == 1.0 and w["l1"] == 1.0
@@ -453,15 +453,15 @@ def test_weakened_edit_flip_and_smooth_edit_belong_to_the_in_fill_candidate_not_
   from cfx_jax.selection import search
   base = cfx_jax.explainer_config("syce")
   c = search.member_config(base, search.candidates(base, 2)["in-fill 1->0"])
-  w = get_generator("syce").weights(2, dict(c.weights))
+  w = get_recipe("syce").weights(2, dict(c.weights))
   assert (w["tv"], w["flip_partial"], w["fill_l1"], w["fill_l0"]) == (3.0, 0.85, 0.0, 1.0)
   assert (tuple(c.model.fill_only), c.model.mask_grow) == ((1,), 1)
   default = cfx_jax.explainer_config("syce").model
   assert (tuple(default.fill_only), default.mask_grow) == ((), 0)
   for name in ("syce", "cyce", "sagen"):
     for k in (2, 10):
-      assert (get_generator(name).weights(k, {})["tv"],
-              get_generator(name).weights(k, {})["flip_partial"]) == (0.0, 0.0)
+      assert (get_recipe(name).weights(k, {})["tv"],
+              get_recipe(name).weights(k, {})["flip_partial"]) == (0.0, 0.0)
 
 
 def test_paper_preset_widths_build_a_paper_size_generator():
@@ -469,7 +469,7 @@ def test_paper_preset_widths_build_a_paper_size_generator():
   assert tuple(c.model.gen_features) == (64, 128, 256, 512)
   spec = ModelSpec(128, 3, 2, gen_features=tuple(c.model.gen_features),
                    disc_features=tuple(c.model.disc_features))
-  gen, _ = nnx.eval_shape(lambda: get_generator("syce").build(spec, nnx.Rngs(0)))
+  gen, _ = nnx.eval_shape(lambda: get_recipe("syce").build(spec, nnx.Rngs(0)))
   params = sum(x.size for x in jax.tree.leaves(nnx.state(gen, nnx.Param)))
   assert 10e6 < params < 30e6  # the small preset has about 0.26 M
   with pytest.raises(ValueError, match="unknown preset"):

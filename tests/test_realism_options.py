@@ -8,10 +8,9 @@ from flax import nnx
 
 from cfx_jax.classifier import as_classifier
 from cfx_jax.methods import ModelSpec, losses
-from cfx_jax.methods.conditional import get_generator
 from cfx_jax.models import Discriminator
 from cfx_jax.models.unet import UNet, grow_mask, open_mask, surroundings
-from cfx_jax.methods.conditional import gan
+from cfx_jax.methods.conditional import gan, get_recipe
 
 X = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)), jnp.float32)
 
@@ -153,7 +152,7 @@ def test_fill_only_generators_pay_their_own_proximity_weights():
   np.testing.assert_allclose(split["fill_l1"], 0.4 / 2, rtol=1e-5)
   for name in ("l1", "l0"):
     np.testing.assert_allclose(split[name] + split["fill_" + name], plain[name], rtol=1e-5)
-  cfg_weights = get_generator("syce").weights(2, {})
+  cfg_weights = get_recipe("syce").weights(2, {})
   assert (cfg_weights["fill_l1"], cfg_weights["fill_l0"]) == (cfg_weights["l1"], cfg_weights["l0"])
 
 
@@ -206,8 +205,8 @@ def test_step_with_every_option_is_finite_and_deterministic(name):
   x = X.reshape(2, 2, 16, 16, 3)
 
   def run():
-    models, state = gan.init(get_generator(name), spec, seed=0, lr=1e-3, b1=0.5, disc_lr_scale=2.0)
-    step = jax.jit(gan.make_train_step(get_generator(name), models, clf.apply,
+    models, state = gan.init(get_recipe(name), spec, seed=0, lr=1e-3, b1=0.5, disc_lr_scale=2.0)
+    step = jax.jit(gan.make_train_step(get_recipe(name), models, clf.apply,
                                        {"l0": 1.0, "tv": 1.0, "flip_partial": 0.5},
                                        disc_steps=2, disc_jitter=1.0, flip_jitter=1.0))
     for _ in range(2):
@@ -220,9 +219,9 @@ def test_step_with_every_option_is_finite_and_deterministic(name):
   for a, b in zip(jax.tree.leaves(s1.gen), jax.tree.leaves(s2.gen)):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match="disc_steps"):
-    gan.make_train_step(get_generator(name), None, clf.apply, {}, disc_steps=0)
+    gan.make_train_step(get_recipe(name), None, clf.apply, {}, disc_steps=0)
   with pytest.raises(ValueError, match="flip_partial"):
-    gan.make_train_step(get_generator(name), None, clf.apply, {"flip_partial": 1.0})
+    gan.make_train_step(get_recipe(name), None, clf.apply, {"flip_partial": 1.0})
 
 
 def test_partial_edit_scales_each_images_edit_by_one_share_in_range():
@@ -248,8 +247,8 @@ def test_step_with_runner_up_targets_is_finite_and_deterministic():
   x = np.concatenate([X, X[:2]]).reshape(3, 2, 16, 16, 3)
 
   def run():
-    models, state = gan.init(get_generator("syce"), spec, seed=0, lr=1e-3, b1=0.5)
-    step = jax.jit(gan.make_train_step(get_generator("syce"), models, clf.apply, {},
+    models, state = gan.init(get_recipe("syce"), spec, seed=0, lr=1e-3, b1=0.5)
+    step = jax.jit(gan.make_train_step(get_recipe("syce"), models, clf.apply, {},
                                        disc_steps=2, runner_up_share=1.0))
     return step(state, clf.params, x)
 

@@ -18,9 +18,8 @@ from jax.sharding import PartitionSpec as P
 
 import cfx_jax
 from cfx_jax.methods import ModelSpec
-from cfx_jax.methods.conditional import get_generator
 from cfx_jax.engine import runtime
-from cfx_jax.methods.conditional import gan
+from cfx_jax.methods.conditional import gan, get_recipe
 from cfx_jax.engine import mesh as mesh_lib
 
 import tiny_job_config
@@ -63,7 +62,7 @@ def test_fsdp_rule_shards_largest_divisible_dimension():
 def test_layouts_match_single_device(images, num_devices, fsdp):
   """data=8 and data=4 x fsdp=2 give the single-device losses and parameters."""
   clf = cfx_jax.as_classifier(linear_logits, IMAGE_SHAPE)
-  method = get_generator("syce")
+  method = get_recipe("syce")
   pred = linear_predict(images)
   batch = np.stack([images[pred == c][:8] for c in (0, 1)])
 

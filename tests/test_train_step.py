@@ -8,15 +8,14 @@ import pytest
 
 import cfx_jax
 from cfx_jax.methods import ModelSpec
-from cfx_jax.methods.conditional import get_generator
-from cfx_jax.methods.conditional import gan
+from cfx_jax.methods.conditional import gan, get_recipe
 from cfx_jax.engine import mesh as mesh_lib
 
 from conftest import IMAGE_SHAPE, linear_logits, linear_predict
 
 SPEC = ModelSpec(image_size=16, channels=3, num_classes=2, gen_features=(8, 16),
                  disc_features=(8, 16))
-METHOD = get_generator("syce")
+METHOD = get_recipe("syce")
 PER_CLASS = 8   # divisible by the 8 devices of the sharded mesh
 LR = 1e-3
 

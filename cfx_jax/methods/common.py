@@ -1,4 +1,5 @@
-"""What the explainers with settings of their own (FIDO, DISC, CAE, latent) share.
+"""What the method families share: default targets and, for the explainers with
+settings of their own (FIDO, DISC, CAE, latent), how those are checked and saved.
 
 Their settings are a ConfigDict checked before anything compiles, each image's randomness
 comes from its id, images that miss their target are reported by index, and a saved
@@ -32,6 +33,13 @@ class ClassifierBound:
   @property
   def num_classes(self) -> int:
     return self.classifier.num_classes
+
+
+def other_class(probs: jax.Array) -> jax.Array:
+  """Default target: the most likely class other than the predicted one."""
+  pred = jnp.argmax(probs, axis=-1)
+  masked = jnp.where(jax.nn.one_hot(pred, probs.shape[-1]) > 0, -jnp.inf, probs)
+  return jnp.argmax(masked, axis=-1).astype(jnp.int32)
 
 
 def _as_dict(d):

@@ -30,7 +30,7 @@ from cfx_jax.classifier import as_classifier, check_fingerprint
 from cfx_jax.explanation import Explanation
 from cfx_jax.methods.cae import CaeExplainer
 from cfx_jax.methods.cae.explainer import cae_config
-from cfx_jax.methods.conditional import RECIPES, get_generator
+from cfx_jax.methods.conditional import RECIPES, get_recipe
 from cfx_jax.methods.conditional import explainer as generator_explainer
 from cfx_jax.methods.conditional import train as generator_train
 from cfx_jax.methods.disc import DiscExplainer
@@ -165,7 +165,7 @@ def _generator_entry(name: str) -> Entry:
                                batch_size=settings.get("batch_size"), workdir=workdir)
 
   def load(meta, classifier, path):
-    return generator_explainer.load(get_generator(name), meta, classifier, path)
+    return generator_explainer.load(get_recipe(name), meta, classifier, path)
 
   def defaults():
     return config_lib.explainer_config(name)

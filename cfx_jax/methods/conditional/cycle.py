@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cfx_jax.methods import losses
-from cfx_jax.methods.base import Method, ModelSpec, flatten_groups, weighted_total
+from cfx_jax.methods.conditional.recipe import (GeneratorRecipe, ModelSpec, flatten_groups,
+                                                weighted_total)
 from cfx_jax.models import Generator
 from cfx_jax.models.generator import group_labels
 
@@ -43,7 +44,7 @@ def proximity(xa, xs, sources, fill_only, cap: float) -> dict:
           "fill_l1": jnp.sum(l1 * fills) / g, "fill_l0": jnp.sum(l0 * fills) / g}
 
 
-class CycleExplainer(Method):
+class CycleRecipe(GeneratorRecipe):
   """CyCE; `symmetric=True` gives SyCE."""
 
   def __init__(self, symmetric: bool):

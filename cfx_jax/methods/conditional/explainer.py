@@ -14,14 +14,15 @@ from cfx_jax import persistence, validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.classifier import Classifier, as_classifier, check_fingerprint
 from cfx_jax.explanation import Explanation
-from cfx_jax.methods.base import Method, ModelSpec, other_class
+from cfx_jax.methods.common import other_class
+from cfx_jax.methods.conditional.recipe import GeneratorRecipe, ModelSpec
 from cfx_jax.methods.losses import change_map
 
 
 class GeneratorExplainer:
   """A generator that maps an image to its counterfactual toward a target class."""
 
-  def __init__(self, method: Method, spec: ModelSpec, gen_def, gen_params,
+  def __init__(self, method: GeneratorRecipe, spec: ModelSpec, gen_def, gen_params,
                classifier: Classifier, *, chunk_size: int = 256, map_reference: str = "input",
                config: dict | None = None):
     if map_reference not in ("input", "stable"):
@@ -135,7 +136,7 @@ def spec_from_json(d: dict[str, Any]) -> ModelSpec:
   return ModelSpec(**d)
 
 
-def load(method: Method, meta: dict, classifier, path: str) -> GeneratorExplainer:
+def load(method: GeneratorRecipe, meta: dict, classifier, path: str) -> GeneratorExplainer:
   """The explainer saved at `path` (its explainer.json is `meta`), checked against
   `classifier`."""
   spec = spec_from_json(meta["spec"])

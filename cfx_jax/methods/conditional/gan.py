@@ -19,11 +19,12 @@ from flax import nnx
 from cfx_jax.data import augment
 from cfx_jax.engine.state import (GanModels, GanState, commit_if_finite, init_gan,
                                   optimizer)
-from cfx_jax.methods.base import Method, ModelSpec, flatten_groups, other_class
+from cfx_jax.methods.common import other_class
+from cfx_jax.methods.conditional.recipe import GeneratorRecipe, ModelSpec, flatten_groups
 from cfx_jax.methods.conditional import prior
 
 
-def init(method: Method, spec: ModelSpec, *, seed: int, lr: float, b1: float,
+def init(method: GeneratorRecipe, spec: ModelSpec, *, seed: int, lr: float, b1: float,
          disc_lr_scale: float = 1.0):
   """Build the networks once and split them; returns (models, state)."""
   gen, disc = method.build(spec, nnx.Rngs(seed))
@@ -32,7 +33,7 @@ def init(method: Method, spec: ModelSpec, *, seed: int, lr: float, b1: float,
 
 def directions(num_classes: int, key: jax.Array, runner_ups: jax.Array | None = None,
                runner_up_share: float = 0.0):
-  """Sources, targets and shift of one step (see methods/base.py).
+  """Sources, targets and shift of one step (see recipe.py).
 
   With more than two classes and `runner_up_share` > 0 every image gets its own target:
   that share of them its runner-up class `runner_ups` (K, B) (the class `explain` aims
@@ -83,7 +84,8 @@ def partial_edit(key: jax.Array, start: jax.Array, edited: jax.Array,
   return start + k * (edited - start)
 
 
-def make_train_step(method: Method, models: GanModels, classifier_apply, weights: dict, *,
+def make_train_step(method: GeneratorRecipe, models: GanModels, classifier_apply,
+                    weights: dict, *,
                     disc_steps: int = 1, disc_jitter: float = 0.0, flip_jitter: float = 0.0,
                     runner_up_share: float = 0.0, prior_graphdef=None):
   """Returns the pure step `(state, classifier_params, images[, traced]) -> (state,

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cfx_jax.methods.conditional import get_generator
+from cfx_jax.methods.conditional import get_recipe
 
 # Settings that members of one group may not differ in: everything but `seed` and the
 # loss weights (`weights`; `prior` changes the program, so it stays shared).
@@ -49,7 +49,7 @@ def traced_weights(configs, num_classes: int) -> dict[str, np.ndarray]:
   if len(keys) > 1:
     raise ValueError("population members may differ only in their loss weights and seed; "
                      "group the others apart (population.group_key)")
-  method = get_generator(configs[0].method)
+  method = get_recipe(configs[0].method)
   weights = [method.weights(num_classes, dict(c.weights)) for c in configs]
   out = {}
   for name in sorted(set().union(*weights)):

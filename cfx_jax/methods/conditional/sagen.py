@@ -11,12 +11,13 @@ from __future__ import annotations
 from flax import nnx
 
 from cfx_jax.methods import losses
-from cfx_jax.methods.base import Method, ModelSpec, flatten_groups, weighted_total
+from cfx_jax.methods.conditional.recipe import (GeneratorRecipe, ModelSpec, flatten_groups,
+                                                weighted_total)
 from cfx_jax.models import TwoHeadGenerator
 from cfx_jax.models.generator import group_labels
 
 
-class StableAdversarialExplainer(Method):
+class StableAdversarialRecipe(GeneratorRecipe):
   name = "sagen"
   paper_map_reference = "stable"
   default_weights = dict(flip=0.2, keep=0.2, adv=0.25, stable_prox=10.0, l1=1.0,

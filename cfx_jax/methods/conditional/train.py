@@ -18,8 +18,8 @@ from cfx_jax import config as config_lib
 from cfx_jax import data as data_lib
 from cfx_jax.classifier import Classifier, as_classifier, check_fingerprint
 from cfx_jax.methods import common
-from cfx_jax.methods.base import ModelSpec
-from cfx_jax.methods.conditional import get_generator
+from cfx_jax.methods.conditional.recipe import ModelSpec
+from cfx_jax.methods.conditional import get_recipe
 from cfx_jax.methods.conditional.explainer import GeneratorExplainer
 from cfx_jax.methods.conditional import gan, population, prior
 from cfx_jax.engine import mesh as mesh_lib
@@ -80,7 +80,7 @@ def valid_settings(name: str) -> dict:
   """Every name a config of `name` may set: the defaults', and in `weights` every loss
   term of the method (the defaults list only the ones they change)."""
   valid = config_lib.explainer_config(name).to_dict()
-  valid["weights"] = dict(get_generator(name).default_weights)
+  valid["weights"] = dict(get_recipe(name).default_weights)
   return valid
 
 
@@ -116,7 +116,7 @@ def train_group(classifier: Classifier, images: np.ndarray, configs, workdir: st
   plain fit; several are a population (`population.py`), each member on the same
   batches (those of the first config's seed)."""
   config = configs[0]
-  method = get_generator(config.method)
+  method = get_recipe(config.method)
   k = classifier.num_classes
   spec = model_spec(config, images.shape[1:], k)
   steps = config.steps or config_lib.default_steps(spec.image_size)
@@ -227,4 +227,4 @@ def map_reference(config) -> str:
   """The config's choice, or the method's default for its generator form."""
   if config.map_reference != "auto":
     return config.map_reference
-  return get_generator(config.method).default_map_reference(bool(config.model.residual))
+  return get_recipe(config.method).default_map_reference(bool(config.model.residual))

@@ -1,4 +1,5 @@
-"""What a generative explainer method provides to the shared GAN train step.
+"""The recipe of a conditional-generator method: what SyCE, CyCE and SAGen each give the
+shared GAN train step (`gan.py`), their networks, losses and explain program.
 
 Images reach a method grouped by the classifier's prediction: `xs` has shape
 (K, B, H, W, C) and group k holds images predicted as class k. By default each step asks
@@ -46,8 +47,8 @@ class ModelSpec:
   disc_kind: str = "global"   # "global" (one logit per image) or "patch" (PatchGAN)
 
 
-class Method:
-  """Base class: the discriminator side is common to all generative methods."""
+class GeneratorRecipe:
+  """Base class of the family's recipes: the discriminator side is common to all."""
 
   name: str = ""
   default_weights: dict[str, float] = {}
@@ -115,10 +116,3 @@ def weighted_total(terms: dict, w: dict) -> tuple[jax.Array, dict]:
   """The generator loss and its metrics (`g_<term>` unweighted, `g_loss` weighted)."""
   loss = sum(w[name] * value for name, value in terms.items())
   return loss, {**{f"g_{n}": v for n, v in terms.items()}, "g_loss": loss}
-
-
-def other_class(probs: jax.Array) -> jax.Array:
-  """Default target: the most likely class other than the predicted one."""
-  pred = jnp.argmax(probs, axis=-1)
-  masked = jnp.where(jax.nn.one_hot(pred, probs.shape[-1]) > 0, -jnp.inf, probs)
-  return jnp.argmax(masked, axis=-1).astype(jnp.int32)

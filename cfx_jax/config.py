@@ -73,13 +73,14 @@ def explainer_config(method: str = "syce", preset: str = "small") -> ml_collecti
   # `judge_steps`; `seeds` members of each candidate form train as one population (on
   # an accelerator they cost little more than one); `report_judge`: a second oracle
   # scores the choice (the train job's evaluation oracle does that there). Each candidate
-  # trains `steps` steps of `batch_per_class` images of each class where `steps` and
-  # `batch_size` above are None: three candidates of 32x32 images then fit in about 15
-  # minutes on a 2-core CPU (docs/selection.md). `fit_explainer` without a config turns
-  # it on.
+  # trains `steps` steps (at most the explainer's) of `batch_per_class` images of each
+  # class (where `batch_size` above is None); then the chosen setting trains again from
+  # the start for the explainer's `steps`, or `final_steps` where that is None (0: keep
+  # the chosen candidate as it is). docs/selection.md has the times on a 2-core CPU.
+  # `fit_explainer` without a config turns it on.
   c.select = ml_collections.ConfigDict(dict(enabled=False, held_out=0.15, judge_steps=300,
                                             seeds=1, report_judge=True, steps=300,
-                                            batch_per_class=16))
+                                            batch_per_class=16, final_steps=600))
   return c
 
 

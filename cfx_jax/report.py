@@ -344,6 +344,10 @@ def selection_table(record: Mapping) -> str:
     label = f'**{name}** (chosen)' if name == record['chosen'] else name
     o = c['scores']['overall']
     lines.append(f'| {label} | ' + ' | '.join(_format_value(o.get(k)) for k in cols) + ' |')
+  if record.get('final'):
+    o = record['final']['scores']['overall']
+    lines.append(f'| the chosen setting, fitted again ({record["final"]["steps"]} steps) | '
+                 + ' | '.join(_format_value(o.get(k)) for k in cols) + ' |')
   if not record.get('reported'):
     return '\n'.join(lines)
   lines += ['', 'The chosen setting by a second judge (another seed and widths) that the '

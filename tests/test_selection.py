@@ -103,6 +103,16 @@ def test_candidates_for_two_classes_and_shared_networks():
   assert "model.fill_only" not in sagen["in-fill"]
 
 
+def test_the_final_setting_takes_each_direction_from_its_candidate():
+  forms = search.candidates(cfx_jax.explainer_config("syce"), 2)
+  both = search.final_overrides(forms, {"0->1": "smooth edit", "1->0": "in-fill"})
+  assert both["model.fill_only"] == (1,) and both["weights.fill_l0"] == 1.0
+  assert both["weights.tv"] == forms["smooth edit"]["weights.tv"]
+  assert search.final_overrides(forms, {"0->1": "edit", "1->0": "edit"}) == {}
+  assert search.final_overrides(forms, {"0->1": "in-fill", "1->0": "in-fill"})[
+      "model.fill_only"] == (0, 1)
+
+
 def _tiny_select(**extra):
   cfg = model_config(steps=2, batch_size=8, select={"enabled": True, "held_out": 0.25,
                                                     "judge_steps": 2, "seeds": 2}, **extra)
@@ -128,6 +138,9 @@ def test_fit_with_selection_records_and_saves_the_choice(classifier_fn, images, 
     assert {"valid", "flip", "oracle", "fid", "reach", "concentration"} <= set(
         c["scores"]["overall"])
   assert record["images"]["held_out"] >= 4
+  # the chosen setting fitted again for the explainer's steps, scored like the others
+  assert record["final"]["steps"] == 2
+  assert {"valid", "flip", "oracle"} <= set(record["final"]["scores"]["overall"])
   assert set(record["reported"]["directions"]) == {"0->1", "1->0"}
   loaded = cfx_jax.load_explainer(str(tmp_path / "explainer"), classifier_fn)
   assert loaded.selection["chosen"] == record["chosen"]

@@ -132,6 +132,20 @@ def compose(fitted: dict, by_direction: dict[str, str]):
   return out
 
 
+def final_overrides(overrides: dict[str, dict], by_direction: dict[str, str]) -> dict:
+  """One setting from the candidates that the directions chose: what any of them sets
+  (the in-fill candidate's weights include the smooth edit's), with only the source
+  classes whose direction chose the in-fill network in-filling."""
+  out = {}
+  for name in sorted(set(by_direction.values())):
+    out.update(overrides[name])
+  fills = tuple(sorted(int(d.split("->")[0]) for d, name in by_direction.items()
+                       if int(d.split("->")[0]) in overrides[name].get("model.fill_only", ())))
+  if fills:
+    out["model.fill_only"] = fills
+  return out
+
+
 def _number(v) -> float:
   return float("inf") if v is None or not np.isfinite(v) else float(v)
 
@@ -143,7 +157,10 @@ def select(classifier: Classifier, images: np.ndarray, base: ml_collections.Conf
   t0 = time.time()
   s = base.select
   base = base.copy_and_resolve_references()
-  base.steps = base.steps or int(s.steps)
+  # The explainer returned trains `steps` (or `select.final_steps`; 0: the chosen
+  # candidate as it is); each candidate `select.steps`, or fewer if that is more.
+  final_steps = int(base.steps or s.final_steps)
+  base.steps = min(int(s.steps), final_steps) if final_steps > 0 else int(s.steps)
   base.batch_size = base.batch_size or int(s.batch_per_class) * classifier.num_classes
   predicted = classifier.predict(images, base.chunk_size)
   fit_idx, held_idx = split(predicted, float(s.held_out), int(base.seed))
@@ -153,11 +170,12 @@ def select(classifier: Classifier, images: np.ndarray, base: ml_collections.Conf
       lambda name: None)
   judge = Judge.train(x_fit, predicted[fit_idx], held, steps=int(s.judge_steps),
                       path=where("judge"), progress=base.progress, **SELECTION_JUDGE)
-  members = {}
-  for name, overrides in candidates(base, classifier.num_classes).items():
+  overrides = {}
+  for name, form in candidates(base, classifier.num_classes).items():
     for i in range(int(s.seeds)):  # seeds of one form train as one population
       label = name if i == 0 else f"{name}, seed {base.seed + i}"
-      members[label] = member_config(base, {**overrides, "seed": int(base.seed) + i})
+      overrides[label] = {**form, "seed": int(base.seed) + i}
+  members = {name: member_config(base, o) for name, o in overrides.items()}
   groups: dict[str, list[str]] = {}
   for name, c in members.items():
     groups.setdefault(population.group_key(c), []).append(name)
@@ -183,6 +201,17 @@ def select(classifier: Classifier, images: np.ndarray, base: ml_collections.Conf
       chosen = " + ".join(f"{n} ({d})" for d, n in by_direction.items())
       outs[chosen] = explainer.explain(x_held)
       composite = judge.score(x_held, predicted[held_idx], outs[chosen])
+  final, scored = None, chosen
+  if final_steps > 0:  # the chosen setting, fitted again from the start
+    setting = (final_overrides(overrides, by_direction) if by_direction
+               else overrides[chosen])
+    final_config = member_config(base, {**setting, "steps": final_steps})
+    logger.info("selection: fitting the chosen setting for %d steps", final_steps)
+    explainer = train_group(classifier, x_fit, [final_config], where("final"))[0]
+    scored = "final"
+    outs[scored] = explainer.explain(x_held)
+    final = {"steps": final_steps, "settings": _settings(base, final_config),
+             "scores": judge.score(x_held, predicted[held_idx], outs[scored])}
   judges = {"selection": {**_plain(SELECTION_JUDGE),
                           "agreement_with_classifier": judge.oracle.test_accuracy}}
   reported = None
@@ -190,11 +219,11 @@ def select(classifier: Classifier, images: np.ndarray, base: ml_collections.Conf
     reporter = Judge.train(x_fit, predicted[fit_idx], held, steps=int(s.judge_steps),
                            path=where("report_judge"), progress=base.progress,
                            **REPORT_JUDGE)
-    reported = reporter.score(x_held, predicted[held_idx], outs[chosen])
+    reported = reporter.score(x_held, predicted[held_idx], outs[scored])
     judges["report"] = {**_plain(REPORT_JUDGE),
                         "agreement_with_classifier": reporter.oracle.test_accuracy}
   explainer.selection = {
-      "chosen": chosen, "by_direction": by_direction, "reported": reported,
+      "chosen": chosen, "by_direction": by_direction, "final": final, "reported": reported,
       "candidates": {**{n: {"settings": _settings(base, members[n]), "scores": scores[n]}
                         for n in members},
                      **({chosen: {"settings": {"networks_from": by_direction},

@@ -201,7 +201,7 @@ def measure(args):
   c = jnp.asarray(predicted if args.method == "fido" else (predicted + 1) % args.classes)
   ids = jnp.arange(args.images)
   key = jax.random.key(args.seed)
-  keys = fido.image_keys(key, ids)  # what the optimisers give image i
+  keys = common.image_keys(key, ids)  # what the optimisers give image i
   program, settings, python_loop = PROGRAMS[args.method](clf, args, key)
   params = clf.params
 

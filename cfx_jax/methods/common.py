@@ -1,5 +1,6 @@
-"""What the method families share: default targets and, for the explainers with
-settings of their own (FIDO, DISC, CAE, latent), how those are checked and saved.
+"""What the method families share, so that none imports another's explainer: default
+targets, per-image keys and, for the explainers with settings of their own (FIDO, DISC,
+CAE, latent), how those are checked and saved.
 
 Their settings are a ConfigDict checked before anything compiles, each image's randomness
 comes from its id, images that miss their target are reported by index, and a saved
@@ -39,6 +40,12 @@ def other_class(probs: jax.Array) -> jax.Array:
   """Default target: the most likely class other than the predicted one."""
   pred = jnp.argmax(probs, axis=-1)
   masked = jnp.where(jax.nn.one_hot(pred, probs.shape[-1]) > 0, -jnp.inf, probs)
+  return jnp.argmax(masked, axis=-1).astype(jnp.int32)
+
+
+def other_class_on(probs: jax.Array, c: jax.Array) -> jax.Array:
+  """The most likely class other than c: where a destroyed class-c image went."""
+  masked = jnp.where(jax.nn.one_hot(c, probs.shape[-1]) > 0, -jnp.inf, probs)
   return jnp.argmax(masked, axis=-1).astype(jnp.int32)
 
 
@@ -108,6 +115,11 @@ def bind_classifier(classifier, image_shape):
       raise ValueError("image_shape is required unless the classifier is a Classifier")
     image_shape = classifier.image_shape
   return as_classifier(classifier, image_shape)
+
+
+def image_keys(key: jax.Array, ids: jax.Array) -> jax.Array:
+  """One key per image from its id, independent of the batch it is in."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(ids, jnp.uint32))
 
 
 def image_ids(ids, n: int) -> np.ndarray:

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import optax
 
 from cfx_jax.methods import common
-from cfx_jax.methods.fido.explainer import image_keys
 
 
 PARAMETERISATIONS = ("inr", "dip")
@@ -192,7 +191,7 @@ def optimise_counterfactuals(images, targets, key, cfg, *, logits_fn, bn_fn=None
     params, trace = common.minimise(loss, params, opt, int(cfg.steps))
     return counterfactual(params), {"fit": fit_trace, "loss": trace}
 
-  return jax.vmap(one_image)(images, jnp.asarray(targets), image_keys(key, ids))
+  return jax.vmap(one_image)(images, jnp.asarray(targets), common.image_keys(key, ids))
 
 
 def optimisers(cfg) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
@@ -205,7 +204,7 @@ def optimisers(cfg) -> tuple[optax.GradientTransformation, optax.GradientTransfo
 
 def image_stages(x, t, key, cfg, *, logits_fn, bn_fn=None, uncertainty_fn=None):
   """The two optimisations `optimise_counterfactuals` runs for image x (H, W, C), target t
-  and key `key` (see `image_keys`): (initial prior params, fit_loss(p, step),
+  and key `key` (see `common.image_keys`): (initial prior params, fit_loss(p, step),
   residual_of(fitted params), inversion(residual) -> (loss(p, step), counterfactual(p)))."""
   image_shape = tuple(x.shape)
   prior_key, aug_key = jax.random.split(key)

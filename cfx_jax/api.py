@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from cfx_jax import image_space, persistence, validation
+from cfx_jax import image_space, integrity, persistence, validation
 from cfx_jax.baselines import BASELINES
 from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
@@ -105,10 +105,11 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
                       workdir=workdir, **extra)
   if space.is_identity and outputs == "logits":
     return inner
-  # The wrapper saves the outputs kind (and the space) that `load_explainer` needs.
+  # The wrapper saves the outputs kind (and the space) that `load_explainer` needs: saved
+  # again whole, since a sealed save takes no file added after it.
   explainer = InCallerSpace(inner, space, outputs)
   if workdir:
-    space.save(os.path.join(workdir, "explainer"), outputs)
+    explainer.save(os.path.join(workdir, "explainer"))
   return explainer
 
 
@@ -134,6 +135,12 @@ def load_explainer(path: str, classifier, *, outputs: str | None = None, variabl
   a pretrained generator needs that `generator`.
   """
   path = os.path.abspath(path)
+  with integrity.checked(path, "explainer"):
+    return _load(path, classifier, outputs, variables, generator)
+
+
+def _load(path, classifier, outputs, variables, generator) -> Explainer:
+  """`load_explainer` of a folder that matches its manifest."""
   meta = persistence.read_meta(path, "explainer.json", "explainer")
   entry = registry.get(meta.get("method"))
   extra = {}
@@ -197,8 +204,9 @@ class InCallerSpace:
   def save(self, path: str) -> None:
     """Write the explainer and its image space to the directory `path`, so that
     `load_explainer` gives it back, taking images as this one does."""
-    self.inner.save(path)
-    self.space.save(os.path.abspath(path), self.outputs)
+    with integrity.saving(path) as folder:
+      self.inner.save(folder)
+      self.space.save(folder, self.outputs)
 
   def __getattr__(self, name):
     return getattr(self.inner, name)

@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from cfx_jax import persistence, validation
+from cfx_jax import integrity, persistence, validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
@@ -222,9 +222,10 @@ class CaeExplainer(common.ClassifierBound):
     meta = {"image_shape": list(self.image_shape), "num_classes": self.num_classes,
             "style_dim": int(self.config.model.style_dim),
             "final_metrics": self.model.history[-1] if self.model.history else {}}
-    persistence.save(path, META_FILE, meta, TREE_DIR,
-                     {"autoencoder": self.model.params, "prototypes": self.prototypes})
-    common.save_settings(path, "cae", self)
+    with integrity.saving(path) as folder:
+      persistence.save(folder, META_FILE, meta, TREE_DIR,
+                       {"autoencoder": self.model.params, "prototypes": self.prototypes})
+      common.save_settings(folder, "cae", self)
 
   @classmethod
   def from_meta(cls, meta: dict, classifier: Classifier, path: str) -> CaeExplainer:

@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cfx_jax import validation
+from cfx_jax import integrity, validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
@@ -191,9 +191,10 @@ class DiscExplainer(common.ClassifierBound):
     """The config, the classifier's fingerprint and the auxiliary model."""
     from cfx_jax.methods.disc.auxiliary import save_auxiliary
 
-    if self.auxiliary is not None:
-      save_auxiliary(os.path.join(path, "auxiliary"), self.auxiliary)
-    common.save_settings(path, "disc", self)
+    with integrity.saving(path) as folder:
+      if self.auxiliary is not None:
+        save_auxiliary(os.path.join(folder, "auxiliary"), self.auxiliary)
+      common.save_settings(folder, "disc", self)
 
   @classmethod
   def from_meta(cls, meta: dict, classifier: Classifier, path: str) -> DiscExplainer:

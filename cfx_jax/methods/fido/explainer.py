@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cfx_jax import validation
+from cfx_jax import integrity, validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.classifier import Classifier
 from cfx_jax.explanation import Explanation
@@ -276,7 +276,8 @@ class FidoExplainer(common.ClassifierBound):
     if self.config.infiller not in INFILLERS:
       raise ValueError("an explainer with a custom in-filler cannot be saved by name; "
                        "save the in-filler itself and pass it again when loading")
-    common.save_settings(path, "fido", self)
+    with integrity.saving(path) as folder:
+      common.save_settings(folder, "fido", self)
 
   @classmethod
   def from_meta(cls, meta: dict, classifier: Classifier, path: str) -> FidoExplainer:

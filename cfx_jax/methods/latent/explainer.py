@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cfx_jax import persistence, validation
+from cfx_jax import integrity, persistence, validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.classifier import Classifier
 from cfx_jax.explanation import Explanation
@@ -259,8 +259,9 @@ class LatentExplainer(common.ClassifierBound):
       if gen.latents is not None:
         tree["latents"] = np.asarray(gen.latents, np.float32)
         meta["num_latents"] = len(gen.latents)
-    persistence.save(path, EXPLAINER_META, meta, "networks", tree)
-    common.save_settings(path, "latent", self)
+    with integrity.saving(path) as folder:
+      persistence.save(folder, EXPLAINER_META, meta, "networks", tree)
+      common.save_settings(folder, "latent", self)
 
   @classmethod
   def from_meta(cls, meta: dict, classifier: Classifier, path: str,

@@ -1,0 +1,181 @@
+"""Faults in saved explainers and train checkpoints: each one is refused with the damaged
+file's name or skipped for the previous good checkpoint, never loaded silently wrong."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import sys
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cfx_jax
+from cfx_jax import image_space, integrity, persistence
+from cfx_jax.api import InCallerSpace
+from cfx_jax.engine import loop as loop_lib
+from cfx_jax.engine.checkpoints import Checkpoints, CheckpointWarning
+from cfx_jax.engine.mesh import make_mesh
+from conftest import linear_logits, model_config
+
+BACKUP = "Refit it or restore it from a backup"
+TINY = {"fido": {"samples": 2, "warn_failures": False, "progress": False},
+        "disc": {"bn": 0.0, "manifold": 0.0, "fit_steps": 2, "confidence": (0.6,),
+                 "inr_frequencies": 8, "inr_width": 16, "warn_failures": False,
+                 "progress": False}}
+
+
+def _caller_logits(images):
+  """The linear classifier, on images in [0, 1]."""
+  return linear_logits(images * 2.0 - 1.0)
+
+
+@pytest.fixture(scope="module")
+def explainer(images):
+  """A SyCE explainer of [0, 1] images: weights, explainer.json, image_space.json."""
+  return cfx_jax.fit_explainer(_caller_logits, (images + 1.0) / 2.0, method="syce",
+                               steps=2, batch_size=8, value_range=(0.0, 1.0),
+                               config=model_config())
+
+
+@pytest.fixture(scope="module")
+def template(explainer, tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("template") / "saved")
+  explainer.save(path)
+  return path
+
+
+@pytest.fixture
+def saved(template, tmp_path):
+  """A fresh copy of the saved explainer, to damage."""
+  path = str(tmp_path / "saved")
+  shutil.copytree(template, path)
+  return path
+
+
+def _load(path):
+  return cfx_jax.load_explainer(path, _caller_logits)
+
+
+def _files(path):
+  return sorted(os.path.relpath(os.path.join(d, f), path)
+                for d, _, names in os.walk(path) for f in names)
+
+
+def _weights_file(path):
+  """The largest file of the generator's weights."""
+  files = [f for f in _files(path) if f.startswith("generator" + os.sep)]
+  return max(files, key=lambda f: os.path.getsize(os.path.join(path, f)))
+
+
+def _flip(file, at=None):
+  with open(file, "r+b") as f:
+    data = bytearray(f.read())
+    i = len(data) // 2 if at is None else at
+    data[i] ^= 0x01
+    f.seek(0)
+    f.write(data)
+
+
+def test_an_intact_save_lists_every_file_and_loads(saved, explainer, images):
+  with open(os.path.join(saved, integrity.MANIFEST)) as f:
+    listed = sorted(json.load(f)["files"])
+  assert listed == [f for f in _files(saved) if f != integrity.MANIFEST]
+  assert {"explainer.json", image_space.SPACE_FILE} <= set(listed)
+  loaded = _load(saved)
+  x = (images[:2] + 1.0) / 2.0
+  np.testing.assert_allclose(loaded.explain(x).counterfactual,
+                             explainer.explain(x).counterfactual, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["weights", "explainer.json", "image_space.json"])
+def test_a_flipped_byte_is_refused_naming_the_file(saved, kind):
+  name = _weights_file(saved) if kind == "weights" else kind
+  _flip(os.path.join(saved, name))
+  with pytest.raises(integrity.DamagedSaveError) as info:
+    _load(saved)
+  message = str(info.value)
+  assert f"{name} does not match its content hash" in message and BACKUP in message
+  assert ("JSON was changed after saving" in message) == name.endswith(".json")
+
+
+def test_a_flipped_byte_in_the_manifest_is_refused(saved):
+  manifest = os.path.join(saved, integrity.MANIFEST)
+  with open(manifest) as f:
+    text = f.read()
+  _flip(manifest, at=text.index('"files"') + 20)  # inside a file's hash
+  with pytest.raises(integrity.DamagedSaveError, match="manifest.json is damaged"):
+    _load(saved)
+
+
+def test_an_edited_spec_is_refused_as_an_edited_json(saved):
+  """spec.residual changes what the generator computes, not its weights' shapes."""
+  file = os.path.join(saved, "explainer.json")
+  with open(file) as f:
+    meta = json.load(f)
+  meta["spec"]["residual"] = not meta["spec"]["residual"]
+  with open(file, "w") as f:
+    json.dump(meta, f, indent=2)
+  with pytest.raises(integrity.DamagedSaveError,
+                     match="explainer.json does not match .*JSON was changed after saving"):
+    _load(saved)
+
+
+def test_a_resealed_json_that_changes_the_network_is_refused(saved):
+  """Past the manifest too, the weights must fit the network the JSON describes."""
+  file = os.path.join(saved, "explainer.json")
+  with open(file) as f:
+    meta = json.load(f)
+  meta["spec"]["gen_features"] = [8, 32]
+  with open(file, "w") as f:
+    json.dump(meta, f, indent=2)
+  integrity.write_manifest(saved)
+  with pytest.raises(ValueError, match="do not fit the network its JSON describes"):
+    _load(saved)
+
+
+def test_a_truncated_weights_file_is_refused(saved):
+  name = _weights_file(saved)
+  with open(os.path.join(saved, name), "r+b") as f:
+    f.truncate(os.path.getsize(f.name) // 2)
+  with pytest.raises(integrity.DamagedSaveError, match=f"{name} does not match"):
+    _load(saved)
+
+
+@pytest.mark.parametrize("kind", ["weights", "explainer.json", "image_space.json",
+                                  "manifest.json"])
+def test_a_deleted_file_is_refused_naming_it(saved, kind):
+  name = _weights_file(saved) if kind == "weights" else kind
+  os.remove(os.path.join(saved, name))
+  with pytest.raises(integrity.DamagedSaveError, match=f"{name} is missing.*{BACKUP}"):
+    _load(saved)
+
+
+def test_an_added_file_is_refused(saved):
+  with open(os.path.join(saved, "generator", "extra"), "w") as f:
+    f.write("x")
+  with pytest.raises(integrity.DamagedSaveError, match="extra was not written by the save"):
+    _load(saved)
+
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_every_method_seals_its_save(method, images, tmp_path):
+  """Methods without weights still seal their settings: an edit is refused."""
+  ex = cfx_jax.fit_explainer(linear_logits, images, method=method, config=TINY[method])
+  path = str(tmp_path / method)
+  ex.save(path)
+  cfx_jax.load_explainer(path, linear_logits)
+  file = os.path.join(path, "explainer.json")
+  with open(file) as f:
+    meta = json.load(f)
+  meta["config"]["steps"] = 1
+  with open(file, "w") as f:
+    json.dump(meta, f)
+  with pytest.raises(integrity.DamagedSaveError, match="JSON was changed after saving"):
+    cfx_jax.load_explainer(path, linear_logits)

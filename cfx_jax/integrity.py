@@ -1,8 +1,10 @@
-"""Saved folders that say when they have changed.
+"""Saved folders that are whole or absent, and that say when they have changed.
 
-A save lists the sha256 of every file in `manifest.json` last. A load checks the
-manifest first: a flipped byte, a truncated, missing or added file, or an edited JSON
-is refused with the file's name instead of loading a wrong model.
+A save writes into a hidden sibling folder, lists the sha256 of every file in
+`manifest.json` last, and only then renames the folder into place, so a killed save
+leaves the previous one whole and a save over an older one leaves only the new files.
+A load checks the manifest first: a flipped byte, a truncated, missing or added file, or
+an edited JSON is refused with the file's name instead of loading a wrong model.
 
 Saves and loads nest: a folder at or under one being saved is written in place and
 covered by the outer manifest; one at or under a folder already checked is not checked
@@ -15,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import threading
 
 import jax
@@ -105,7 +108,10 @@ def check(path: str, what: str) -> None:
   if _under(path, _stack("saving")) or _under(path, _stack("checked")):
     return
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"no saved {what} at {path}")
+    old = _sibling(path, "old")
+    hint = (f"; an interrupted save left the previous one at {old}: rename it back"
+            if os.path.isdir(old) else "")
+    raise FileNotFoundError(f"no saved {what} at {path}{hint}")
   found = problems(path)
   if found:
     raise DamagedSaveError(f"the saved {what} at {path} is damaged: " + "; ".join(found)
@@ -125,6 +131,11 @@ def checked(path: str, what: str):
     stack.pop()
 
 
+def _sibling(path: str, kind: str) -> str:
+  parent, name = os.path.split(path)
+  return os.path.join(parent, f".{name}.{kind}")
+
+
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
@@ -133,29 +144,46 @@ def _sync(name: str) -> None:
 
 @contextlib.contextmanager
 def saving(path: str):
-  """Yield the folder to write the save of `path` into (`path` itself); on a clean exit
-  seal it with a manifest. Every process enters it (process 0 does the file work)."""
+  """Yield the folder to write the save of `path` into; on a clean exit seal it with a
+  manifest and put it in place of `path`, replacing any older save whole. Every process
+  enters it (process 0 does the file work)."""
   path = os.path.abspath(path)
   if _under(path, _stack("saving")):
     os.makedirs(path, exist_ok=True)
     yield path
     return
-  main = jax.process_index() == 0
+  staging, main = _sibling(path, "saving"), jax.process_index() == 0
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise NotADirectoryError(f"cannot save to {path}: it is a file")
   if main:
-    os.makedirs(path, exist_ok=True)
-    if os.path.exists(os.path.join(path, MANIFEST)):
-      os.remove(os.path.join(path, MANIFEST))
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
   _sync(f"cfx_jax saving {path}")
   stack = _stack("saving")
-  stack.append(path)
+  stack.append(staging)
   try:
-    yield path
+    yield staging
+  except BaseException:
+    if main:
+      shutil.rmtree(staging, ignore_errors=True)
+    raise
   finally:
     stack.pop()
   _sync(f"cfx_jax saved {path}")
   if main:
-    write_manifest(path)
-  _sync(f"cfx_jax sealed {path}")
+    write_manifest(staging)
+    _replace(staging, path)
+  _sync(f"cfx_jax placed {path}")
+
+
+def _replace(new: str, path: str) -> None:
+  """Move the sealed folder `new` to `path`; an older save there is removed only after."""
+  old = _sibling(path, "old")
+  shutil.rmtree(old, ignore_errors=True)
+  if os.path.isdir(path):
+    os.rename(path, old)
+  os.rename(new, path)
+  shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["DamagedSaveError", "MANIFEST", "check", "checked", "problems", "saving",

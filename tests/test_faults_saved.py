@@ -164,6 +164,52 @@ def test_an_added_file_is_refused(saved):
     _load(saved)
 
 
+def _raise_partway(*args, **kwargs):
+  raise OSError("disk full")
+
+
+@pytest.mark.parametrize("where", ["weights", "image space"])
+def test_a_save_killed_midway_leaves_the_old_one_whole(saved, explainer, monkeypatch,
+                                                       where):
+  before = {f: integrity.file_hash(os.path.join(saved, f)) for f in _files(saved)}
+  if where == "weights":
+    monkeypatch.setattr(persistence.ocp.StandardCheckpointer, "save", _raise_partway)
+  else:
+    monkeypatch.setattr(image_space.ImageSpace, "save", _raise_partway)
+  with pytest.raises(OSError, match="disk full"):
+    explainer.save(saved)
+  monkeypatch.undo()
+  assert {f: integrity.file_hash(os.path.join(saved, f)) for f in _files(saved)} == before
+  assert os.listdir(os.path.dirname(saved)) == ["saved"], "no staging folder left behind"
+  assert isinstance(_load(saved), InCallerSpace)
+
+
+def test_a_save_killed_hard_is_cleaned_up_by_the_next(saved, explainer):
+  """A process killed outright leaves its staging folder; the next save replaces it."""
+  staging = os.path.join(os.path.dirname(saved), ".saved.saving")
+  os.makedirs(os.path.join(staging, "generator"))
+  with open(os.path.join(staging, "explainer.json"), "w") as f:
+    f.write("{")
+  _load(saved)
+  explainer.save(saved)
+  assert os.listdir(os.path.dirname(saved)) == ["saved"]
+  _load(saved)
+
+
+def test_a_save_killed_between_the_renames_names_the_old_folder(saved):
+  os.rename(saved, os.path.join(os.path.dirname(saved), ".saved.old"))
+  with pytest.raises(FileNotFoundError, match=r"\.saved\.old: rename it back"):
+    _load(saved)
+
+
+def test_a_save_over_an_older_one_leaves_only_the_new_files(saved, explainer):
+  """The older save has an image space; the new one (the bare generator) has none."""
+  explainer.inner.save(saved)
+  assert image_space.SPACE_FILE not in _files(saved)
+  loaded = cfx_jax.load_explainer(saved, linear_logits)
+  assert not isinstance(loaded, InCallerSpace)
+
+
 @pytest.mark.parametrize("method", sorted(TINY))
 def test_every_method_seals_its_save(method, images, tmp_path):
   """Methods without weights still seal their settings: an edit is refused."""

@@ -225,3 +225,69 @@ def test_every_method_seals_its_save(method, images, tmp_path):
     json.dump(meta, f)
   with pytest.raises(integrity.DamagedSaveError, match="JSON was changed after saving"):
     cfx_jax.load_explainer(path, linear_logits)
+
+
+# Train checkpoints, on a quadratic ----------------------------------------------------
+
+
+def _quadratic(workdir, steps):
+  """Four steps checkpoint at 2 and 4."""
+  def step(state, target):
+    w = state["w"] - 0.2 * (state["w"] - target)
+    return {"w": w, "step": state["step"] + 1}, {"loss": jnp.sum((w - target) ** 2)}
+
+  state = {"w": jnp.zeros(3), "step": jnp.zeros((), jnp.int32)}
+  cfg = loop_lib.LoopConfig("quadratic", steps, log_every=1, checkpoint_every=2,
+                            progress=False)
+  return loop_lib.train_loop(state, jax.jit(step), lambda i: jnp.full(3, float(i % 3)),
+                             cfg, mesh=make_mesh(1), workdir=workdir,
+                             meta={"config": {"model": {"width": 3}}})[0]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  return np.asarray(_quadratic(None, 6)["w"])
+
+
+def _step_dir(workdir, step):
+  return os.path.join(workdir, "quadratic_checkpoints", str(step))
+
+
+def _state_files(workdir, step):
+  root = os.path.join(_step_dir(workdir, step), "state")
+  return [os.path.join(d, f) for d, _, names in os.walk(root) for f in names
+          if os.sep + "d" + os.sep in os.path.join(d, f)]
+
+
+def test_checkpoints_are_sealed_once_written(tmp_path):
+  _quadratic(str(tmp_path), 4)
+  for step in (2, 4):
+    assert integrity.problems(_step_dir(str(tmp_path), step)) == []
+
+
+def test_a_flipped_newest_checkpoint_falls_back_to_the_previous(tmp_path, straight):
+  """A flipped byte in the state's data restored "successfully" before manifests."""
+  workdir = str(tmp_path)
+  _quadratic(workdir, 4)
+  for file in _state_files(workdir, 4):
+    _flip(file)
+  with pytest.warns(CheckpointWarning,
+                    match=r"checkpoint 4 .* is damaged \(state.*does not match.*previous"):
+    resumed = _quadratic(workdir, 6)
+  np.testing.assert_allclose(np.asarray(resumed["w"]), straight, rtol=1e-6)
+  assert integrity.problems(_step_dir(workdir, 4)) == [], "step 4 written again"
+
+
+def test_a_nonfinite_newest_checkpoint_falls_back_to_the_previous(tmp_path, straight):
+  workdir = str(tmp_path)
+  _quadratic(workdir, 4)
+  ckpts = Checkpoints(os.path.join(workdir, "quadratic_checkpoints"))
+  meta = ckpts.read_meta(4)
+  ckpts.manager.delete(4)
+  ckpts.save(4, {"w": jnp.array([0.0, jnp.nan, 1.0]), "step": jnp.array(4, jnp.int32)},
+             meta)
+  ckpts.close()  # sealed: its bytes are as written, its values are not usable
+  assert integrity.problems(_step_dir(workdir, 4)) == []
+  with pytest.warns(CheckpointWarning, match="checkpoint 4 .* holds non-finite values"):
+    resumed = _quadratic(workdir, 6)
+  np.testing.assert_allclose(np.asarray(resumed["w"]), straight, rtol=1e-6)

@@ -2,7 +2,9 @@
 
 Each checkpoint holds the train state and a JSON `meta` item (what the state was made
 for: method, image shape, classifier fingerprint, config), so a work directory is
-never resumed with the wrong model.
+never resumed with the wrong model. Once orbax has finished writing a step, a manifest
+of content hashes (`cfx_jax.integrity`) seals it; a resume skips a step that fails its
+hashes or holds non-finite values and takes the previous one, with a warning.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import os
 import warnings
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from cfx_jax import integrity
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +30,34 @@ class Checkpoints:
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "meta"))
+    self._unsealed: list[int] = []
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state, meta: dict) -> None:
-    self.manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    self.seal(wait=True)  # orbax waits for the previous save here anyway
+    if self.manager.save(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))):
+      self._unsealed.append(int(step))
+
+  def seal(self, wait: bool = False) -> None:
+    """Write the manifest of every step orbax has finished writing (all of them after
+    waiting, when `wait`), so that a later resume can tell a damaged step."""
+    if not self._unsealed:
+      return
+    if wait:
+      self.manager.wait_until_finished()
+    elif self.manager.is_saving_in_progress():
+      return
+    for step in self._unsealed:
+      folder = self.step_dir(step)
+      if jax.process_index() == 0 and os.path.isdir(folder):  # else: already rotated out
+        integrity.write_manifest(folder)
+    self._unsealed = []
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(int(step)))
 
   def read_meta(self, step: int | None = None) -> dict | None:
     step = self.latest_step() if step is None else step
@@ -40,32 +66,54 @@ class Checkpoints:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def restore_latest_good(self, state_like, check_meta=None):
-    """Newest checkpoint that restores; a broken one is reported and skipped.
+    """Newest checkpoint that is whole and finite; a broken one is reported and skipped.
 
     A checkpoint can be truncated or corrupted by a host dying mid-write on a shared
-    file system; the previous one is then the last good state. `check_meta(meta)` may
-    raise to refuse a checkpoint that belongs to another model (that error propagates).
-    Returns (state, meta, step), or None when there is no checkpoint at all.
+    file system, or by the disk later; the previous one is then the last good state. A
+    step without a manifest (its run was killed between orbax's write and the seal, or
+    it predates manifests) cannot be checked byte for byte: it is used with a warning if
+    it restores and is finite. `check_meta(meta)` may raise to refuse a checkpoint that
+    belongs to another model (that error propagates). Returns (state, meta, step), or
+    None when there is no checkpoint at all.
     """
     steps = sorted(self.manager.all_steps(), reverse=True)
     for step in steps:
+      where = f"checkpoint {step} in {self.directory}"
+      damage = integrity.problems(self.step_dir(step))
+      if damage and not os.path.exists(os.path.join(self.step_dir(step), integrity.MANIFEST)):
+        _warn(f"{where} has no {integrity.MANIFEST}, so its bytes cannot be checked; it "
+              "is used if it restores and is finite")
+      elif damage:
+        self._discard(step, f"is damaged ({'; '.join(damage[:3])})")
+        continue
       try:
         meta = self.read_meta(step)
       except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint is skipped
-        _warn(f"checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: "
-              f"{e}); trying the previous one")
+        _warn(f"{where} is unreadable ({type(e).__name__}: {e}); trying the previous one")
         continue
       if check_meta is not None:
         check_meta(meta, step)
       try:
-        return self.restore(state_like, step), meta, step
+        state = self.restore(state_like, step)
       except Exception as e:  # noqa: BLE001
-        _warn(f"checkpoint {step} in {self.directory} failed to restore "
-              f"({type(e).__name__}: {str(e)[:200]}); trying the previous one")
+        _warn(f"{where} failed to restore ({type(e).__name__}: {str(e)[:200]}); trying "
+              "the previous one")
+        continue
+      if not all_finite(state):
+        self._discard(step, "holds non-finite values (NaN or inf)")
+        continue
+      return state, meta, step
     if steps:
       raise RuntimeError(f"no checkpoint in {self.directory} could be restored "
                          f"(tried steps {steps})")
     return None
+
+  def _discard(self, step: int, why: str) -> None:
+    """Warn about a bad step and delete it: the resumed run writes that step again (orbax
+    saves no step at or below the newest one) and no later resume falls back to it."""
+    _warn(f"checkpoint {step} in {self.directory} {why}; removed it and trying the "
+          "previous one", stacklevel=4)
+    self.manager.delete(step)
 
   def restore(self, state_like, step: int | None = None):
     """Restore into the shapes, dtypes and shardings of `state_like` (arrays or abstract)."""
@@ -76,17 +124,28 @@ class Checkpoints:
     return out["state"]
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    self.seal(wait=True)
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.seal(wait=True)
     self.manager.close()
+
+
+@jax.jit
+def _finite(leaves) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves] or [jnp.bool_(True)]))
+
+
+def all_finite(tree) -> bool:
+  """Whether every float leaf of `tree` is finite (one compiled check, any sharding)."""
+  return bool(_finite([a for a in jax.tree.leaves(tree)
+                       if jnp.issubdtype(jnp.asarray(a).dtype, jnp.inexact)]))
 
 
 class CheckpointWarning(UserWarning):
   """A checkpoint was skipped because it could not be read."""
 
 
-def _warn(message: str) -> None:
-  warnings.warn(message, CheckpointWarning, stacklevel=3)
+def _warn(message: str, stacklevel: int = 3) -> None:
+  warnings.warn(message, CheckpointWarning, stacklevel=stacklevel)
   logger.warning("%s", message)

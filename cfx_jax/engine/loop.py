@@ -18,11 +18,10 @@ import os
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cfx_jax.engine import mesh as mesh_lib
-from cfx_jax.engine.checkpoints import Checkpoints
+from cfx_jax.engine.checkpoints import Checkpoints, all_finite
 from cfx_jax.engine.logging import MetricsLog, Progress, is_main_process
 from cfx_jax.engine.preemption import NonFiniteError, Preemption
 
@@ -68,12 +67,6 @@ def _nonfinite_steps(state):
   return np.concatenate([np.ravel(mesh_lib.to_host(b)) for b in bad])
 
 
-@jax.jit
-def _all_finite(leaves) -> jax.Array:
-  """One compiled check over every leaf (eager checks compile two programs per shape)."""
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves] or [jnp.bool_(True)]))
-
-
 def check_finite(state, metrics: dict | None, name: str, step: int) -> None:
   """States that record their first non-finite step (the GAN states) are checked by it;
   others by their logged metrics."""
@@ -87,8 +80,7 @@ def check_finite(state, metrics: dict | None, name: str, step: int) -> None:
                            "stopped and the last good checkpoint was kept (try a lower "
                            "learning rate)")
   elif metrics is None:  # before a save: never checkpoint a non-finite state
-    if not bool(_all_finite([a for a in jax.tree.leaves(state)
-                             if jnp.issubdtype(a.dtype, jnp.inexact)])):
+    if not all_finite(state):
       raise NonFiniteError(f"{name} weights became non-finite by step {step}; the last "
                            "good checkpoint was kept (try a lower learning rate)")
   else:
@@ -168,6 +160,8 @@ def train_loop(state, step: Callable, batch_at: Callable[[int], Any], loop: Loop
           progress.update(done, {k: row[k] for k in loop.shown if k in row})
         preemption.checkpoint_or_stop(ckpts, done, loop.steps, loop.checkpoint_every, state,
                                       meta, lambda: check_finite(state, None, loop.name, done))
+        if ckpts is not None:
+          ckpts.seal()  # as soon as orbax is done: a killed run leaves a checkable step
     progress.close()
   finally:
     preemption.restore()

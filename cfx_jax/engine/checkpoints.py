@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 import jax
@@ -89,6 +90,7 @@ class Checkpoints:
       try:
         meta = self.read_meta(step)
       except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint is skipped
+        quiet_late_callbacks()
         _warn(f"{where} is unreadable ({type(e).__name__}: {e}); trying the previous one")
         continue
       if check_meta is not None:
@@ -96,6 +98,7 @@ class Checkpoints:
       try:
         state = self.restore(state_like, step)
       except Exception as e:  # noqa: BLE001
+        quiet_late_callbacks()
         _warn(f"{where} failed to restore ({type(e).__name__}: {str(e)[:200]}); trying "
               "the previous one")
         continue
@@ -140,6 +143,29 @@ def all_finite(tree) -> bool:
   """Whether every float leaf of `tree` is finite (one compiled check, any sharding)."""
   return bool(_finite([a for a in jax.tree.leaves(tree)
                        if jnp.issubdtype(jnp.asarray(a).dtype, jnp.inexact)]))
+
+
+def quiet_late_callbacks() -> None:
+  """Drop the "Event loop is closed" errors of a failed orbax read.
+
+  Orbax runs a restore's reads on an event loop it closes as soon as one read fails;
+  tensorstore then completes the other reads into the closed loop, and each one prints
+  a traceback (dozens for a large state) after the failure was already reported.
+  Only that error, with no object attached, is dropped; everything else is passed on.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_cfx_quiet", False):
+    return
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if (unraisable.object is None and isinstance(e, RuntimeError)
+        and str(e) == "Event loop is closed"):
+      return
+    previous(unraisable)
+
+  hook._cfx_quiet = True
+  sys.unraisablehook = hook
 
 
 class CheckpointWarning(UserWarning):

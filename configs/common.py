@@ -21,7 +21,7 @@ def experiment(dataset: ml_collections.ConfigDict, method: str | None,
     # (docs/selection.md); the second judge is then the evaluation's oracle (trained on
     # the labels, its own seed and widths), which the selection never sees.
     c.explainer.select.report_judge = False
-  # scores: the families of `cfx_jax.jobs.evaluate.REPORTS` in metrics.json and
+  # scores: families of `cfx_jax.jobs.evaluators.SCORE_FAMILIES` in metrics.json and
   # report.md. oracle_steps: train (once, cached in <workdir>/oracle) the independent
   # oracle that the truth scores need; 0 turns them off.
   c.eval = ml_collections.ConfigDict(dict(

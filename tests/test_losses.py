@@ -419,7 +419,7 @@ def test_syce_beyond_two_classes_drops_the_symmetric_term_and_pushes_the_flip():
 
 
 def test_default_weights_follow_design():
-  """DESIGN 2.1: the papers' weights, plus the direct L1 proximity term."""
+  """The papers' weights, plus the direct L1 proximity term."""
   syce, cyce, sagen = get_recipe("syce").default_weights, get_recipe("cyce").default_weights, \
       get_recipe("sagen").default_weights
   for w in (syce, cyce):

@@ -19,7 +19,7 @@ BATCH_AXES = ("data", "fsdp")
 def make_mesh(num_devices: int | None = None, fsdp: int = 1) -> jax.sharding.Mesh:
   """A (data, fsdp) mesh over `num_devices` devices (all when None or <= 0).
 
-  Auto axis types: the default Explicit types reject some batch-sharded ops (DESIGN 5).
+  Auto axis types: the default Explicit types reject some batch-sharded ops.
   """
   devices = jax.devices()
   n = len(devices) if not num_devices or num_devices <= 0 else int(num_devices)

@@ -1,7 +1,7 @@
 """U-Net used by every generative explainer.
 
 Upsampling is nearest-neighbour (`layers.upsample2`) + 3x3 conv: the gradient of
-ConvTranspose is ~10x slower on CPU (DESIGN 5). The residual form `clip(x + 2 tanh(r))`
+ConvTranspose was measured ~10x slower on XLA:CPU. The residual form `clip(x + 2 tanh(r))`
 with a zero-initialised last conv starts as the identity, which is what makes the maps
 sparse and well localised.
 

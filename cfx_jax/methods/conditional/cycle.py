@@ -1,6 +1,6 @@
 """CyCE and SyCE: cycle- and symmetry-consistent conditional-generator explainers.
 
-Loss weights follow the paper's code (DESIGN 2.1). `l1` is the direct proximity term
+Loss weights follow the papers' published code. `l1` is the direct proximity term
 that makes the residual generator's maps sparse; set it to 0 for the paper's exact form.
 
 `cycle_grad` is the share of the cycle and symmetric losses' gradient that reaches the

@@ -45,7 +45,6 @@ from cfx_jax.batching import map_in_chunks
 from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
 from cfx_jax.methods import common
-from cfx_jax.methods.fido.explainer import other_class_on
 from cfx_jax.models.cae import build_autoencoder
 from cfx_jax.methods.cae import train as cae_train
 
@@ -251,7 +250,7 @@ class CaeExplainer(common.ClassifierBound):
     fractions = jnp.asarray(self.fractions)
     p = fractions.shape[0]
     probs = jax.nn.softmax(apply(clf_params, x), axis=-1)
-    t = jnp.where(t < 0, other_class_on(probs, jnp.argmax(probs, axis=-1)), t)
+    t = jnp.where(t < 0, common.other_class_on(probs, jnp.argmax(probs, axis=-1)), t)
     t = t.astype(jnp.int32)
     s, c = net.encode(x)
     codes = s[:, None] + fractions[None, :, None] * (prototypes[t] - s)[:, None]

@@ -68,7 +68,6 @@ from cfx_jax.classifier import Classifier, as_classifier
 from cfx_jax.explanation import Explanation
 from cfx_jax.methods import common
 from cfx_jax.methods.disc.optimise import PARAMETERISATIONS, optimise_counterfactuals
-from cfx_jax.methods.fido.explainer import other_class_on
 
 
 
@@ -209,7 +208,7 @@ class DiscExplainer(common.ClassifierBound):
     clf, aux = self.classifier, self.auxiliary
     probs = jax.nn.softmax(clf.apply(params, x), axis=-1)
     predicted = jnp.argmax(probs, axis=-1)
-    t = jnp.where(t < 0, other_class_on(probs, predicted), t).astype(jnp.int32)
+    t = jnp.where(t < 0, common.other_class_on(probs, predicted), t).astype(jnp.int32)
     bn_fn = (lambda im: clf.bn_features(params, im)) if self.config.bn > 0 else None
     unc_fn = (lambda im: aux.uncertainty_fn(aux_params, im)) if aux is not None else None
     cf, _ = optimise_counterfactuals(x, t, key, self.config,

@@ -166,11 +166,6 @@ def fido_loss(theta, x, c, key, step, *, score_fn, infill, cfg):
   return data + regulariser_ramp(step, cfg.warmup) * reg
 
 
-def image_keys(key: jax.Array, ids: jax.Array) -> jax.Array:
-  """One key per image from its id, independent of the batch it is in."""
-  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(ids, jnp.uint32))
-
-
 def optimise_masks(score_fn, infill, images, classes, key, cfg, *, ids=None):
   """Optimise every image's drop logits; returns (theta (N, h, w), loss trace (N, steps)).
 
@@ -187,7 +182,7 @@ def optimise_masks(score_fn, infill, images, classes, key, cfg, *, ids=None):
     return common.minimise(image_loss(score_fn, infill, x, c, k, cfg), theta0, opt,
                            int(cfg.steps))
 
-  return jax.vmap(one_image)(images, jnp.asarray(classes), image_keys(key, ids))
+  return jax.vmap(one_image)(images, jnp.asarray(classes), common.image_keys(key, ids))
 
 
 def initial_carry(cfg, images):
@@ -206,7 +201,7 @@ def mask_step(score_fn, infill, images, classes, key, cfg, ids, carry, step):
   def one_image(x, c, k, carry):
     return common.update(image_loss(score_fn, infill, x, c, k, cfg), opt)(carry, step)[0]
 
-  return jax.vmap(one_image)(images, classes, image_keys(key, ids), carry)
+  return jax.vmap(one_image)(images, classes, common.image_keys(key, ids), carry)
 
 
 def mask_optimiser(cfg) -> optax.GradientTransformation:
@@ -215,7 +210,7 @@ def mask_optimiser(cfg) -> optax.GradientTransformation:
 
 def image_loss(score_fn, infill, x, c, key, cfg):
   """loss(theta, step) that `optimise_masks` minimises for image x (H, W, C) of class c,
-  whose key is `key` (see `image_keys`)."""
+  whose key is `key` (see `common.image_keys`)."""
   infill = get_infiller(infill)
   fill = infill
   if not (infill.uses_mask or infill.uses_key):
@@ -229,12 +224,6 @@ def image_loss(score_fn, infill, x, c, key, cfg):
                      score_fn=score_fn, infill=fill, cfg=cfg)
 
   return loss
-
-
-def other_class_on(probs: jax.Array, c: jax.Array) -> jax.Array:
-  """The most likely class other than c: where a destroyed class-c image went."""
-  masked = jnp.where(jax.nn.one_hot(c, probs.shape[-1]) > 0, -jnp.inf, probs)
-  return jnp.argmax(masked, axis=-1).astype(jnp.int32)
 
 
 class FidoExplainer(common.ClassifierBound):
@@ -322,14 +311,15 @@ class FidoExplainer(common.ClassifierBound):
     drop = upsample(jax.nn.sigmoid(theta), height, width)
     keep = (drop <= cfg.threshold).astype(x.dtype)[..., None]
     # Step index `steps` is never drawn during optimisation: a fresh key for the fill.
-    cf_keys = jax.vmap(lambda k: jax.random.fold_in(k, int(cfg.steps)))(image_keys(key, ids))
+    cf_keys = jax.vmap(lambda k: jax.random.fold_in(k, int(cfg.steps)))(
+        common.image_keys(key, ids))
     fills = jax.vmap(lambda xi, mi, ki: infill(xi[None], mi[None], ki)[0])(x, keep, cf_keys)
     cf = keep * x + (1.0 - keep) * fills
     cf_probs = jax.nn.softmax(apply(params, cf), axis=-1)
     if cfg.objective == "ssr" or targeted:
       target = c
     else:
-      target = other_class_on(cf_probs, c)
+      target = common.other_class_on(cf_probs, c)
     maps = 1.0 - drop if cfg.objective == "ssr" else drop
     return Explanation(maps=maps, target=target, probs=probs, counterfactual=cf,
                        cf_probs=cf_probs)

@@ -8,9 +8,11 @@ import os
 
 import numpy as np
 
-from cfx_jax import image_space, integrity, persistence, validation
+from cfx_jax import diagnosis, image_space, integrity, persistence, validation
 from cfx_jax.baselines import BASELINES
-from cfx_jax.classifier import Classifier, as_classifier
+from cfx_jax.classifier import Classifier, as_classifier, fingerprint_outputs, with_probe
+from cfx_jax.engine import lock
+from cfx_jax.engine import workdir as workdir_lib
 from cfx_jax.explanation import Explanation
 from cfx_jax import selection
 from cfx_jax.methods import registry
@@ -32,7 +34,8 @@ def _as_images(images) -> np.ndarray:
 def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None = None,
                   batch_size: int | None = None, seed: int = 0, workdir: str | None = None,
                   config=None, attributes=None, outputs: str = "logits", value_range=None,
-                  variables=None, generator=None, select: bool | None = None) -> Explainer:
+                  variables=None, generator=None, select: bool | None = None,
+                  restart: bool = False) -> Explainer:
   """Train a counterfactual explainer of `classifier` on `images`.
 
   `method`: one of `trainable_methods()`. Optimisation methods ("fido", "disc") train at
@@ -63,6 +66,13 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
   training a VAE (see `cfx_jax.methods.latent.PretrainedGenerator`); it takes and
   returns images of the caller's size, in [-1, 1]. It is not saved with the explainer:
   `load_explainer` needs it again.
+  `restart`: a `workdir` whose record shows a fit with other settings, images, seed or
+  classifier is refused with what changed (docs/reliability.md); True deletes that
+  fit's files there and starts over. Settings that change no result (log_every,
+  checkpoint_every, keep_checkpoints, progress) and more steps resume as usual. One
+  process at a time may use a `workdir` (a lock file names the one that does).
+  Settings are checked before anything trains (`cfx_jax.validation.check_settings`):
+  counts >= 1, rates positive and finite, a `batch_size` no larger than the images.
   """
   if method in BASELINES:
     raise ValueError(f"unknown method {method!r} for fit_explainer: it is a saliency "
@@ -83,15 +93,45 @@ def fit_explainer(classifier, images, *, method: str = "syce", steps: int | None
   # A pretrained generator takes the images at their own size: no padding to a grid.
   multiple, square = (1, False) if generator is not None else entry.grid(config)
   images = validation.batched(_as_images(images), single=False)
-  space, clf, x = image_space.bind(classifier, images, outputs=outputs,
-                                   value_range=value_range, variables=variables,
-                                   multiple=multiple, square=square)
+  settings = checked_settings(entry, config, steps, batch_size, len(images))
   generative = method in registry.GENERATOR_METHODS
   if select and not generative:
     raise ValueError(f"select=True chooses among settings of the generator methods "
                      f"{sorted(registry.GENERATOR_METHODS)}, not {method!r}")
   if select is None:
     select = generative and (config is None or _selects(config))
+  space, clf, x = image_space.bind(classifier, images, outputs=outputs,
+                                   value_range=value_range, variables=variables,
+                                   multiple=multiple, square=square)
+  clf = with_probe(as_classifier(clf, x.shape[1:]), x)
+  with lock.held(workdir):
+    if workdir:
+      identity = {**settings, "method": method, "seed": int(seed), "select": bool(select),
+                  "outputs": outputs, "value_range": list(space.value_range),
+                  "images": workdir_lib.data_hash(x), "attributes":
+                  None if attributes is None else workdir_lib.data_hash(attributes),
+                  "classifier": fingerprint_outputs(clf.fingerprint())}
+      workdir_lib.claim(os.path.abspath(workdir), "explainer", identity, restart=restart)
+    return _fit(entry, method, clf, x, space, outputs, config, seed, steps, batch_size,
+                workdir, select, generative, extra)
+
+
+def checked_settings(entry, config, steps, batch_size, num_images: int) -> dict:
+  """The fit's settings that identify its result, checked (`validation.check_settings`)
+  before anything trains; a `batch_size` set larger than the images is refused."""
+  resolved = entry.resolved(config, steps, batch_size)
+  validation.check_settings(resolved, what=entry.name)
+  given = batch_size if batch_size is not None else registry.setting(config, "batch_size")
+  validation.check_settings({"batch_size": given}, what=entry.name, num_images=num_images)
+  out = workdir_lib.settings_identity(resolved)
+  for name in ("method", "seed", "select.enabled"):
+    out.pop(name, None)
+  return out
+
+
+def _fit(entry, method, clf, x, space, outputs, config, seed, steps, batch_size, workdir,
+         select, generative, extra) -> Explainer:
+  """`fit_explainer` once its arguments are checked and its workdir claimed."""
   if select:
     entry.settings(config, steps, batch_size)  # raises where they disagree with config
     base = generator_train.resolve_config(method, config, seed=seed, steps=steps,
@@ -198,8 +238,8 @@ class InCallerSpace:
     x = validation.batched(images)
     validation.check_shape(x, self.image_shape)
     image_space.value_range_of(x, self.space.value_range)
-    return self.space.explanation(self.inner.explain(self.space.to_internal(x), target,
-                                                     **options))
+    out = self.inner.explain(self.space.to_internal(x), target, **options)
+    return self.space.explanation(diagnosis.check_explanation(out))
 
   def save(self, path: str) -> None:
     """Write the explainer and its image space to the directory `path`, so that

@@ -18,8 +18,10 @@ which Grad-CAM needs; `from_module` provides the cut for modules that define
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import inspect
+import io
 from typing import Any, Callable
 
 import jax
@@ -31,6 +33,9 @@ from flax import errors
 from cfx_jax.batching import map_in_chunks
 
 PROBE_SIZE = 8
+# Real images in the fingerprint: uniform noise alone can miss a classifier that differs
+# only on images like the data (the same logits on noise, others on lesions).
+PROBE_REAL = 4
 FINGERPRINT_TOLERANCE = 1e-3
 OUTPUTS = ("logits", "probabilities")
 # Smallest probability kept when probabilities become log-probabilities.
@@ -54,6 +59,8 @@ class Classifier:
   head: Callable[[Any, jax.Array], jax.Array] | None = None
   bn_features: Callable[[Any, jax.Array], tuple] | None = None
   value_range: tuple[float, float] = (-1.0, 1.0)  # of the images `apply` takes
+  # A few images of the fit, in the fingerprint (see `with_probe`).
+  probe_images: Any = dataclasses.field(default=None, compare=False, repr=False)
 
   def __call__(self, images: jax.Array) -> jax.Array:
     return self.apply(self.params, images)
@@ -70,9 +77,14 @@ class Classifier:
     """(N, K) class probabilities (softmax of the logits)."""
     return np.asarray(jax.nn.softmax(self.logits(images, chunk_size), axis=-1))
 
-  def fingerprint(self) -> list[list[float]]:
-    """Logits on a fixed random probe batch: identifies the classifier in checkpoints."""
-    return np.asarray(self(self.probe()), np.float64).round(5).tolist()
+  def fingerprint(self):
+    """Identifies the classifier in checkpoints and saves: its logits on a fixed random
+    probe batch, and with `probe_images` also on those, which the fingerprint carries
+    ({"outputs", "images"}) so that a check at load can reuse them."""
+    if self.probe_images is None:
+      return _outputs(self, None)
+    return {"outputs": _outputs(self, self.probe_images),
+            "images": encode_images(self.probe_images)}
 
   def probe(self) -> jax.Array:
     """A fixed batch of uniform random images in the classifier's value range."""
@@ -80,6 +92,36 @@ class Classifier:
     return jax.random.uniform(jax.random.key(1234), (PROBE_SIZE,) + self.image_shape,
                               minval=lo, maxval=hi)
 
+
+
+def _outputs(classifier: Classifier, images) -> list[list[float]]:
+  probe = classifier.probe()
+  if images is not None:
+    probe = jnp.concatenate([probe, jnp.asarray(images, probe.dtype)])
+  return np.asarray(classifier(probe), np.float64).round(5).tolist()
+
+
+def with_probe(classifier: Classifier, images) -> Classifier:
+  """`classifier` fingerprinted on the first `PROBE_REAL` of `images` besides noise (as
+  float16, the precision they are saved at)."""
+  probe = np.asarray(np.asarray(images[:PROBE_REAL], np.float16), np.float32)
+  return dataclasses.replace(classifier, probe_images=probe)
+
+
+def encode_images(images) -> str:
+  buffer = io.BytesIO()
+  np.save(buffer, np.asarray(images, np.float16), allow_pickle=False)
+  return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_images(text: str) -> np.ndarray:
+  raw = np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False)
+  return raw.astype(np.float32)
+
+
+def fingerprint_outputs(fingerprint) -> list:
+  """The logits of a fingerprint, old (a list) or new (a dict)."""
+  return fingerprint["outputs"] if isinstance(fingerprint, dict) else fingerprint
 
 
 def _as_logits(outputs: jax.Array, kind: str) -> jax.Array:
@@ -246,11 +288,16 @@ def _refuse_probabilities(logits: np.ndarray, single: bool) -> None:
                      "Pass outputs=\"probabilities\" (or return logits)")
 
 
-def check_fingerprint(saved, classifier: Classifier, what: str) -> None:
-  """Refuse `what` (a saved explainer or checkpoint) made for another classifier."""
-  now = np.asarray(classifier.fingerprint())
-  saved = np.asarray(saved)
+def check_fingerprint(saved, classifier: Classifier, what: str) -> Classifier:
+  """Refuse `what` (a saved explainer or checkpoint) made for another classifier; returns
+  the classifier with the saved probe images, so that a save of it keeps them. A
+  fingerprint saved before real images were part of it is checked on the noise alone."""
+  images = decode_images(saved["images"]) if isinstance(saved, dict) else None
+  now = np.asarray(_outputs(classifier, images))
+  saved = np.asarray(fingerprint_outputs(saved))
   if now.shape != saved.shape or not np.allclose(now, saved, atol=FINGERPRINT_TOLERANCE,
                                                  rtol=FINGERPRINT_TOLERANCE):
     raise ValueError(f"{what} was made for another classifier: its outputs on the probe "
                      "images differ from this classifier's")
+  return classifier if images is None else dataclasses.replace(classifier,
+                                                              probe_images=images)

@@ -91,3 +91,49 @@ def check_target(target, n: int, num_classes: int, predicted: np.ndarray) -> np.
                      f"image(s) (first indices {same[:5].tolist()}): a counterfactual must "
                      "reach another class")
   return t.astype(np.int32)
+
+
+# Settings that count something: each must be a whole number >= 1 (None: the default).
+COUNTS = ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
+          "chunk_size", "disc_steps", "vae_steps", "predictor_steps", "shift_steps",
+          "judge_steps", "batch_per_class", "code_dim", "samples", "seeds")
+# Step sizes: positive and finite (None: the default).
+RATES = ("learning_rate", "fit_learning_rate", "disc_lr_scale")
+NON_NEGATIVE = ("weight_decay",)
+
+
+def flat(settings, prefix: str = "") -> dict:
+  """{"model": {"residual": True}} -> {"model.residual": True}, of a dict or ConfigDict."""
+  if hasattr(settings, "to_dict"):
+    settings = settings.to_dict()
+  out = {}
+  for key, value in (settings or {}).items():
+    if hasattr(value, "to_dict") or isinstance(value, dict):
+      out.update(flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def check_settings(settings, *, what: str, num_images: int | None = None) -> None:
+  """The one check of run settings, before anything trains: counts are whole numbers
+  >= 1, rates positive and finite, and `batch_size` no larger than the `num_images`
+  it draws from (a larger batch would repeat images in every step; say so rather than
+  train on it)."""
+  for name, value in flat(settings).items():
+    leaf = name.rsplit(".", 1)[-1]
+    if value is None or leaf not in COUNTS + RATES + NON_NEGATIVE:
+      continue
+    if leaf in COUNTS:
+      if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+          or value < 1):
+        raise ValueError(f"{what} {name} must be a whole number >= 1, got {value!r}")
+      if name == "batch_size" and num_images is not None and value > num_images:
+        raise ValueError(f"{what} batch_size {value} is larger than the {num_images} "
+                         f"images it draws from; use at most {num_images}")
+      continue
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+      raise ValueError(f"{what} {name} must be a number, got {value!r}")
+    if not np.isfinite(value) or value < 0 or (leaf in RATES and value == 0):
+      need = "non-negative" if leaf in NON_NEGATIVE else "positive"
+      raise ValueError(f"{what} {name} must be {need} and finite, got {value!r}")

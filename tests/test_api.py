@@ -215,13 +215,13 @@ def test_resume_with_another_classifier(fitted, images, no_training):
 
 def test_resume_with_another_architecture(fitted, images, no_training):
   cfg = model_config(model={"gen_features": (8, 16, 32), "disc_features": (8, 16)})
-  with pytest.raises(ValueError, match="made for the model"):
+  with pytest.raises(ValueError, match=r"model.gen_features: \[8, 16\] -> \[8, 16, 32\]"):
     cfx_jax.fit_explainer(linear_logits, images, steps=STEPS + 2, batch_size=BATCH,
                           workdir=fitted[1], config=cfg)
 
 
 def test_resume_asking_for_fewer_steps_than_done(fitted, images, no_training):
-  with pytest.raises(ValueError, match=f"at step {STEPS}, past the 2 steps"):
+  with pytest.raises(ValueError, match=f"explainer.steps: {STEPS} -> 2"):
     _fit(images, fitted[1], steps=2)
 
 
@@ -273,7 +273,8 @@ FIT_ERRORS = [
     ("steps", lambda x: dict(steps=0), ValueError, "steps must be >= 1"),
     ("batch multiple", lambda x: dict(batch_size=7), ValueError,
      "batch_size 7 must be a positive multiple of the 2 classes"),
-    ("devices", lambda x: dict(images=x[:4], config=model_config(num_devices=8)), ValueError,
+    ("devices", lambda x: dict(images=x[:4], batch_size=4, config=model_config(num_devices=8)),
+     ValueError,
      "4 images cannot be spread over 8 devices"),
     ("one class", lambda x: dict(classifier=_one_class), ValueError,
      r"predicts no image as class\(es\) \[0\]"),

@@ -67,9 +67,12 @@ def _nonfinite_steps(state):
   return np.concatenate([np.ravel(mesh_lib.to_host(b)) for b in bad])
 
 
-def check_finite(state, metrics: dict | None, name: str, step: int) -> None:
+def check_finite(state, metrics: dict | None, name: str, step: int,
+                 advice: Callable[[Any], str] | None = None) -> None:
   """States that record their first non-finite step (the GAN states) are checked by it;
-  others by their logged metrics."""
+  others by their logged metrics. `advice(state)` says what to do instead of the lower
+  learning rate suggested by default (a model that knows other causes checks them)."""
+  hint = (lambda: advice(state)) if advice else (lambda: "try a lower learning rate")
   bad = _nonfinite_steps(state)
   if bad is not None:
     # A population stops only when every member has: the others train on, and a member
@@ -77,18 +80,16 @@ def check_finite(state, metrics: dict | None, name: str, step: int) -> None:
     bad = int(np.min(bad))
     if bad >= 0:
       raise NonFiniteError(f"{name} losses became non-finite at step {bad}; training "
-                           "stopped and the last good checkpoint was kept (try a lower "
-                           "learning rate)")
+                           f"stopped and the last good checkpoint was kept ({hint()})")
   elif metrics is None:  # before a save: never checkpoint a non-finite state
     if not all_finite(state):
       raise NonFiniteError(f"{name} weights became non-finite by step {step}; the last "
-                           "good checkpoint was kept (try a lower learning rate)")
+                           f"good checkpoint was kept ({hint()})")
   else:
     nonfinite = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
     if nonfinite:
       raise NonFiniteError(f"{name} losses ({', '.join(nonfinite)}) became non-finite by "
-                           f"step {step}; the last good checkpoint was kept (try a lower "
-                           "learning rate)")
+                           f"step {step}; the last good checkpoint was kept ({hint()})")
 
 
 def check_resumable(saved: dict, meta: dict, *, name: str, where: str, latest: int,
@@ -116,13 +117,15 @@ def check_resumable(saved: dict, meta: dict, *, name: str, where: str, latest: i
 def train_loop(state, step: Callable, batch_at: Callable[[int], Any], loop: LoopConfig, *,
                mesh, workdir: str | None, meta: dict, compare: tuple[str, ...] | None = None,
                check_saved: Callable[[dict], None] | None = None,
-               extra_logs: tuple[MetricsLog, ...] = ()) -> tuple[Any, MetricsLog]:
+               extra_logs: tuple[MetricsLog, ...] = (),
+               advice: Callable[[Any], str] | None = None) -> tuple[Any, MetricsLog]:
   """Run `state` from its newest good checkpoint in `workdir` (or from the start) to
   `loop.steps`; returns the final state (still on device) and the metrics log.
 
   `meta` is saved with every checkpoint; a checkpoint whose metadata differs (see
   `check_resumable`) or that `check_saved(saved_meta)` rejects is refused with an error.
-  `extra_logs` are cut back to the resumed step like the metrics log.
+  `extra_logs` are cut back to the resumed step like the metrics log; `advice` is
+  `check_finite`'s.
   """
   ckpts = (Checkpoints(os.path.join(workdir, loop.checkpoint_dir or f"{loop.name}_checkpoints"),
                        keep=loop.keep_checkpoints) if workdir else None)
@@ -155,11 +158,12 @@ def train_loop(state, step: Callable, batch_at: Callable[[int], Any], loop: Loop
         done = i + 1
         if done % loop.log_every == 0 or done == loop.steps:
           host = mesh_lib.to_host(metrics)
-          check_finite(state, host, loop.name, done)
+          check_finite(state, host, loop.name, done, advice)
           row = log.write(done, host)
           progress.update(done, {k: row[k] for k in loop.shown if k in row})
         preemption.checkpoint_or_stop(ckpts, done, loop.steps, loop.checkpoint_every, state,
-                                      meta, lambda: check_finite(state, None, loop.name, done))
+                                      meta, lambda: check_finite(state, None, loop.name, done,
+                                                                   advice))
         if ckpts is not None:
           ckpts.seal()  # as soon as orbax is done: a killed run leaves a checkable step
     progress.close()

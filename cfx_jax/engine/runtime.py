@@ -37,6 +37,9 @@ def runtime_config() -> ml_collections.ConfigDict:
   c.initialization_timeout = 300     # seconds to wait for every process
   # None: the default folder (module docstring); "": no cache.
   c.compilation_cache_dir = ml_collections.FieldReference(None, field_type=str)
+  # A workdir made with other settings or data is refused with what changed; True starts
+  # the stages that changed over, deleting their results (docs/reliability.md).
+  c.restart = False
   return c
 
 
@@ -108,6 +111,7 @@ def run_job(argv, job, config: ml_collections.ConfigDict, workdir: str) -> None:
   from absl import app
   from absl import logging as absl_logging
 
+  from cfx_jax.engine import lock
   from cfx_jax.engine.preemption import EXIT_PREEMPTED, Preempted
 
   if len(argv) > 1:
@@ -115,7 +119,8 @@ def run_job(argv, job, config: ml_collections.ConfigDict, workdir: str) -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   setup(config.runtime)
   try:
-    job(config, workdir)
+    with lock.held(workdir):
+      job(config, workdir)
   except Preempted as e:
     logger.warning("preempted: %s", e)
     sys.exit(EXIT_PREEMPTED)

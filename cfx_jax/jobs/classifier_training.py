@@ -13,11 +13,12 @@ import optax
 from flax import nnx
 
 from cfx_jax import data as data_lib
-from cfx_jax import persistence
+from cfx_jax import persistence, validation
 from cfx_jax.classifier import Classifier, from_module
 from cfx_jax.models import CNNClassifier
 from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine import state as state_lib
+from cfx_jax.engine import workdir as workdir_lib
 from cfx_jax.engine.loop import LoopConfig, train_loop
 
 logger = logging.getLogger(__name__)
@@ -109,9 +110,17 @@ def save_classifier(path: str, clf: Classifier, config, metrics: dict) -> None:
 
 
 def load_or_train_classifier(config: ml_collections.ConfigDict, train: dict, test: dict,
-                             workdir: str) -> tuple[Classifier, dict]:
+                             workdir: str, *, restart: bool = False
+                             ) -> tuple[Classifier, dict]:
   """The classifier saved in `<workdir>/classifier` and its test metrics; where there is
-  none, one trained from `config` (and saved there), so a rerun reuses it."""
+  none, one trained from `config` (and saved there), so a rerun reuses it.
+
+  The workdir records the settings and data it was trained on: a rerun with others is
+  refused, or with `restart` trains it (and whatever was made from it) again."""
+  identity = {**workdir_lib.settings_identity(validation.flat(config)),
+              "images": workdir_lib.data_hash(train["image"], train["label"]),
+              "test_images": workdir_lib.data_hash(test["image"], test["label"])}
+  workdir_lib.claim(workdir, "classifier", identity, restart=restart)
   path = os.path.join(workdir, "classifier")
   if os.path.exists(os.path.join(path, "classifier.json")):
     logger.info("classifier: reusing %s", path)

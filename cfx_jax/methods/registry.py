@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from cfx_jax import config as config_lib
+from cfx_jax import validation
 from cfx_jax.classifier import as_classifier, check_fingerprint
 from cfx_jax.explanation import Explanation
 from cfx_jax.methods.cae import CaeExplainer
@@ -100,6 +101,19 @@ class Entry:
     return keyword_settings(self.name, config, self.defaults, steps, batch_size,
                             self.steps_settings, self.batch_settings)
 
+  def resolved(self, config, steps=None, batch_size=None) -> dict:
+    """Every setting of a fit, flat ("model.residual"): the defaults, `config` and the
+    keywords on top; what the run checks and what identifies its work directory."""
+    if isinstance(config, (dict, ml_collections.ConfigDict)) and self.family == "conditional":
+      base = generator_train.resolve_config(self.name, config)
+    else:
+      base = self.defaults()
+    out = validation.flat(base)
+    if self.family != "conditional":
+      out.update(validation.flat(config))
+    out.update(self.settings(config, steps, batch_size))
+    return out
+
   def fit(self, classifier, images, *, config=None, seed=0, steps=None, batch_size=None,
           workdir=None, **extra) -> Explainer:
     """Train what the method needs on `images`: the one way every method is fitted."""
@@ -110,7 +124,7 @@ class Entry:
                       **extra)
 
 
-def _setting(config, path: str, default):
+def setting(config, path: str, default=None):
   """The value at dotted `path` of a dict or ConfigDict of overrides, else `default`."""
   node = config
   for key in path.split("."):
@@ -122,7 +136,7 @@ def _halving_grid(path: str, default, offset: int, square: bool = False):
   """The grid of networks that halve the image once per entry of the feature tuple at
   `path` of the config, less `offset`."""
   def grid(config):
-    return 2 ** (len(_setting(config, path, default)) - offset), square
+    return 2 ** (len(setting(config, path, default)) - offset), square
   return grid
 
 
@@ -190,7 +204,7 @@ def _class_entry(name: str, cls, defaults, **options) -> Entry:
 
   def load(meta, classifier, path, **extra):
     clf = as_classifier(classifier, meta["image_shape"])
-    check_fingerprint(meta["classifier_fingerprint"], clf, f"explainer at {path}")
+    clf = check_fingerprint(meta["classifier_fingerprint"], clf, f"explainer at {path}")
     return cls.from_meta(meta, clf, path, **extra)
 
   return Entry(name, name, defaults, train, load, **options)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cfx_jax import persistence, validation
+from cfx_jax import diagnosis, persistence, validation
 from cfx_jax.batching import map_in_chunks
 from cfx_jax.classifier import Classifier, as_classifier, check_fingerprint
 from cfx_jax.explanation import Explanation
@@ -99,9 +99,9 @@ class GeneratorExplainer:
     else:
       predicted = np.argmax(self.predict_proba(x), axis=-1)
       t = validation.check_target(target, len(x), self.num_classes, predicted)
-    return map_in_chunks(
+    return diagnosis.check_explanation(map_in_chunks(
         lambda xb, tb: self._programs(self.gen_params, self.classifier.params, xb, tb),
-        [x, t], self.chunk_size)
+        [x, t], self.chunk_size))
 
   def explain_all_targets(self, images) -> Explanation:
     """One counterfactual toward every class: fields shaped (N, K, ...).
@@ -148,7 +148,7 @@ def load(method: GeneratorRecipe, meta: dict, classifier, path: str) -> Generato
   if clf.num_classes != spec.num_classes:
     raise ValueError(f"explainer at {path} explains {spec.num_classes} classes, the "
                      f"classifier has {clf.num_classes}")
-  check_fingerprint(meta["classifier_fingerprint"], clf, f"explainer at {path}")
+  clf = check_fingerprint(meta["classifier_fingerprint"], clf, f"explainer at {path}")
   gen_def, abstract = nnx.split(nnx.eval_shape(lambda: method.build(spec, nnx.Rngs(0))[0]))
   params = persistence.restore(path, "generator", abstract)
   explainer = GeneratorExplainer(method, spec, gen_def, params, clf,

@@ -16,6 +16,7 @@ import numpy as np
 
 from cfx_jax import config as config_lib
 from cfx_jax import data as data_lib
+from cfx_jax import diagnosis
 from cfx_jax.classifier import Classifier, as_classifier, check_fingerprint
 from cfx_jax.methods import common
 from cfx_jax.methods.conditional.recipe import ModelSpec
@@ -133,7 +134,10 @@ def train_group(classifier: Classifier, images: np.ndarray, configs, workdir: st
     raise ValueError(f"images per class per batch ({per_class}) must be divisible by the "
                      f"{devices} devices; change batch_size or num_devices")
 
-  predicted = classifier.predict(images, config.chunk_size)
+  logits = classifier.logits(images, config.chunk_size)
+  diagnosis.check_outputs(logits, "training images")
+  diagnosis.check_gradients(classifier, images)
+  predicted = np.argmax(logits, axis=-1).astype(np.int32)
   counts = np.bincount(predicted, minlength=k)
   if np.any(counts == 0):
     missing = np.flatnonzero(counts == 0).tolist()
@@ -201,26 +205,47 @@ def train_group(classifier: Classifier, images: np.ndarray, configs, workdir: st
                                 checkpoint_dir="checkpoints",
                                 metrics_file="explainer_metrics.jsonl",
                                 shown=("d_loss", "g_loss", "g_flip"))
+  def explainer_of(host, c):
+    return GeneratorExplainer(method, spec, models.gen_def, host.gen, classifier,
+                              chunk_size=c.chunk_size, map_reference=map_reference(c),
+                              config=c.to_dict())
+
+  def advice(state):
+    host = mesh_lib.to_host(state, mesh)
+    first = population.unstack(host, len(configs))[0] if len(configs) > 1 else host
+    return nonfinite_advice(explainer_of(first, config), images)
+
   state, log = train_loop(
       state, lambda s, images: step_fn(s, frozen, images), batch_at, loop, mesh=mesh,
       workdir=workdir, meta=meta, compare=("method", "image_shape", "num_classes",
                                            "population", "seeds"),
       check_saved=lambda saved: check_fingerprint(saved["classifier_fingerprint"],
                                                   classifier, f"checkpoint in {workdir}"),
-      extra_logs=(ids_log,))
+      extra_logs=(ids_log,), advice=advice)
   host = mesh_lib.to_host(state, mesh)
   states = population.unstack(host, len(configs)) if len(configs) > 1 else [host]
   explainers = []
   for i, (c, s) in enumerate(zip(configs, states)):
-    explainer = GeneratorExplainer(method, spec, models.gen_def, s.gen, classifier,
-                                   chunk_size=c.chunk_size, map_reference=map_reference(c),
-                                   config=c.to_dict())
+    explainer = explainer_of(s, c)
     explainer.history = population.member_history(log.history, i, len(configs))
     explainer.nonfinite_step = int(s.nonfinite_step)
     explainers.append(explainer)
   if workdir and len(configs) == 1:
     explainers[0].save(os.path.join(workdir, "explainer"))
   return explainers
+
+
+def nonfinite_advice(explainer: GeneratorExplainer, images: np.ndarray) -> str:
+  """Whether the classifier's outputs on the counterfactuals of the last good generator
+  are finite: where they are not, the classifier is the cause, not the learning rate."""
+  try:
+    explainer.explain(images[:diagnosis.PROBE_IMAGES])
+  except diagnosis.NonFiniteOutputsError as e:
+    return (f"the cause is the classifier, not the learning rate: {e}; it must return "
+            "finite outputs on images near the data")
+  return ("the classifier's outputs are finite on the training images and on the last "
+          "good generator's counterfactuals of them, so training diverged: try a lower "
+          "learning rate")
 
 
 def map_reference(config) -> str:

@@ -90,14 +90,17 @@ def test_choose_keeps_valid_candidates_and_prefers_the_smallest_realistic_edit()
 def test_candidates_for_two_classes_and_shared_networks():
   base = cfx_jax.explainer_config("syce")
   names = search.candidates(base, 2)
-  assert set(names) == {"edit", "smooth edit", "in-fill"}
-  smooth, fill = (search.member_config(base, names[n]) for n in ("smooth edit", "in-fill"))
+  assert set(names) == {"edit", "firm flip", "smooth edit", "in-fill"}
+  firm, smooth, fill = (search.member_config(base, names[n])
+                        for n in ("firm flip", "smooth edit", "in-fill"))
   # the edits share their networks (one population); every in-fill network only in-fills
   assert population.group_key(smooth) == population.group_key(base)
+  assert population.group_key(firm) == population.group_key(base)
   assert tuple(fill.model.fill_only) == (0, 1) and fill.model.mask_grow == 1
   assert population.group_key(fill) != population.group_key(base)
   assert tuple(base.model.fill_only) == ()          # the base is left as it was
   shared = search.candidates(base, 10)
+  assert "firm flip" not in shared      # with more than two classes the base flips so
   assert search.member_config(base, shared["in-fill"]).model.infill
   sagen = search.candidates(cfx_jax.explainer_config("sagen"), 2)
   assert "model.fill_only" not in sagen["in-fill"]

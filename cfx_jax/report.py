@@ -346,7 +346,8 @@ def selection_table(record: Mapping) -> str:
     lines.append(f'| {label} | ' + ' | '.join(_format_value(o.get(k)) for k in cols) + ' |')
   if record.get('final'):
     o = record['final']['scores']['overall']
-    lines.append(f'| the chosen setting, fitted again ({record["final"]["steps"]} steps) | '
+    kept = '' if record['final'].get('kept', True) else ', less valid: not kept'
+    lines.append(f'| the chosen setting, fitted again ({record["final"]["steps"]} steps{kept}) | '
                  + ' | '.join(_format_value(o.get(k)) for k in cols) + ' |')
   if not record.get('reported'):
     return '\n'.join(lines)

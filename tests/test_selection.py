@@ -90,7 +90,7 @@ def test_choose_keeps_valid_candidates_and_prefers_the_smallest_realistic_edit()
 def test_candidates_for_two_classes_and_shared_networks():
   base = cfx_jax.explainer_config("syce")
   names = search.candidates(base, 2)
-  assert set(names) == {"edit", "firm flip", "smooth edit", "in-fill"}
+  assert set(names) == {"edit", "close edit", "firm flip", "smooth edit", "in-fill"}
   firm, smooth, fill = (search.member_config(base, names[n])
                         for n in ("firm flip", "smooth edit", "in-fill"))
   # the edits share their networks (one population); every in-fill network only in-fills
@@ -108,12 +108,15 @@ def test_candidates_for_two_classes_and_shared_networks():
 
 def test_the_final_setting_takes_each_direction_from_its_candidate():
   forms = search.candidates(cfx_jax.explainer_config("syce"), 2)
-  both = search.final_overrides(forms, {"0->1": "smooth edit", "1->0": "in-fill"})
+  both = search.final_overrides(forms, {"0->1": "smooth edit", "1->0": "in-fill"}, "edit")
   assert both["model.fill_only"] == (1,) and both["weights.fill_l0"] > 0
   assert both["weights.tv"] == forms["smooth edit"]["weights.tv"]
-  assert search.final_overrides(forms, {"0->1": "edit", "1->0": "edit"}) == {}
-  assert search.final_overrides(forms, {"0->1": "in-fill", "1->0": "in-fill"})[
+  assert search.final_overrides(forms, {"0->1": "edit", "1->0": "edit"}, "edit") == {}
+  assert search.final_overrides(forms, {"0->1": "in-fill", "1->0": "in-fill"}, "edit")[
       "model.fill_only"] == (0, 1)
+  # weights that conflict are no one judged setting: the overall choice is fitted
+  assert search.final_overrides(forms, {"0->1": "smooth edit", "1->0": "firm flip"},
+                                "firm flip") == forms["firm flip"]
 
 
 def _tiny_select(**extra):
@@ -142,7 +145,7 @@ def test_fit_with_selection_records_and_saves_the_choice(classifier_fn, images, 
         c["scores"]["overall"])
   assert record["images"]["held_out"] >= 4
   # the chosen setting fitted again for the explainer's steps, scored like the others
-  assert record["final"]["steps"] == 2
+  assert record["final"]["steps"] == 2 and isinstance(record["final"]["kept"], bool)
   assert {"valid", "flip", "oracle"} <= set(record["final"]["scores"]["overall"])
   assert set(record["reported"]["directions"]) == {"0->1", "1->0"}
   loaded = cfx_jax.load_explainer(str(tmp_path / "explainer"), classifier_fn)

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from cfx_jax.batching import map_in_chunks
-from cfx_jax.engine.autoencoder import fit_autoencoder
+from cfx_jax.engine.autoencoder_fit import fit_autoencoder
 from cfx_jax.models.autoencoder import ConvAutoencoder
 
 __all__ = ["AutoencoderEncoder", "ConvAutoencoder", "train_autoencoder"]
@@ -61,7 +61,7 @@ def train_autoencoder(images, *, steps: int = 500, batch_size: int = 64,
                       learning_rate: float = 2e-3, workdir: str | None = None,
                       log_every: int = 10,
                       checkpoint_every: int = 500) -> AutoencoderEncoder:
-  """Fit the autoencoder to (N, H, W, C) images in [-1, 1] (`engine.autoencoder`).
+  """Fit the autoencoder to (N, H, W, C) images in [-1, 1] (`engine.autoencoder_fit`).
 
   With `workdir`, a stopped run resumes from `<workdir>/autoencoder_checkpoints`.
   """

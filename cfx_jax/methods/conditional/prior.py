@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cfx_jax.engine.autoencoder import fit_autoencoder
+from cfx_jax.engine.autoencoder_fit import fit_autoencoder
 
 
 def fit_class_prior(images: np.ndarray, predicted: np.ndarray, num_classes: int, *,

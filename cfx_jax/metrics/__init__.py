@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cfx_jax.metrics.autoencoder import (
+from cfx_jax.metrics.realism_autoencoder import (
     AutoencoderEncoder,
     ConvAutoencoder,
     train_autoencoder,

@@ -2,7 +2,7 @@
 
 Both scores compare feature sets (N, D) from some embedding: a classifier's
 penultimate layer, or the code of the small autoencoder in
-`cfx_jax.metrics.autoencoder`. They are distribution-level numbers computed
+`cfx_jax.metrics.realism_autoencoder`. They are distribution-level numbers computed
 once per evaluation, so they run in NumPy float64: the Fréchet distance
 subtracts traces of large matrices and the KID sums many cubic kernel values,
 and both lose their small differences to cancellation in float32.

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks.step_time import environment, write_result
-from cfx_jax.models import classifier as classifier_lib
+from cfx_jax.models import reference_cnn as cnn_lib
 from cfx_jax.models.layers import max_pool2
 
 POOLS = {"reduce_window": lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2)),
@@ -35,10 +35,10 @@ DISPATCH = ("python_loop", "scan", "unrolled_scan")
 
 def programs(pool: str, images, steps: int):
   """{dispatch: run(params, start) -> result after `steps` steps} for one pooling form."""
-  model = classifier_lib.CNNClassifier(images.shape[-1], 2, rngs=nnx.Rngs(0))
+  model = cnn_lib.CNNClassifier(images.shape[-1], 2, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
-  saved = classifier_lib.max_pool2
-  classifier_lib.max_pool2 = POOLS[pool]  # the form the classifier traces with
+  saved = cnn_lib.max_pool2
+  cnn_lib.max_pool2 = POOLS[pool]  # the form the classifier traces with
 
   def step(p, d):
     grad = jax.grad(lambda d: jnp.sum(nnx.merge(graphdef, p)(images + d)))(d)
@@ -54,7 +54,7 @@ def programs(pool: str, images, steps: int):
     scan = jax.jit(lambda p, d: scanned(p, d, 1)).lower(params, start).compile()
     unrolled = jax.jit(lambda p, d: scanned(p, d, steps)).lower(params, start).compile()
   finally:
-    classifier_lib.max_pool2 = saved
+    cnn_lib.max_pool2 = saved
 
   def python_loop(p, d):
     for _ in range(steps):

@@ -364,7 +364,7 @@ def check_against_jax(image_size: int = 16, channels: int = 3, per_class: int = 
   import cfx_jax
   from cfx_jax.methods import ModelSpec
   from cfx_jax.methods.conditional import gan, get_recipe
-  from cfx_jax.models.classifier import CNNClassifier as JaxCNN
+  from cfx_jax.models.reference_cnn import CNNClassifier as JaxCNN
 
   spec = ModelSpec(image_size, channels, 2, tuple(gen_features), tuple(disc_features))
   method = get_recipe("syce")

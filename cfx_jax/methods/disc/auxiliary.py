@@ -39,7 +39,7 @@ from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine import state as state_lib
 from cfx_jax.engine.loop import LoopConfig, train_loop
 from cfx_jax.batching import map_in_chunks
-from cfx_jax.models.classifier import conv_blocks
+from cfx_jax.models.reference_cnn import conv_blocks
 from cfx_jax.models.layers import max_pool2
 
 META_FILE = "auxiliary.json"

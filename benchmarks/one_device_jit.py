@@ -20,9 +20,9 @@ import numpy as np
 
 from benchmarks.population import _classifier
 from benchmarks.step_time import environment, write_result
-from cfx_jax import config as config_lib
 from cfx_jax import data as data_lib
 from cfx_jax.engine import mesh as mesh_lib
+from cfx_jax.methods.conditional import config as config_lib
 from cfx_jax.methods.conditional import gan, get_recipe
 from cfx_jax.methods.conditional.train import model_spec
 

@@ -20,9 +20,9 @@ import time
 import numpy as np
 
 from benchmarks.step_time import environment, write_result
-from cfx_jax import config as config_lib
 from cfx_jax import data as data_lib
 from cfx_jax.classifier import from_module
+from cfx_jax.methods.conditional import config as config_lib
 from cfx_jax.methods.conditional.train import train_group
 from cfx_jax.models import CNNClassifier
 from flax import nnx

@@ -30,8 +30,8 @@ from flax import nnx
 
 from benchmarks import flops as flops_lib
 from cfx_jax.classifier import from_module
-from cfx_jax.config import PRESETS
 from cfx_jax.methods import ModelSpec
+from cfx_jax.methods.conditional.config import PRESETS
 from cfx_jax.methods.conditional import gan, get_recipe
 from cfx_jax.models import CNNClassifier
 
@@ -249,7 +249,7 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--presets", nargs="*", choices=sorted(PRESETS), default=["small"],
-                      help="network widths (cfx_jax.config.PRESETS)")
+                      help="network widths (cfx_jax.methods.conditional.config.PRESETS)")
   parser.add_argument("--count", action="store_true",
                       help="only count FLOPs and bytes per step on the host (no timing); "
                            "writes step_count_<device>.json")

@@ -18,17 +18,18 @@ if TYPE_CHECKING:
   from cfx_jax.api import fit_explainer, load_explainer, trainable_methods
   from cfx_jax.baselines import BASELINES, explain_baseline
   from cfx_jax.classifier import Classifier, as_classifier
-  from cfx_jax.config import explainer_config, paper_form
   from cfx_jax.explanation import Explanation
   from cfx_jax.methods import Explainer
+  from cfx_jax.methods.conditional.config import explainer_config, paper_form
 
 _SOURCES = {
     "fit_explainer": "cfx_jax.api", "load_explainer": "cfx_jax.api",
     "trainable_methods": "cfx_jax.api", "BASELINES": "cfx_jax.baselines",
     "explain_baseline": "cfx_jax.baselines", "Classifier": "cfx_jax.classifier",
-    "as_classifier": "cfx_jax.classifier", "explainer_config": "cfx_jax.config",
-    "paper_form": "cfx_jax.config", "Explanation": "cfx_jax.explanation",
+    "as_classifier": "cfx_jax.classifier", "Explanation": "cfx_jax.explanation",
     "Explainer": "cfx_jax.methods",
+    "explainer_config": "cfx_jax.methods.conditional.config",
+    "paper_form": "cfx_jax.methods.conditional.config",
 }
 # Public names whose object now goes by another name where it lives.
 _RENAMED = {"REGISTRY": ("cfx_jax.methods", "METHODS")}

@@ -2,16 +2,17 @@
 
 import ml_collections
 
-from cfx_jax.config import explainer_config
 from cfx_jax.jobs.classifier_training import classifier_config
 from cfx_jax.jobs.datasets import dataset_config
 from cfx_jax.engine.runtime import runtime_config
+from cfx_jax.methods.conditional.config import explainer_config
 
 
 def experiment(dataset: ml_collections.ConfigDict, method: str | None,
                preset: str = "small") -> ml_collections.ConfigDict:
-  """`preset`: the generator explainer's network widths (`cfx_jax.config.PRESETS`); the
-  configs take it as their config string, `--config configs/lesions_syce.py:paper`."""
+  """`preset`: the generator explainer's network widths
+  (`cfx_jax.methods.conditional.config.PRESETS`); the configs take it as their config
+  string, `--config configs/lesions_syce.py:paper`."""
   c = ml_collections.ConfigDict()
   c.dataset = dataset
   c.classifier = classifier_config()

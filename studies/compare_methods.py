@@ -17,10 +17,10 @@ import time
 import jax
 
 from cfx_jax import report
-from cfx_jax.config import explainer_config, paper_form
 from cfx_jax.jobs import classifier_training
 from cfx_jax.jobs.datasets import load_split
 from cfx_jax.jobs.evaluate import evaluate_explainer
+from cfx_jax.methods.conditional.config import explainer_config, paper_form
 from cfx_jax.methods.conditional.train import train_explainer
 from cfx_jax.configs import lesions_syce
 

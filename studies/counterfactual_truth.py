@@ -26,12 +26,12 @@ import jax
 import numpy as np
 
 from cfx_jax import report
-from cfx_jax.config import explainer_config
 from cfx_jax.data import fashion_mnist
 from cfx_jax.metrics import localization_report, truth_report
 from cfx_jax.metrics.oracle import load_or_train_oracle
 from cfx_jax.jobs import classifier_training
 from cfx_jax.jobs.datasets import load_split
+from cfx_jax.methods.conditional.config import explainer_config
 from cfx_jax.methods.conditional.train import train_explainer
 from cfx_jax.selection.search import member_config
 from cfx_jax.configs import common

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cfx_jax.config import explainer_config
+from cfx_jax.methods.conditional.config import explainer_config
 from studies.lesion_visibility import lesion_classifier
 from cfx_jax.methods.conditional import prior
 from cfx_jax.models.unet import surroundings

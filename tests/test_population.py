@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cfx_jax import config as config_lib
+from cfx_jax.methods.conditional import config as config_lib
 from cfx_jax.methods.conditional import population
 from cfx_jax.methods.conditional.train import train_group
 

@@ -25,13 +25,13 @@ from typing import Callable, Protocol
 import ml_collections
 import numpy as np
 
-from cfx_jax import config as config_lib
 from cfx_jax import validation
 from cfx_jax.classifier import as_classifier, check_fingerprint
 from cfx_jax.explanation import Explanation
 from cfx_jax.methods.cae import CaeExplainer
 from cfx_jax.methods.cae.explainer import cae_config
 from cfx_jax.methods.conditional import RECIPES, get_recipe
+from cfx_jax.methods.conditional import config as config_lib
 from cfx_jax.methods.conditional import explainer as generator_explainer
 from cfx_jax.methods.conditional import train as generator_train
 from cfx_jax.methods.disc import DiscExplainer

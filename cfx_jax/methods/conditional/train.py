@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cfx_jax import config as config_lib
 from cfx_jax import data as data_lib
 from cfx_jax import diagnosis
 from cfx_jax.classifier import Classifier, as_classifier, check_fingerprint
 from cfx_jax.methods import common
+from cfx_jax.methods.conditional import config as config_lib
 from cfx_jax.methods.conditional.recipe import ModelSpec
 from cfx_jax.methods.conditional import get_recipe
 from cfx_jax.methods.conditional.explainer import GeneratorExplainer

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from cfx_jax import integrity
 from cfx_jax.jobs import evaluators, leaderboard
 from cfx_jax.configs import common
 
@@ -63,8 +64,10 @@ def test_leaderboard_job_writes_every_method(tmp_path):
   saved = tmp_path / "explainers" / "cyce_seed0" / "explainer" / "explainer.json"
   scored = {p.name: p.stat().st_mtime for p in (tmp_path / "scores").iterdir()}
   assert {"cyce.json", "fido.npz", "gradient.json", "random.npz"} <= set(scored)
-  with open(tmp_path / "explainers" / "fido_seed1" / "explainer" / "explainer.json", "a") as f:
+  changed = tmp_path / "explainers" / "fido_seed1" / "explainer"
+  with open(changed / "explainer.json", "a") as f:
     f.write("\n")
+  integrity.write_manifest(str(changed))  # a change sealed as a save seals it
   os.utime(saved)
   mtime = saved.stat().st_mtime
   again = leaderboard.run_leaderboard(tiny_config(), str(tmp_path))

@@ -1,6 +1,6 @@
 """SyCE explainer of a pullover-vs-coat Fashion-MNIST classifier: the task set aside
-before the settings were chosen by judges, and run only at the end, as the honest test
-of the defaults (docs/selection.md)."""
+before the settings were chosen by judges, never tuned on, as a test of the defaults
+(docs/selection.md says when it ran)."""
 
 from cfx_jax.configs import common
 

@@ -4,6 +4,7 @@ Each is refused before anything trains, with a message that names the cause."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -118,6 +119,52 @@ def test_the_train_job_reuses_its_classifier_only_for_the_same_settings(job_temp
     train_and_evaluate(c, path)
   with open(os.path.join(path, "config.json")) as f:
     assert json.load(f)["classifier"]["learning_rate"] == 1e-3
+
+
+def _truncate_weights(folder):
+  files = sorted(os.path.join(d, f) for d, _, names in os.walk(os.path.join(folder, "state"))
+                 for f in names if os.path.getsize(os.path.join(d, f)) > 64)
+  with open(files[-1], "r+b") as f:
+    f.truncate(os.path.getsize(files[-1]) // 2)
+
+
+def test_a_damaged_classifier_save_is_restored_from_its_finished_checkpoint(job_template,
+                                                                            tmp_path):
+  from cfx_jax.engine.checkpoints import CheckpointWarning
+  from cfx_jax.jobs.classifier_training import load_classifier
+  path = str(tmp_path / "job")
+  shutil.copytree(job_template, path)
+  _truncate_weights(os.path.join(path, "classifier"))
+  with pytest.warns(CheckpointWarning, match=r"classifier at .* is damaged: state/.* does "
+                                             r"not match .*restored it from .*classifier_"
+                                             r"checkpoints"):
+    results = train_and_evaluate(_classifier_job(), path)
+  before = load_classifier(os.path.join(job_template, "classifier"))
+  after = load_classifier(os.path.join(path, "classifier"))  # rewritten whole
+  assert jax.tree.all(jax.tree.map(np.array_equal, before.params, after.params))
+  with open(os.path.join(job_template, "metrics.json")) as f:
+    assert results["classifier"] == json.load(f)["classifier"]
+
+
+@pytest.mark.parametrize("checkpoints", ["deleted", "damaged"])
+def test_a_damaged_classifier_save_without_a_usable_checkpoint_is_refused(job_template,
+                                                                          tmp_path,
+                                                                          checkpoints):
+  from cfx_jax.integrity import DamagedSaveError
+  path = str(tmp_path / "job")
+  shutil.copytree(job_template, path)
+  _truncate_weights(os.path.join(path, "classifier"))
+  where = os.path.join(path, "classifier_checkpoints")
+  if checkpoints == "deleted":
+    shutil.rmtree(where)
+  else:
+    for step in os.listdir(where):
+      if step.isdigit():
+        _truncate_weights(os.path.join(where, step))
+  with pytest.warns() if checkpoints == "damaged" else contextlib.nullcontext():
+    with pytest.raises(DamagedSaveError, match=r"state/.* does not match .*No usable "
+                                               r"checkpoint in .*classifier_checkpoints"):
+      train_and_evaluate(_classifier_job(), path)
 
 
 # One writer per workdir ------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -13,12 +14,13 @@ import optax
 from flax import nnx
 
 from cfx_jax import data as data_lib
-from cfx_jax import persistence, validation
+from cfx_jax import integrity, persistence, validation
 from cfx_jax.classifier import Classifier, from_module
 from cfx_jax.models import CNNClassifier
 from cfx_jax.engine import mesh as mesh_lib
 from cfx_jax.engine import state as state_lib
 from cfx_jax.engine import workdir as workdir_lib
+from cfx_jax.engine.checkpoints import CheckpointWarning
 from cfx_jax.engine.loop import LoopConfig, train_loop
 
 logger = logging.getLogger(__name__)
@@ -45,14 +47,19 @@ def _build(image_shape, num_classes, features, seed=0) -> CNNClassifier:
                        rngs=nnx.Rngs(seed))
 
 
+class _Unfinished(Exception):
+  """A restore-only run found no checkpoint of the finished training."""
+
+
 def train_classifier(config: ml_collections.ConfigDict, train: dict, test: dict,
-                     workdir: str | None = None, *, num_classes: int | None = None
-                     ) -> tuple[Classifier, dict]:
+                     workdir: str | None = None, *, num_classes: int | None = None,
+                     restore_only: bool = False) -> tuple[Classifier, dict]:
   """Supervised training with BatchNorm; returns the frozen classifier and test metrics.
 
   With `workdir`, a run stopped by SIGTERM resumes from `<workdir>/classifier_checkpoints`.
   `num_classes` defaults to the largest label + 1; give it where the labels may not
-  show every class.
+  show every class. `restore_only` takes the finished weights from the newest good
+  checkpoint and raises `_Unfinished` instead of training a single step.
   """
   num_classes = num_classes or int(max(train["label"].max(), test["label"].max())) + 1
   image_shape = train["image"].shape[1:]
@@ -84,6 +91,9 @@ def train_classifier(config: ml_collections.ConfigDict, train: dict, test: dict,
                              config.batch_size, seed=config.seed)
 
   def batch_at(i):
+    if restore_only:
+      raise _Unfinished(f"the newest usable one is at step {i} of {config.steps}"
+                        if i else "it holds no usable step")
     b = dataset[i]
     return data_lib.to_global({"image": b["image"], "label": b["label"]}, shard)
 
@@ -122,11 +132,35 @@ def load_or_train_classifier(config: ml_collections.ConfigDict, train: dict, tes
               "test_images": workdir_lib.data_hash(test["image"], test["label"])}
   workdir_lib.claim(workdir, "classifier", identity, restart=restart)
   path = os.path.join(workdir, "classifier")
-  if os.path.exists(os.path.join(path, "classifier.json")):
+  if os.path.exists(path):
+    try:
+      clf = load_classifier(path)
+    except integrity.DamagedSaveError as e:
+      return _restore_classifier(config, train, test, workdir, e)
     logger.info("classifier: reusing %s", path)
-    return load_classifier(path), persistence.read_meta(path, "classifier.json",
-                                                        "classifier")["metrics"]
+    return clf, persistence.read_meta(path, "classifier.json", "classifier")["metrics"]
   return train_classifier(config, train, test, workdir)
+
+
+def _restore_classifier(config, train, test, workdir: str, damage: Exception):
+  """A damaged save rebuilt from the checkpoint of its finished training (the workdir's
+  identity, already claimed, says it was trained from these settings and data); without
+  one, the damage is an error: training again silently would hide it."""
+  where = os.path.join(workdir, "classifier_checkpoints")
+  damage = str(damage).removesuffix(". Refit it or restore it from a backup")
+  why = "there is none"
+  if os.path.isdir(where):
+    try:
+      clf, metrics = train_classifier(config, train, test, workdir, restore_only=True)
+    except (_Unfinished, RuntimeError) as e:  # RuntimeError: no step restores
+      why = str(e)
+    else:
+      warnings.warn(f"{damage}; restored it from the finished training in {where} and "
+                    "saved it again", CheckpointWarning, stacklevel=3)
+      return clf, metrics
+  raise integrity.DamagedSaveError(
+      f"{damage}. No usable checkpoint in {where} holds its finished training to restore "
+      f"it from ({why}); delete {os.path.join(workdir, 'classifier')} to train it again")
 
 
 def load_classifier(path: str) -> Classifier:

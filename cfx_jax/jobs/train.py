@@ -1,7 +1,8 @@
 """`train_and_evaluate`: what `python -m train` runs for a config.
 
 A config names a dataset, a classifier to train (skipped when the work directory already
-holds one) and optionally an explainer to fit against it and evaluate. Finished stages
+holds one; a damaged save of it is restored from the checkpoint of its finished
+training) and optionally an explainer to fit against it and evaluate. Finished stages
 are never redone; an interrupted explainer resumes from its last checkpoint. A config
 with an `inpainter` section first trains (or reuses) a generative in-filler for FIDO and
 scores it against the blur and mean fills; with `classifier = None` that is all it does.

@@ -273,6 +273,24 @@ def test_nonfinite_outputs_at_explain_time_name_the_images(images):
     broken.explain(bad)
 
 
+@pytest.mark.parametrize("method", ["fido", "disc"])
+def test_nonfinite_outputs_name_the_images_for_explainers_used_directly(images, method):
+  from cfx_jax.methods.disc.explainer import DiscExplainer
+  from cfx_jax.methods.fido.explainer import FidoExplainer
+  clf = cfx_jax.as_classifier(lambda x: linear_logits(x) + jnp.where(
+      jnp.all(x == 0.5, axis=(1, 2, 3)), jnp.nan, 0.0)[:, None], IMAGE_SHAPE)
+  make, config = {
+      "fido": (FidoExplainer, {"samples": 2, "progress": False}),
+      "disc": (DiscExplainer, {"bn": 0.0, "manifold": 0.0, "fit_steps": 2,
+                               "confidence": (0.6,), "inr_frequencies": 8,
+                               "inr_width": 16, "progress": False})}[method]
+  bad = images[:8].copy()
+  bad[[2, 5]] = 0.5
+  with pytest.raises(ValueError, match=r"non-finite outputs .* on 2 of 8 images: "
+                                       r"indices \[2, 5\]"):
+    make(clf, config).explain(bad)
+
+
 def test_a_nonfinite_loss_says_the_classifier_is_the_cause(images):
   with pytest.raises(NonFiniteError, match="the cause is the classifier, not the learning "
                                            "rate"):

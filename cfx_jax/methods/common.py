@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from cfx_jax import diagnosis
 from cfx_jax.engine.logging import Progress
 from cfx_jax.explanation import Explanation
 
@@ -34,6 +35,15 @@ class ClassifierBound:
   @property
   def num_classes(self) -> int:
     return self.classifier.num_classes
+
+  def checked(self, out: Explanation) -> Explanation:
+    """`out` once the classifier's outputs in it are finite (NaN or inf is an error
+    naming the images, not a wrong probability) and, with `warn_failures`, its misses
+    reported by index."""
+    diagnosis.check_explanation(out)
+    if self.config.warn_failures:
+      self.report_failures(out, stacklevel=4)
+    return out
 
 
 def other_class(probs: jax.Array) -> jax.Array:

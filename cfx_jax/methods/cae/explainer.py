@@ -289,9 +289,7 @@ class CaeExplainer(common.ClassifierBound):
     class); default: the most likely other class.
     """
     out = self._run(images, target, full=False)
-    if self.config.warn_failures:
-      self.report_failures(out, stacklevel=3)
-    return out
+    return self.checked(out)
 
   def explain_path(self, images, target=None) -> CaePath:
     """The whole decoded path of every image, its probabilities and first flip."""

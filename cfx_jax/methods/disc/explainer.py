@@ -240,9 +240,7 @@ class DiscExplainer(common.ClassifierBound):
         lambda xb, tb, ib: self._program(self.classifier.params, aux_params, key, xb, tb, ib),
         [x, t, ids], int(self.config.chunk_size),
         on_chunk=common.chunk_progress("DISC", n, bool(self.config.progress)))
-    if self.config.warn_failures:
-      self.report_failures(out, stacklevel=3)
-    return out
+    return self.checked(out)
 
   def report_failures(self, explanation: Explanation, *, stacklevel: int = 2) -> np.ndarray:
     """Indices whose counterfactual is not classified as its target, with a warning."""

@@ -355,9 +355,7 @@ class FidoExplainer(common.ClassifierBound):
                                    targeted=target is not None),
         [x, c, ids], int(chunk),
         on_chunk=common.chunk_progress("FIDO", n, bool(self.config.progress)))
-    if self.config.warn_failures:
-      self.report_failures(out, stacklevel=3)
-    return out
+    return self.checked(out)
 
   def report_failures(self, explanation: Explanation, *, stacklevel: int = 2) -> np.ndarray:
     """Indices whose counterfactual is not classified as its target, with a warning."""

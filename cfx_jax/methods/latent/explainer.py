@@ -146,9 +146,7 @@ class LatentExplainer(common.ClassifierBound):
     params = self._params()
     out = map_in_chunks(lambda xb, tb: self._explain_program(params, xb, tb),
                         [x, t.astype(np.int32)], chunk)
-    if self.config.warn_failures:
-      self.report_failures(out, stacklevel=3)
-    return out
+    return self.checked(out)
 
   def report_failures(self, explanation: Explanation, *, stacklevel: int = 2) -> np.ndarray:
     """Indices whose counterfactual is not classified as its target, with a warning."""

@@ -6,7 +6,8 @@ result, a hash of its training images, its seed and the classifier's fingerprint
 rerun whose identity differs is refused with the list of what changed; with
 `restart=True` that stage, and every stage recorded after it, starts over: what they
 wrote is deleted. Settings that change no result (how often to log or checkpoint,
-progress output) are not part of it, and more training steps continue a run.
+progress output, the device layout) are not part of it, and more training steps
+continue a run.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from cfx_jax.engine.logging import is_main_process
 
 RECORD = "identity.json"
 LOCK = ".lock"
-# Settings that change how a run reports, not what it computes.
+# Settings that change how a run reports or where it runs, not what it computes: a
+# checkpoint resumes on another device layout (tests/test_scaling.py).
 CADENCE = ("log_every", "checkpoint_every", "keep_checkpoints", "progress",
-           "log_example_ids", "warn_failures")
+           "log_example_ids", "warn_failures", "num_devices", "fsdp", "chunk_size")
 # Step counts that may grow: the rerun continues training from the last checkpoint.
 GROWING = ("steps", "vae_steps", "predictor_steps", "shift_steps")
 CLASSIFIER_TOLERANCE = 1e-3

@@ -1,7 +1,8 @@
 """The lesion quick start with the explainer's setting chosen by judges, as
-`fit_explainer` does without a config (docs/selection.md): three candidates of 300 steps
-of 32 images each, judged on held-out images; the result scored against the masks, the
-twins and the evaluation's independent oracle."""
+`fit_explainer` does without a config (docs/selection.md): five candidates of 300 steps
+of 32 images each, judged on held-out images, the chosen setting fitted again for 600
+steps; the result scored against the masks, the twins and the evaluation's independent
+oracle."""
 
 from cfx_jax.configs import common
 

@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from cfx_jax import validation
 from cfx_jax.classifier import Classifier
 from cfx_jax.methods.conditional import population
 from cfx_jax.methods.conditional.train import train_group
@@ -55,19 +56,24 @@ _SMOOTH = {"weights.tv": 3.0, "weights.flip_partial": 0.85}
 _FILL = {**_SMOOTH, "model.mask_grow": 1, "weights.fill_l1": 0.0, "weights.fill_l0": 0.2}
 
 
+def _per_source(base, num_classes: int) -> bool:
+  """Two classes and one network per source class (SyCE, CyCE)."""
+  return base.method in ("syce", "cyce") and num_classes == 2 and not base.model.shared
+
+
 def candidates(base: ml_collections.ConfigDict, num_classes: int) -> dict[str, dict]:
   """{name: overrides of `base`}: the settings a selection compares. Few, because on
   the CPU each costs a fit: the base (the generator edits), a close edit, a firm flip
   (two classes: with more the base has it) and a smooth edit (same networks, so one
-  population with the base), and the in-fill form. With one network per source class (two classes,
-  SyCE, CyCE) every network of the in-fill candidate only in-fills, and each
-  direction's network is chosen apart (`compose`): a direction that removes evidence
-  can take the in-fill, one that adds a smooth edit."""
+  population with the base), and the in-fill form. With one network per source class
+  (two classes, SyCE, CyCE) every network of the in-fill candidate only in-fills, and
+  each direction's network is chosen apart (`compose`): a direction that removes
+  evidence can take the in-fill, one that adds a smooth edit."""
   out = {"edit": {}, "close edit": dict(_CLOSE)}
   if num_classes == 2:
     out["firm flip"] = dict(_FIRM)
   out["smooth edit"] = dict(_SMOOTH)
-  if base.method in ("syce", "cyce") and num_classes == 2 and not base.model.shared:
+  if _per_source(base, num_classes):
     out["in-fill"] = {"model.fill_only": (0, 1), **_FILL}
   else:  # one network for every direction: the in-fill form (which can still draw)
     out["in-fill"] = {"model.infill": True, "model.mask_grow": 1, "weights.tv": 3.0}
@@ -117,8 +123,8 @@ def composable(base, num_classes: int) -> bool:
   """Whether each direction's generator can come from another candidate: two classes,
   one network per source class (SyCE, CyCE), whose counterfactuals each network makes
   alone (`map |x - G(x)|`: the residual form)."""
-  return (base.method in ("syce", "cyce") and num_classes == 2 and not base.model.shared
-          and bool(base.model.residual) and base.map_reference in ("auto", "input"))
+  return (_per_source(base, num_classes) and bool(base.model.residual)
+          and base.map_reference in ("auto", "input"))
 
 
 def compose(fitted: dict, by_direction: dict[str, str]):
@@ -269,18 +275,9 @@ def select(classifier: Classifier, images: np.ndarray, base: ml_collections.Conf
 
 def _settings(base, member) -> dict:
   """What a member sets differently from the base, flattened ("model.fill_only": [1])."""
-  a = _flat(base.to_dict())
-  return {k: v for k, v in _flat(member.to_dict()).items() if a.get(k) != v}
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-  return out
+  a = validation.flat(base)
+  return {k: list(v) if isinstance(v, tuple) else v
+          for k, v in validation.flat(member).items() if a.get(k) != v}
 
 
 def _plain(d: dict) -> dict:

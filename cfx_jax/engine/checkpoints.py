@@ -78,6 +78,8 @@ class Checkpoints:
     None when there is no checkpoint at all.
     """
     steps = sorted(self.manager.all_steps(), reverse=True)
+    # Before any read: a failed read's late errors can race ahead of its exception.
+    quiet_late_callbacks()
     for step in steps:
       where = f"checkpoint {step} in {self.directory}"
       damage = integrity.problems(self.step_dir(step))
@@ -90,7 +92,6 @@ class Checkpoints:
       try:
         meta = self.read_meta(step)
       except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint is skipped
-        quiet_late_callbacks()
         _warn(f"{where} is unreadable ({type(e).__name__}: {e}); trying the previous one")
         continue
       if check_meta is not None:
@@ -98,7 +99,6 @@ class Checkpoints:
       try:
         state = self.restore(state_like, step)
       except Exception as e:  # noqa: BLE001
-        quiet_late_callbacks()
         _warn(f"{where} failed to restore ({type(e).__name__}: {str(e)[:200]}); trying "
               "the previous one")
         continue

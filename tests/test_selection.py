@@ -90,7 +90,7 @@ def test_choose_keeps_valid_candidates_and_prefers_the_smallest_realistic_edit()
 def test_candidates_for_two_classes_and_shared_networks():
   base = cfx_jax.explainer_config("syce")
   names = search.candidates(base, 2)
-  assert set(names) == {"edit", "close edit", "firm flip", "smooth edit", "in-fill"}
+  assert set(names) == {"edit", "firm flip", "close flip", "smooth edit", "in-fill"}
   firm, smooth, fill = (search.member_config(base, names[n])
                         for n in ("firm flip", "smooth edit", "in-fill"))
   # the edits share their networks (one population); every in-fill network only in-fills
@@ -108,15 +108,31 @@ def test_candidates_for_two_classes_and_shared_networks():
 
 def test_the_final_setting_takes_each_direction_from_its_candidate():
   forms = search.candidates(cfx_jax.explainer_config("syce"), 2)
-  both = search.final_overrides(forms, {"0->1": "smooth edit", "1->0": "in-fill"}, "edit")
+  both = search.final_overrides(forms, {"0->1": "smooth edit", "1->0": "in-fill"})
   assert both["model.fill_only"] == (1,) and both["weights.fill_l0"] > 0
   assert both["weights.tv"] == forms["smooth edit"]["weights.tv"]
-  assert search.final_overrides(forms, {"0->1": "edit", "1->0": "edit"}, "edit") == {}
-  assert search.final_overrides(forms, {"0->1": "in-fill", "1->0": "in-fill"}, "edit")[
+  assert search.final_overrides(forms, {"0->1": "edit", "1->0": "edit"}) == {}
+  assert search.final_overrides(forms, {"0->1": "in-fill", "1->0": "in-fill"})[
       "model.fill_only"] == (0, 1)
-  # weights that conflict are no one judged setting: the overall choice is fitted
-  assert search.final_overrides(forms, {"0->1": "smooth edit", "1->0": "firm flip"},
-                                "firm flip") == forms["firm flip"]
+  # weights that conflict are no one judged setting: each is fitted again apart
+  assert search.final_overrides(forms, {"0->1": "smooth edit", "1->0": "firm flip"}) is None
+
+
+def test_directions_of_conflicting_settings_are_fitted_again_apart(classifier_fn, images,
+                                                                   monkeypatch):
+  by_direction = {"0->1": "firm flip", "1->0": "smooth edit"}
+  choose = search.choose
+  monkeypatch.setattr(search, "choose",
+                      lambda scores, direction=None: by_direction[direction] if direction
+                      else choose(scores))
+  explainer = cfx_jax.fit_explainer(classifier_fn, images, config=_tiny_select())
+  final = explainer.selection["final"]
+  forms = search.candidates(cfx_jax.explainer_config("syce"), 2)
+  for d, name in by_direction.items():
+    assert final["settings"]["networks_from"][d].items() >= {
+        **forms[name]}.items()
+  if final["kept"]:   # the explainer returned is the two refits, composed
+    assert explainer.config["networks_from"] == by_direction
 
 
 def _tiny_select(**extra):
@@ -185,7 +201,9 @@ def test_a_fixed_config_selects_nothing_and_no_config_selects(classifier_fn, ima
 
 def test_train_job_selects_by_default_and_reports_the_choice(tmp_path):
   from cfx_jax.jobs.train import train_and_evaluate
+  from cfx_jax.configs import common
   import tiny_job_config
+  assert common.experiment(common.lesions(), method="syce").explainer.select.enabled
   c = tiny_job_config.get_config()
   c.explainer.select.enabled = True
   c.explainer.select.judge_steps = 5

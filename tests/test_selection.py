@@ -90,7 +90,7 @@ def test_choose_keeps_valid_candidates_and_prefers_the_smallest_realistic_edit()
 def test_candidates_for_two_classes_and_shared_networks():
   base = cfx_jax.explainer_config("syce")
   names = search.candidates(base, 2)
-  assert set(names) == {"edit", "firm flip", "close flip", "smooth edit", "in-fill"}
+  assert set(names) == {"edit", "close edit", "firm flip", "smooth edit", "in-fill"}
   firm, smooth, fill = (search.member_config(base, names[n])
                         for n in ("firm flip", "smooth edit", "in-fill"))
   # the edits share their networks (one population); every in-fill network only in-fills
@@ -114,8 +114,11 @@ def test_the_final_setting_takes_each_direction_from_its_candidate():
   assert search.final_overrides(forms, {"0->1": "edit", "1->0": "edit"}) == {}
   assert search.final_overrides(forms, {"0->1": "in-fill", "1->0": "in-fill"})[
       "model.fill_only"] == (0, 1)
-  # weights that conflict are no one judged setting: each is fitted again apart
+  # weights that conflict are no one judged setting: each is fitted again apart, also
+  # where one candidate's weights are a part of the other's
   assert search.final_overrides(forms, {"0->1": "smooth edit", "1->0": "firm flip"}) is None
+  wider = {**forms, "firm close": {**forms["firm flip"], **forms["close edit"]}}
+  assert search.final_overrides(wider, {"0->1": "firm close", "1->0": "firm flip"}) is None
 
 
 def test_directions_of_conflicting_settings_are_fitted_again_apart(classifier_fn, images,

@@ -18,9 +18,11 @@ def experiment(dataset: ml_collections.ConfigDict, method: str | None,
   c.classifier = classifier_config()
   c.explainer = explainer_config(method, preset) if method else None
   if c.explainer is not None:
-    # With --config.explainer.select.enabled=True the job chooses the setting by judges
-    # (docs/selection.md); the second judge is then the evaluation's oracle (trained on
+    # The job chooses the explainer's setting by judges, as `fit_explainer` without a
+    # config does (docs/selection.md); --config.explainer.select.enabled=False fits the
+    # method's fixed defaults. The second judge is the evaluation's oracle (trained on
     # the labels, its own seed and widths), which the selection never sees.
+    c.explainer.select.enabled = True
     c.explainer.select.report_judge = False
   # scores: families of `cfx_jax.jobs.evaluators.SCORE_FAMILIES` in metrics.json and
   # report.md. oracle_steps: train (once, cached in <workdir>/oracle) the independent

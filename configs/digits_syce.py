@@ -6,5 +6,4 @@ from cfx_jax.configs import common
 def get_config(preset: str = "small"):  # --config configs/digits_syce.py:paper
   c = common.experiment(common.digits(), method="syce", preset=preset)
   c.classifier.steps = 600
-  c.explainer.steps = 1500
   return c

@@ -9,5 +9,4 @@ def get_config(preset: str = "small"):  # --config configs/fashion_pullover_coat
   c = common.experiment(common.fashion_mnist((2, 4)), method="syce",
                         preset=preset)  # Pullover, Coat
   c.classifier.steps = 600
-  c.explainer.select.enabled = True   # the defaults, as fit_explainer without a config
   return c

@@ -13,5 +13,6 @@ def get_config():
   e.steps, e.batch_size, e.num_devices, e.progress = 60, 8, 1, False
   e.model.gen_features, e.model.disc_features = (8, 16), (8, 16)
   e.log_every, e.checkpoint_every, e.log_example_ids = 1, 20, True
+  e.select.enabled = False   # the job's mechanics, one fixed setting (test_selection selects)
   c.eval.num_images, c.eval.grid_rows, c.eval.oracle_steps = 32, 2, 5
   return c

@@ -34,13 +34,13 @@ def run(config_path: str, workdir: str, variants: dict, steps: int) -> dict:
   base = c.explainer
   base.select.enabled, base.select.final_steps, base.select.report_judge = True, 0, False
   base.select.steps, base.progress = steps, False
-  search.candidates = lambda b, n: variants   # these settings instead of the library's
   selection = os.path.join(workdir, "selection")
   for name in os.listdir(selection) if os.path.exists(selection) else ():
     if name != "judge":                       # the judge is reused, the candidates not
       shutil.rmtree(os.path.join(selection, name))
   shutil.rmtree(os.path.join(workdir, "explainer"), ignore_errors=True)
-  record = search.select(classifier, train["image"], base, workdir=workdir).selection
+  record = search.select(classifier, train["image"], base, workdir=workdir,
+                         forms=variants).selection
   scores = {n: c["scores"] for n, c in record["candidates"].items() if c["scores"]}
   for name, s in scores.items():
     for d, v in s["directions"].items():

@@ -188,9 +188,10 @@ def _number(v) -> float:
 
 
 def select(classifier: Classifier, images: np.ndarray, base: ml_collections.ConfigDict,
-           workdir: str | None = None):
+           workdir: str | None = None, forms: dict[str, dict] | None = None):
   """Fit every candidate of `base.method` on most of `images`, judge them on the rest,
-  and return the chosen explainer with the record in `explainer.selection`."""
+  and return the chosen explainer with the record in `explainer.selection`. `forms`
+  ({name: overrides of `base`}) compares other settings than `candidates`."""
   t0 = time.time()
   s = base.select
   base = base.copy_and_resolve_references()
@@ -208,7 +209,8 @@ def select(classifier: Classifier, images: np.ndarray, base: ml_collections.Conf
   judge = Judge.train(x_fit, predicted[fit_idx], held, steps=int(s.judge_steps),
                       path=where("judge"), progress=base.progress, **SELECTION_JUDGE)
   overrides = {}
-  for name, form in candidates(base, classifier.num_classes).items():
+  forms = forms if forms is not None else candidates(base, classifier.num_classes)
+  for name, form in forms.items():
     for i in range(int(s.seeds)):  # seeds of one form train as one population
       label = name if i == 0 else f"{name}, seed {base.seed + i}"
       overrides[label] = {**form, "seed": int(base.seed) + i}

@@ -61,8 +61,9 @@ def leaderboard(dataset: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   c.dataset = dataset
   c.classifier = classifier_config()
   generator = {"steps": 600}
+  # `methods`: typed so that `--config.trained.methods="('disc',)"` can replace the None.
   c.trained = ml_collections.ConfigDict(dict(
-      methods=None, seeds=(0, 1, 2),
+      methods=ml_collections.FieldReference(None, field_type=tuple), seeds=(0, 1, 2),
       # Settings of every method (or row: "fido/mean" is FIDO with its own), by name.
       # Optimisation methods keep their paper settings but explain fewer images (each
       # image costs an optimisation).
@@ -74,7 +75,8 @@ def leaderboard(dataset: ml_collections.ConfigDict) -> ml_collections.ConfigDict
                            "progress": False, "warn_failures": False}},
       optimiser_images=32))
   # methods: None for every baseline, () for none.
-  c.baselines = ml_collections.ConfigDict(dict(methods=None, seed=0))
+  c.baselines = ml_collections.ConfigDict(dict(
+      methods=ml_collections.FieldReference(None, field_type=tuple), seed=0))
   # scores: families of `cfx_jax.jobs.evaluators`, each a table of the leaderboard.
   c.eval = ml_collections.ConfigDict(dict(
       scores=("localization", "faithfulness", "counterfactual", "truth", "realism",

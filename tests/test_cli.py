@@ -185,6 +185,12 @@ def test_configs_by_name_or_path_with_overrides():
       64, 128, 256, 512)
   with pytest.raises(cli.CliError, match="unknown preset 'huge'"):
     cli.load_config("lesions_syce:huge", [])
+  # A leaderboard's "every method" (None) can be narrowed from the command line.
+  board = cli.load_config("lesions_leaderboard", [])
+  assert board.trained.methods is None and board.baselines.methods is None
+  one = cli.load_config("lesions_leaderboard", ["--config.trained.methods=('disc',)",
+                                                "--config.baselines.methods=()"])
+  assert tuple(one.trained.methods) == ("disc",) and tuple(one.baselines.methods) == ()
 
 
 def test_leaderboard_prints_the_tables(tmp_path, capsys):

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
   from cfx_jax.classifier import Classifier, as_classifier
   from cfx_jax.explanation import Explanation
   from cfx_jax.methods import Explainer
-  from cfx_jax.methods.conditional.config import explainer_config, paper_form
+  from cfx_jax.methods.conditional.config import explainer_config
+  from cfx_jax.methods.registry import paper_form
 
 _SOURCES = {
     "fit_explainer": "cfx_jax.api", "load_explainer": "cfx_jax.api",
@@ -29,7 +30,7 @@ _SOURCES = {
     "as_classifier": "cfx_jax.classifier", "Explanation": "cfx_jax.explanation",
     "Explainer": "cfx_jax.methods",
     "explainer_config": "cfx_jax.methods.conditional.config",
-    "paper_form": "cfx_jax.methods.conditional.config",
+    "paper_form": "cfx_jax.methods.registry",
 }
 # Public names whose object now goes by another name where it lives.
 _RENAMED = {"REGISTRY": ("cfx_jax.methods", "METHODS")}

@@ -26,6 +26,7 @@ import cfx_jax
 from cfx_jax import report
 from cfx_jax.jobs import classifier_training
 from cfx_jax.jobs.datasets import load_split
+from cfx_jax.methods.cae.explainer import PATH_SETTINGS
 from cfx_jax.metrics import localization_report, truth_report
 from cfx_jax.metrics.oracle import load_or_train_oracle
 from cfx_jax.configs import common
@@ -37,7 +38,15 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 VARIANTS = {
     "cae": {
         "steps600": {"steps": 600},           # the leaderboard's setting
+        # The same networks, the path as the query plus what moving the class code changes
+        # in the decoding.
+        "steps600_residual": {"steps": 600, "keep_residual": True},
         "steps1500": {"steps": 1500},         # the default
+        # A skip path of 4 or 8 channels from the encoder's first, full-resolution
+        # features to the decoder's last layer, past every instance norm.
+        "skip4": {"steps": 600, "model": {"skip": 4}},
+        "skip8": {"steps": 600, "model": {"skip": 8}},
+        "skip8_residual": {"steps": 600, "model": {"skip": 8}, "keep_residual": True},
         # The individual code at half the image side instead of a quarter: one stride-2
         # level fewer in the encoder trunk (and the decoder).
         "fine_code": {"steps": 1500, "model": {"features": (16, 32)}},
@@ -58,7 +67,7 @@ VARIANTS = {
                           "prior_fraction": 0.0, "shift_local": True},
     },
 }
-DEFAULT_VARIANTS = {"cae": "steps600,steps1500,fine_code",
+DEFAULT_VARIANTS = {"cae": "steps600,steps600_residual,steps1500,fine_code",
                     "latent": "leaderboard,spatial,spatial_local"}
 
 
@@ -103,11 +112,19 @@ def main(argv=None):
   # variant measured, also those of an earlier (or a concurrent) run.
   cache = os.path.join(args.workdir, "ablation", args.method)
   os.makedirs(cache, exist_ok=True)
+  fits = {}  # variants that differ only in CAE's path settings share one fit
   for name in names:
     t0 = time.perf_counter()
-    explainer = cfx_jax.fit_explainer(clf, train["image"], method=args.method,
-                                      config={**variants[name], "progress": False,
-                                              "warn_failures": False})
+    path = {k: v for k, v in variants[name].items() if k in PATH_SETTINGS}
+    trained = json.dumps({k: v for k, v in variants[name].items() if k not in path},
+                         sort_keys=True)
+    if args.method == "cae" and trained in fits:
+      explainer = fits[trained].with_path_settings(**path)
+    else:
+      explainer = cfx_jax.fit_explainer(clf, train["image"], method=args.method,
+                                        config={**variants[name], "progress": False,
+                                                "warn_failures": False})
+      fits[trained] = explainer
     fit_s = time.perf_counter() - t0
     out = explainer.explain(x)
     recon = reconstruct(explainer, x)

@@ -1,12 +1,14 @@
-"""DISC ablation on the lesion set: with and without the manifold (and BatchNorm) term.
+"""DISC ablation on the lesion set: the paper's BatchNorm term, total variation, manifold.
 
     python -m studies.disc_ablation --workdir runs/disc_ablation             # 64 images
-    python -m studies.disc_ablation --workdir runs/disc_ablation --images 32 --steps 200
+    python -m studies.disc_ablation --workdir runs/disc_ablation --images 32 --classifier-steps 800
+    python -m studies.disc_ablation --workdir runs/disc_ablation --images 64 --skip 32 \
+        --classifier-steps 800 --variants disc paper --out studies/results/disc_ablation_heldout_cpu.json
     python -m studies.disc_ablation --smoke --workdir /tmp/x                # tiny
 
 Trains (or loads from WORKDIR/classifier and WORKDIR/auxiliary) the lesion classifier of
 `configs/lesions_classifier.py` (with `--classifier-steps` steps) and the auxiliary RBF
-model, explains the first N test images with each DISC variant, and writes a JSON with,
+model, explains N test images (after the first `--skip`) with each DISC variant, and writes a JSON with,
 per variant: flip rate, mean L1 proximity |x' - x|, the auxiliary model's uncertainty on
 the counterfactuals, and the pixel AUROC of the maps against the lesion masks (mean over
 the images with a lesion; lesion-free images have no mask to score).
@@ -25,14 +27,18 @@ from benchmarks.step_time import environment
 from cfx_jax import report
 from cfx_jax.data import make_lesions
 from cfx_jax.methods.disc import auxiliary as aux_lib
-from cfx_jax.methods.disc.explainer import DiscExplainer, disc_config
+from cfx_jax.methods.disc.explainer import PAPER_FORM, DiscExplainer, disc_config
 from cfx_jax.metrics import pixel_auroc
 from cfx_jax.jobs import classifier_training
 
 VARIANTS = {
-    "disc": {},
+    "disc": {},                                # the defaults: no BatchNorm term, TV 0.03
+    "paper": dict(PAPER_FORM),                 # deep inversion's weights: BN 0.01, TV 1e-4
+    "paper_no_bn": {**PAPER_FORM, "bn": 0.0},  # the paper's faint TV, without the BN term
     "no_manifold": {"manifold": 0.0},
-    "no_bn": {"bn": 0.0},
+    "tv_0.01": {"tv": 0.01},
+    "tv_0.1": {"tv": 0.1},
+    "proximity_10": {"proximity": 10.0},
 }
 DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "results", "disc_ablation_cpu.json")
 
@@ -93,6 +99,9 @@ def main(argv=None):
   parser.add_argument("--workdir", default=None,
                       help="load classifier/ and auxiliary/ from here, or train and save them")
   parser.add_argument("--images", type=int, default=64)
+  parser.add_argument("--skip", type=int, default=0,
+                      help="start after this many test images (a held-out check of a "
+                           "setting chosen on the first ones)")
   parser.add_argument("--steps", type=int, default=None, help="inversion steps (default: config)")
   parser.add_argument("--fit-steps", type=int, default=None, help="fit steps (default: config)")
   parser.add_argument("--parameterisation", default="inr", choices=["inr", "dip"])
@@ -111,7 +120,8 @@ def main(argv=None):
   t0 = time.perf_counter()
   clf, aux, sources = classifier_and_auxiliary(args, train, test)
   setup_s = time.perf_counter() - t0
-  x, masks = test["image"][:args.images], test["mask"][:args.images]
+  chosen = slice(args.skip, args.skip + args.images)
+  x, masks = test["image"][chosen], test["mask"][chosen]
   overrides = {"parameterisation": args.parameterisation}
   if args.steps:
     overrides["steps"] = args.steps
@@ -130,7 +140,7 @@ def main(argv=None):
   cfg = disc_config(**overrides)
   result = {
       **environment(), "smoke": args.smoke,
-      "images": int(len(x)), "image_shape": list(x.shape[1:]),
+      "images": int(len(x)), "skipped": args.skip, "image_shape": list(x.shape[1:]),
       "classifier_test_accuracy": float(np.mean(clf.predict(test["image"]) == test["label"])),
       "auxiliary_test_accuracy": float(np.mean(aux.predict(test["image"]) == test["label"])),
       "aux_uncertainty_queries": float(aux.uncertainty(x).mean()),

@@ -6,7 +6,8 @@ decision boundary, and they hold up when the query is corrupted. SyCE beside it.
 
 Trains (or loads from WORKDIR) the classifier and DISC's auxiliary model as
 `studies/disc_ablation.py` does, the oracle of the counterfactual-truth scores, and a
-SyCE explainer (`--syce-steps`, saved to WORKDIR/syce/explainer).
+SyCE explainer (`--syce-steps`, saved to WORKDIR/syce/explainer). DISC runs in its
+paper's form (`--disc-form`).
 
 Boundary learning. The first K training images are explained by each method. For each k
 in `--ks`, a surrogate CNN (small, trained from scratch) learns the explained classifier's
@@ -44,7 +45,7 @@ from benchmarks.step_time import environment
 from cfx_jax import report
 from cfx_jax.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from cfx_jax.jobs import classifier_training
-from cfx_jax.methods.disc.explainer import DiscExplainer, disc_config
+from cfx_jax.methods.disc.explainer import PAPER_FORM, DiscExplainer, disc_config
 from cfx_jax.metrics import pixel_auroc, twin_removal
 from cfx_jax.metrics.oracle import load_or_train_oracle
 
@@ -197,11 +198,15 @@ def main(argv=None):
   parser.add_argument("--classifier-steps", type=int, default=800)
   parser.add_argument("--auxiliary-steps", type=int, default=200)
   parser.add_argument("--syce-steps", type=int, default=500)
+  parser.add_argument("--disc-form", choices=["paper", "defaults"], default="paper",
+                      help="DISC with its paper's weights (the BatchNorm term; the committed "
+                           "run) or with the library's defaults")
   parser.add_argument("--smoke", action="store_true",
                       help="16x16 images, tiny models, a few steps (tests)")
   parser.add_argument("--out", default=DEFAULT_OUT)
   args = parser.parse_args(argv)
-  disc_overrides = {"warn_failures": False, "progress": False}
+  disc_overrides = {**(PAPER_FORM if args.disc_form == "paper" else {}),
+                    "warn_failures": False, "progress": False}
   oracle_settings = {}
   if args.smoke:
     args.ks, args.seeds, args.surrogate_steps, args.images = [4, 8], 1, 5, 8

@@ -26,6 +26,9 @@ from cfx_jax.methods.cae.explainer import (
 )
 from cfx_jax.models.cae import (
   CaeDecoder,
+  build_autoencoder,
+  fold,
+  unfold,
   CaeDiscriminator,
   CaeEncoder,
   adain,
@@ -244,6 +247,32 @@ def test_network_shapes_and_adain(untrained, test_images):
       1.5 * ref + shift[:, None, None, :], atol=1e-5)
 
 
+def test_skip_path_carries_full_resolution_features_in_the_individual_code():
+  """fold/unfold are inverse blocks-to-channels; with a skip path the individual code
+  holds the encoder's first features, projected and folded, and the decoder uses them."""
+  x = np.random.default_rng(0).normal(size=(2, 8, 12, 5)).astype(np.float32)
+  folded = fold(jnp.asarray(x), 4)
+  assert folded.shape == (2, 2, 3, 80)
+  np.testing.assert_array_equal(np.asarray(folded[0, 1, 2]).reshape(4, 4, 5), x[0, 4:8, 8:12])
+  np.testing.assert_array_equal(unfold(folded, 4), x)
+
+  model = cae_config(model={"features": (4, 8, 8), "skip": 2, "content_channels": 3}).model
+  auto = build_autoencoder(SHAPE, model, nnx.Rngs(0))
+  images = jnp.asarray(brightness_images(2, seed=5))
+  s, c = auto.encode(images)
+  assert c.shape == (2, 4, 4, 3 + 16 * 2)
+  first = jax.nn.leaky_relu(auto.encoder.trunk[0](images), 0.2)
+  np.testing.assert_allclose(c[..., 3:], fold(auto.encoder.skip(first), 4), atol=1e-5)
+  without = c.at[..., 3:].set(0.0)
+  assert float(jnp.mean(jnp.abs(auto.decode(s, c) - auto.decode(s, without)))) > 1e-3
+  plain = build_autoencoder(SHAPE, cae_config(model={"features": (4, 8, 8), "skip": 0,
+                                                     "content_channels": 3}).model,
+                            nnx.Rngs(0))
+  assert plain.encode(images)[1].shape == (2, 4, 4, 3)
+  with pytest.raises(ValueError, match="model.skip must be non-negative"):
+    cae_config(model={"skip": -1})
+
+
 # Training -------------------------------------------------------------------------------
 
 
@@ -307,11 +336,16 @@ def test_path_stops_at_the_first_flip(fitted, clf, test_images):
   np.testing.assert_allclose(out.maps, np.abs(out.counterfactual - x).mean(-1), atol=1e-6)
   np.testing.assert_allclose(out.cf_probs, jax.nn.softmax(clf.logits(out.counterfactual)),
                              atol=1e-5)
-  # Fraction 1 decodes the target's prototype with the image's own individual code.
+  # Fraction 1 decodes the target's prototype with the image's own individual code; with
+  # the residual, plus what the decoder misses of the image.
   _, c = fitted.model.encode(x)
-  at_one = fitted.model.network.decode(jnp.asarray(fitted.prototypes[out.target]),
-                                       jnp.asarray(c))
+  at_one = np.asarray(fitted.model.network.decode(
+      jnp.asarray(fitted.prototypes[out.target]), jnp.asarray(c)))
+  assert not fitted.config.keep_residual
   np.testing.assert_allclose(path.images[:, 4], at_one, atol=1e-5)
+  residual = x - fitted.model.reconstruct(x)
+  kept = fitted.with_path_settings(keep_residual=True).explain_path(x)
+  np.testing.assert_allclose(kept.images[:, 4], np.clip(at_one + residual, -1, 1), atol=1e-5)
   assert np.all(np.isnan(path.flip_fraction) == (path.flip < 0))
 
 
@@ -343,6 +377,12 @@ def test_save_load_round_trip(fitted, clf, test_images, tmp_path):
   np.testing.assert_array_equal(loaded.prototypes, fitted.prototypes)
   viaapi = cfx_jax.load_explainer(path, clf)
   np.testing.assert_array_equal(quiet(viaapi.explain, test_images).maps, first.maps)
+  # A config saved before the skip path existed names no `skip`: it is read as the
+  # decoder without one (here the saved networks have one, so they do not fit it).
+  assert fitted.config.model.skip > 0
+  del meta["config"]["model"]["skip"]
+  with pytest.raises(ValueError, match="do not fit the network .*skip"):
+    CaeExplainer.from_meta(meta, clf, path)
 
 
 def test_report_writes_the_code_space_figure(fitted, test_images, tmp_path):
@@ -378,6 +418,8 @@ def test_bad_inputs_raise(fitted, clf, train_images, test_images):
     fitted.explain_path(test_images[:2], target=4)
   with pytest.raises(ValueError, match="prototypes must have shape"):
     CaeExplainer(clf, fitted.config, model=fitted.model, prototypes=np.zeros((2, 7)))
+  with pytest.raises(ValueError, match="would need CAE trained again"):
+    fitted.with_path_settings(steps=5)
   cfg = training_config(cae_config(**tiny()))
   labels = clf.predict(train_images)
   with pytest.raises(ValueError, match="labels must have shape"):

@@ -23,8 +23,8 @@ from cfx_jax.methods.disc.auxiliary import (
   train_auxiliary,
 )
 from cfx_jax.methods.disc.explainer import DiscExplainer, disc_config
-from cfx_jax.methods.disc.optimise import (augment, bn_statistics_loss, conv_same, l2_norm,
-                                          total_variation)
+from cfx_jax.methods.disc.optimise import (augment, bn_statistics_loss, conv_same, disc_loss,
+                                          l2_norm, total_variation)
 from cfx_jax.models import CNNClassifier
 from cfx_jax.jobs.classifier_training import classifier_config, train_classifier
 
@@ -113,6 +113,26 @@ def test_bn_statistics_loss_matches_numpy(tiny_cnn):
       term = np.sum((f.mean(0) - m) ** 2) + np.sum((f.var(0) - v) ** 2)
       expected += (7.0 if k == 0 else 1.0) * term
     np.testing.assert_allclose(bn_statistics_loss(layers, 7.0), expected, rtol=1e-4)
+
+
+def test_paper_form_adds_the_weighted_batchnorm_term(tiny_cnn):
+  """The paper's form (BN term on) is the default objective plus bn * the statistics
+  loss, with its own TV weight; the default leaves the BN term out."""
+  clf = from_module(tiny_cnn, IMAGE_SHAPE)
+  x = jnp.asarray(random_images(2, seed=3))
+  cf, query = x[0], x[1]
+  paper = cfx_jax.paper_form("disc")
+  paper.manifold = 0.0
+  ours = disc_config(manifold=0.0, tv=paper.tv)
+  kw = dict(logits_fn=lambda im: clf.apply(clf.params, im),
+            bn_fn=lambda im: clf.bn_features(clf.params, im))
+  key = jax.random.PRNGKey(0)
+  total, terms = disc_loss(cf, query, 1, 0.9, key, cfg=paper, **kw)
+  plain, plain_terms = disc_loss(cf, query, 1, 0.9, key, cfg=ours, **kw)
+  assert "bn" in terms and "bn" not in plain_terms and disc_config().bn == 0.0
+  _, layers = clf.bn_features(clf.params, cf[None])
+  np.testing.assert_allclose(total, plain + paper.bn * bn_statistics_loss(layers, paper.bn_first),
+                             rtol=1e-5)
 
 
 def test_tv_l2_and_patch_conv_match_numpy():
@@ -236,7 +256,7 @@ def test_bad_inputs_raise(trained, explained, classifier):
   with pytest.raises(ValueError, match="proximity must be non-negative"):
     disc_config(proximity=-1.0)
   with pytest.raises(ValueError, match="BatchNorm.*set bn=0"):
-    DiscExplainer(classifier, disc_config(manifold=0.0))
+    DiscExplainer(classifier, disc_config(bn=0.01, manifold=0.0))
   with pytest.raises(ValueError, match="auxiliary model.*manifold=0"):
     DiscExplainer(clf, disc_config())
   with pytest.raises(ValueError, match="auxiliary model was built for images"):

@@ -106,8 +106,8 @@ def test_sdr_drops_the_patch_and_flips(classifier, images):
   reachable = after_fill < -2
   assert reachable.sum() >= 8
   assert out.flipped[reachable].all(), np.flatnonzero(reachable & ~out.flipped)
-  # Outside the dropped region the counterfactual is the input.
-  kept = out.maps <= 0.5
+  # Outside the dropped region (below the lowest threshold tried) it is the input.
+  kept = out.maps <= min(explainer.config.thresholds)
   np.testing.assert_allclose(out.counterfactual[kept], images[kept])
   # The images that did not flip are named, not silently returned.
   failed = np.flatnonzero(~out.flipped)
@@ -195,6 +195,39 @@ def test_optimise_masks_batch_and_chunk_independent(classifier, noise_explainer)
   # Chunks of 8 (ids 8..11 in the second) match the single 12-image call.
   maps = quiet_explain(noise_explainer, x).maps
   np.testing.assert_allclose(maps, upsample(jax.nn.sigmoid(theta), 16, 16), atol=1e-5)
+
+
+def test_counterfactual_is_the_first_threshold_whose_infill_flips(classifier):
+  """From one set of drop logits: the search's counterfactual equals the single-threshold
+  counterfactual (the paper's form) at the first threshold, in the order given, that
+  reaches the target, or at the last where none does."""
+  x = random_images(24, seed=8)
+  c = jnp.asarray(classifier.predict(x))
+  # Drop logits that rank the patch first, at a spread of probabilities per image.
+  ramp = np.linspace(-3.0, 3.0, 24, dtype=np.float32)[:, None, None]
+  grid = np.full((24, 4, 4), -4.0, np.float32) + (np.arange(16).reshape(4, 4) / 8.0)
+  theta = jnp.asarray(grid + ramp)
+  thresholds = (0.9, 0.7, 0.5, 0.3, 0.1)
+
+  def finish(**settings):
+    e = FidoExplainer(classifier, fido_config(**{**FAST, **settings}))
+    probs = jax.nn.softmax(classifier.logits(x), axis=-1)
+    return e._finish(classifier.params, jax.random.key(0), jnp.asarray(x), c,
+                     jnp.arange(24), probs, theta, targeted=False)
+
+  searched = finish(thresholds=thresholds)
+  single = [finish(thresholds=(), threshold=t) for t in thresholds]
+  flipped = np.stack([np.asarray(o.flipped) for o in single])          # (T, N)
+  assert flipped.any(axis=0).any() and not flipped.all()  # the search has work to do
+  first = np.where(flipped.any(axis=0), flipped.argmax(axis=0), len(thresholds) - 1)
+  for i, t in enumerate(first):
+    np.testing.assert_allclose(searched.counterfactual[i], single[t].counterfactual[i],
+                               atol=1e-6)
+    np.testing.assert_allclose(searched.cf_probs[i], single[t].cf_probs[i], atol=1e-6)
+  np.testing.assert_array_equal(searched.flipped, flipped.any(axis=0))
+  np.testing.assert_allclose(searched.maps, single[0].maps)
+  with pytest.raises(ValueError, match="thresholds must lie in"):
+    fido_config(thresholds=(0.5, 1.0))
 
 
 # In-fillers ----------------------------------------------------------------------------

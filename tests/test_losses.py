@@ -446,6 +446,27 @@ def test_paper_form_drops_l1_and_residual():
   assert not paper.select.enabled   # the papers' form is one fixed setting
 
 
+def test_paper_form_of_every_method_by_name():
+  """Each method's paper form differs from our defaults in exactly its declared settings
+  (DISC: the BatchNorm term and faint TV; CAE: no skip path; FIDO: one threshold)."""
+  from cfx_jax import validation
+  from cfx_jax.methods import registry
+  for name, entry in registry.METHODS.items():
+    paper = validation.flat(cfx_jax.paper_form(name))
+    ours = validation.flat(entry.defaults())
+    changed = {k for k in ours.keys() | paper.keys() if paper.get(k) != ours.get(k)}
+    if entry.family == "conditional":
+      assert changed and paper == validation.flat(
+          cfx_jax.paper_form(cfx_jax.explainer_config(name)))
+    else:
+      assert changed == set(validation.flat(entry.paper)), name
+  assert cfx_jax.paper_form("disc").bn > 0 and cfx_jax.paper_form("disc").tv == 1e-4
+  assert cfx_jax.paper_form("cae").model.skip == 0 and cfx_jax.paper_form("cae").steps == 1500
+  assert tuple(cfx_jax.paper_form("fido").thresholds) == ()
+  with pytest.raises(ValueError, match="unknown method 'sycee'"):
+    cfx_jax.paper_form("sycee")
+
+
 def test_weakened_edit_flip_and_smooth_edit_belong_to_candidates_not_defaults():
   """They helped on lesions and hurt on Fashion-MNIST (docs/counterfactual_truth.md,
   fourth round), as did the in-fill-only remover with its wider mask and l0 (eighth

@@ -29,14 +29,17 @@ from cfx_jax import validation
 from cfx_jax.classifier import as_classifier, check_fingerprint
 from cfx_jax.explanation import Explanation
 from cfx_jax.methods.cae import CaeExplainer
+from cfx_jax.methods.cae.explainer import PAPER_FORM as CAE_PAPER_FORM
 from cfx_jax.methods.cae.explainer import cae_config
 from cfx_jax.methods.conditional import RECIPES, get_recipe
 from cfx_jax.methods.conditional import config as config_lib
 from cfx_jax.methods.conditional import explainer as generator_explainer
 from cfx_jax.methods.conditional import train as generator_train
 from cfx_jax.methods.disc import DiscExplainer
+from cfx_jax.methods.disc.explainer import PAPER_FORM as DISC_PAPER_FORM
 from cfx_jax.methods.disc.explainer import disc_config
 from cfx_jax.methods.fido import FidoExplainer
+from cfx_jax.methods.fido.explainer import PAPER_FORM as FIDO_PAPER_FORM
 from cfx_jax.methods.fido.explainer import fido_config
 from cfx_jax.methods.latent import LatentExplainer
 from cfx_jax.methods.latent.config import latent_config
@@ -95,6 +98,9 @@ class Entry:
   # grid(config) -> (multiple, square): image sides the method's networks take are
   # multiples of `multiple`, and equal if `square` (the API pads other sizes).
   grid: Callable[[object], tuple[int, bool]] = lambda config: (1, False)
+  # Overrides of `defaults()` that give the method's paper form, where our defaults
+  # differ from it (`paper_form`); empty where they are the paper's.
+  paper: dict = dataclasses.field(default_factory=dict)
 
   def settings(self, config, steps=None, batch_size=None) -> dict:
     """{setting: value} that `steps` and `batch_size` stand for (`keyword_settings`)."""
@@ -213,11 +219,11 @@ def _class_entry(name: str, cls, defaults, **options) -> Entry:
 METHODS: dict[str, Entry] = {
     **{recipe.name: _generator_entry(recipe.name) for recipe in RECIPES},
     "cae": _class_entry("cae", CaeExplainer, cae_config, grid=_halving_grid(
-        "model.features", cae_config().model.features, 1)),
+        "model.features", cae_config().model.features, 1), paper=CAE_PAPER_FORM),
     "disc": _class_entry("disc", DiscExplainer, disc_config, batch_settings=("chunk_size",),
-                         optimises_per_image=True),
+                         optimises_per_image=True, paper=DISC_PAPER_FORM),
     "fido": _class_entry("fido", FidoExplainer, fido_config, batch_settings=("chunk_size",),
-                         optimises_per_image=True),
+                         optimises_per_image=True, paper=FIDO_PAPER_FORM),
     "latent": _class_entry("latent", LatentExplainer, latent_config,
                            steps_settings=("vae_steps", "predictor_steps", "shift_steps"),
                            uses_attributes=True, uses_generator=True, grid=_halving_grid(
@@ -225,6 +231,21 @@ METHODS: dict[str, Entry] = {
 }
 # The methods `cfx_jax.selection` can choose a setting of: one GAN recipe, many weights.
 GENERATOR_METHODS = tuple(name for name, e in METHODS.items() if e.family == "conditional")
+
+
+def paper_form(config_or_method) -> ml_collections.ConfigDict:
+  """The settings of a method's paper, beside ours: `paper_form("disc")` for any method
+  by name, or `paper_form(config)` of a conditional-generator config
+  (`cfx_jax.explainer_config`), which keeps what the papers leave open (steps, widths).
+  Pass the result as `fit_explainer(..., config=)`."""
+  if not isinstance(config_or_method, str):
+    return config_lib.paper_form(config_or_method)
+  entry = get(config_or_method)
+  if entry.family == "conditional":
+    return config_lib.paper_form(entry.defaults())
+  c = entry.defaults()
+  c.update(entry.paper)
+  return c
 
 
 def get(name: str) -> Entry:

@@ -7,6 +7,14 @@ where things are, only how the decoder should render what c lays out, which is w
 training push everything that decides the class into s. The discriminator has a
 real/fake head and a class head on one shared trunk.
 
+Skip path (`skip` > 0 channels): instance norm removes each image's own colour and
+contrast at every decoder layer, so without it the decoder can render an image only in
+the colours the class code sets, and a textured background comes back grey. With it the
+encoder's first, full-resolution features (a 1x1 projection to `skip` channels) travel
+to the decoder's last layer, unnormalised. They go inside the individual code c, folded
+into its resolution (space to depth), so c stays one feature map: swapping s keeps them,
+and the code term reads them back like the rest of c.
+
 Stride-2 convolutions go through `layers.strided_conv` and upsampling is `layers.upsample2`
 plus a 3x3 conv (no transposed convs), both for speed on CPU.
 """
@@ -39,6 +47,20 @@ def _conv(cin: int, cout: int, rngs: nnx.Rngs, *, stride: int = 1, kernel: int =
                   conv_general_dilated=strided_conv, rngs=rngs, **kw)
 
 
+def fold(h: jax.Array, factor: int) -> jax.Array:
+  """(N, H, W, C) -> (N, H / f, W / f, f * f * C): each f x f block into the channels."""
+  n, hh, ww, c = h.shape
+  h = h.reshape(n, hh // factor, factor, ww // factor, factor, c)
+  return h.transpose(0, 1, 3, 2, 4, 5).reshape(n, hh // factor, ww // factor, -1)
+
+
+def unfold(h: jax.Array, factor: int) -> jax.Array:
+  """The inverse of `fold`."""
+  n, hh, ww, c = h.shape
+  h = h.reshape(n, hh, ww, factor, factor, c // (factor * factor))
+  return h.transpose(0, 1, 3, 2, 4, 5).reshape(n, hh * factor, ww * factor, -1)
+
+
 class CaeEncoder(nnx.Module):
   """image (N, H, W, C) -> (s (N, style_dim), c (N, H / 2^(L-1), W / 2^(L-1), content)).
 
@@ -51,9 +73,11 @@ class CaeEncoder(nnx.Module):
 
   def __init__(self, channels: int, *, features: tuple[int, ...] = (16, 32, 64),
                style_dim: int = 8, content_channels: int = 32, mlp_width: int = 64,
-               rngs: nnx.Rngs):
+               skip: int = 0, rngs: nnx.Rngs):
     if not features:
       raise ValueError("the encoder needs at least one feature width")
+    self.scale = 2 ** (len(features) - 1)
+    self.skip = _conv(features[0], skip, rngs, kernel=1) if skip else None
     self.trunk = nnx.List()
     prev = channels
     for i, f in enumerate(features):
@@ -67,13 +91,18 @@ class CaeEncoder(nnx.Module):
 
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     h = x
-    for conv in self.trunk:
+    for i, conv in enumerate(self.trunk):
       h = jax.nn.leaky_relu(conv(h), 0.2)
+      if i == 0:
+        first = h
     pooled = jnp.concatenate([jnp.mean(h, axis=(1, 2)), jnp.max(h, axis=(1, 2))], axis=-1)
     s = self.style_out(jax.nn.leaky_relu(self.style_hidden(pooled), 0.2))
     r = jax.nn.relu(instance_norm(self.res_a(h)))
     h = h + instance_norm(self.res_b(r))
-    return s.astype(jnp.float32), self.content(h).astype(jnp.float32)
+    c = self.content(h)
+    if self.skip is not None:
+      c = jnp.concatenate([c, fold(self.skip(first), self.scale)], axis=-1)
+    return s.astype(jnp.float32), c.astype(jnp.float32)
 
 
 class CaeDecoder(nnx.Module):
@@ -82,16 +111,20 @@ class CaeDecoder(nnx.Module):
   A 3x3 conv lifts c to `features[-1]` channels, a residual block works at that
   resolution, then each upsampling (nearest x2 + 3x3 conv) walks `features` back to the
   first width; every conv is followed by AdaIN driven by s, through an MLP whose last
-  layers start at zero, so the untrained decoder uses plain instance norm. A final 3x3
-  conv and tanh give the image.
+  layers start at zero, so the untrained decoder uses plain instance norm. With a skip
+  path, its channels (unfolded from c) join there through a 3x3 conv. A final 3x3 conv
+  and tanh give the image.
   """
 
   def __init__(self, channels: int, *, features: tuple[int, ...] = (16, 32, 64),
                style_dim: int = 8, content_channels: int = 32, mlp_width: int = 64,
-               rngs: nnx.Rngs):
+               skip: int = 0, rngs: nnx.Rngs):
     if not features:
       raise ValueError("the decoder needs at least one feature width")
     widths = list(reversed(features))
+    self.scale = 2 ** (len(features) - 1)
+    self.content_channels = content_channels
+    self.merge = _conv(widths[-1] + skip, widths[-1], rngs) if skip else None
     self.lift = _conv(content_channels, widths[0], rngs)
     self.res_a = _conv(widths[0], widths[0], rngs)
     self.res_b = _conv(widths[0], widths[0], rngs)
@@ -111,12 +144,15 @@ class CaeDecoder(nnx.Module):
     return [tuple(jnp.split(layer(h), 2, axis=-1)) for layer in self.affine]
 
   def __call__(self, s: jax.Array, c: jax.Array) -> jax.Array:
+    c, skip = c[..., :self.content_channels], c[..., self.content_channels:]
     mods = iter(self.modulation(s))
     h = jax.nn.relu(adain(self.lift(c), *next(mods)))
     r = jax.nn.relu(adain(self.res_a(h), *next(mods)))
     h = h + adain(self.res_b(r), *next(mods))
     for conv in self.ups:
       h = jax.nn.relu(adain(conv(upsample2(h)), *next(mods)))
+    if self.merge is not None:
+      h = jax.nn.relu(self.merge(jnp.concatenate([h, unfold(skip, self.scale)], axis=-1)))
     return jnp.tanh(self.out(h)).astype(jnp.float32)
 
 
@@ -125,9 +161,10 @@ class CaeAutoencoder(nnx.Module):
 
   def __init__(self, channels: int, *, features: tuple[int, ...] = (16, 32, 64),
                style_dim: int = 8, content_channels: int = 32, mlp_width: int = 64,
-               rngs: nnx.Rngs):
+               skip: int = 0, rngs: nnx.Rngs):
     kw = dict(features=tuple(features), style_dim=int(style_dim),
-              content_channels=int(content_channels), mlp_width=int(mlp_width), rngs=rngs)
+              content_channels=int(content_channels), mlp_width=int(mlp_width),
+              skip=int(skip), rngs=rngs)
     self.encoder = CaeEncoder(channels, **kw)
     self.decoder = CaeDecoder(channels, **kw)
 
@@ -181,7 +218,8 @@ def build_autoencoder(image_shape, model, rngs: nnx.Rngs) -> CaeAutoencoder:
                      f"{len(features)} encoder stages (features={features})")
   return CaeAutoencoder(c, features=features, style_dim=int(model["style_dim"]),
                         content_channels=int(model["content_channels"]),
-                        mlp_width=int(model["mlp_width"]), rngs=rngs)
+                        mlp_width=int(model["mlp_width"]), skip=int(model.get("skip", 0)),
+                        rngs=rngs)
 
 
 def build_networks(image_shape, num_classes: int, model, rngs: nnx.Rngs):

@@ -25,6 +25,15 @@ single deterministic code per class (K x style_dim numbers to save, nothing to s
 explain time) and gives every image of a class the same direction of change, so paths
 are comparable across images.
 
+Residual (`keep_residual`, off by default): the decoder reconstructs a textured image only
+roughly (L1 0.10-0.12 per value on the lesion set), so a path point decoded as it is
+redraws the whole image. With the residual, each point is x + dec(s(a), c) - dec(s, c),
+the query plus what moving the class code changes in the decoding. That keeps the image
+only where the class code acts locally; here it does not (s drives every AdaIN layer, so
+moving it re-renders the whole decoding): on the lesion set the residual form changed
+0.24 per value outside the lesion against 0.11 without, and flipped 0.47 of the images
+(docs/leaderboards.md, "CAE: what keeps the image").
+
 All path points of a chunk of images are decoded and classified in one compiled program
 (`map_in_chunks`, padded to a few bucket sizes); `explain_path` returns the whole path.
 """
@@ -52,7 +61,9 @@ META_FILE = "cae.json"
 TREE_DIR = "network"
 FIGURE_FILE = "cae_code_space.png"
 # Settings of the explanation path (the rest of `cae_config` trains the networks).
-PATH_SETTINGS = ("path_step", "max_fraction", "warn_failures")
+# The paper's decoder has no skip path (`cfx_jax.paper_form("cae")`).
+PAPER_FORM = {"model": {"skip": 0}}
+PATH_SETTINGS = ("path_step", "max_fraction", "keep_residual", "warn_failures")
 
 
 def cae_config(**overrides) -> ml_collections.ConfigDict:
@@ -64,6 +75,7 @@ def cae_config(**overrides) -> ml_collections.ConfigDict:
   c.chunk_size = 64            # images per compiled explain call (each decodes every point)
   c.path_step = 0.2            # fraction of the way from s to the reference per path point
   c.max_fraction = 2.0         # last point: 1.0 is the reference code, beyond it exaggerates
+  c.keep_residual = False      # True: x + dec(s(a), c) - dec(s, c); False: dec(s(a), c)
   c.warn_failures = True       # warn, listing indices, when no path point reaches the target
   return common.settings("CAE", c, overrides, check_config)
 
@@ -142,7 +154,8 @@ def pca_2d(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 class CaePath:
   """The decoded path of every image and where the classifier's decision flips.
 
-  images:    (N, P, H, W, C) decoded path points, dec(s + a (r_t - s), c).
+  images:    (N, P, H, W, C) path points, dec(s + a (r_t - s), c) (plus the residual
+             x - dec(s, c) with `keep_residual`).
   fractions: (P,) the a of each point (0.2, 0.4, ...).
   probs:     (N, P, K) classifier probabilities at each point.
   flip:      (N,) index of the first point classified as the target, -1 if none.
@@ -167,8 +180,8 @@ class CaePath:
 class CaeExplainer(common.ClassifierBound):
   """CAE counterfactuals: the class code moved towards the target class's prototype.
 
-  counterfactual: the decoded image at the first path point the classifier assigns to
-  the target (the last point if none). maps: |counterfactual - query| averaged over
+  counterfactual: the path point (see `keep_residual`) that the classifier first assigns
+  to the target (the last point if none). maps: |counterfactual - query| averaged over
   channels, (N, H, W). target: the `target` passed to `explain`, or else the most
   likely class other than the predicted one (the other class for two classes).
   `Explanation.flipped` is False where no point reached the target; `report_failures`
@@ -228,7 +241,10 @@ class CaeExplainer(common.ClassifierBound):
 
   @classmethod
   def from_meta(cls, meta: dict, classifier: Classifier, path: str) -> CaeExplainer:
-    cfg = cae_config(**meta["config"])
+    saved = dict(meta["config"])
+    # Saved before the skip path existed: the decoder had none.
+    saved["model"] = {"skip": 0, **saved.get("model", {})}
+    cfg = cae_config(**saved)
     saved = persistence.read_meta(path, META_FILE, "CAE network")
     shape = tuple(int(d) for d in saved["image_shape"])
     k = int(saved["num_classes"])
@@ -240,6 +256,16 @@ class CaeExplainer(common.ClassifierBound):
     model = cae_train.CaeModel(graphdef, tree["autoencoder"], shape, k,
                               training_config(cfg).to_dict())
     return cls(classifier, cfg, model=model, prototypes=np.asarray(tree["prototypes"]))
+
+  def with_path_settings(self, **settings) -> CaeExplainer:
+    """The same networks and prototypes under other settings of the path (`PATH_SETTINGS`),
+    e.g. `keep_residual=False` for the paper's form, without training again."""
+    unknown = sorted(set(settings) - set(PATH_SETTINGS))
+    if unknown:
+      raise ValueError(f"{unknown} would need CAE trained again; the path's settings are "
+                       f"{list(PATH_SETTINGS)}")
+    return CaeExplainer(self.classifier, cae_config(**{**self.config.to_dict(), **settings}),
+                        model=self.model, prototypes=self.prototypes)
 
   # Compiled path ------------------------------------------------------------------------
 
@@ -256,6 +282,9 @@ class CaeExplainer(common.ClassifierBound):
     codes = s[:, None] + fractions[None, :, None] * (prototypes[t] - s)[:, None]
     content = jnp.repeat(c, p, axis=0)
     path = net.decode(codes.reshape((n * p, -1)), content)
+    if self.config.keep_residual:
+      residual = jnp.repeat(x - net.decode(s, c), p, axis=0)
+      path = jnp.clip(path + residual, -1.0, 1.0)
     path_probs = jax.nn.softmax(apply(clf_params, path), axis=-1).reshape(n, p, -1)
     path = path.reshape((n, p) + x.shape[1:])
     flip = first_flip(path_probs, t)

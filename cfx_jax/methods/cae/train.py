@@ -68,6 +68,8 @@ def cae_train_config() -> ml_collections.ConfigDict:
       features=(16, 32, 64),       # encoder trunk (decoder in reverse): c at side / 4
       content_channels=32,         # channels of the individual code c
       mlp_width=64,                # class-code MLPs (encoder head, decoder modulation)
+      skip=8,                      # channels of the full-resolution skip path (0: none,
+                                   # the paper's decoder; models/cae.py)
       disc_features=(16, 32, 64)))
   c.num_devices = 0          # 0: every device
   c.log_every = 50
@@ -101,13 +103,15 @@ def check_train_config(c) -> None:
     if not value >= 0:
       raise ValueError(f"weight {name} must be non-negative, got {value}")
   model = dict(c.model)
-  expected = set(MODEL_INTS) | set(MODEL_WIDTHS)
+  expected = set(MODEL_INTS) | set(MODEL_WIDTHS) | {"skip"}
   if set(model) != expected:
     raise ValueError(f"CAE model settings must be exactly {sorted(expected)}, got "
                      f"{sorted(model)}")
   for name in MODEL_INTS:
     if int(model[name]) < 1:
       raise ValueError(f"model.{name} must be at least 1, got {model[name]}")
+  if int(model["skip"]) < 0:
+    raise ValueError(f"model.skip must be non-negative, got {model['skip']}")
   for name in MODEL_WIDTHS:
     widths = tuple(model[name])
     if not widths or any(int(f) < 1 for f in widths):

@@ -225,7 +225,9 @@ def test_fido_runs_with_the_learned_infiller(trained, classifier):
   x = random_images(4, seed=3)
   try:
     registered = register_inpainter(inp, "test_inpainter")  # before the config names it
-    cfg = fido_config(steps=4, samples=2, warmup=2, chunk_size=8, infiller="test_inpainter")
+    # One threshold (the paper's form): the in-filled region is exactly `threshold`'s.
+    cfg = fido_config(steps=4, samples=2, warmup=2, chunk_size=8, infiller="test_inpainter",
+                      thresholds=())
     assert infillers.get_infiller("test_inpainter") is registered and registered.uses_mask
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")

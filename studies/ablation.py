@@ -37,11 +37,12 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 # cfx_jax.methods.latent.config.latent_config), by variant.
 VARIANTS = {
     "cae": {
-        "steps600": {"steps": 600},           # the leaderboard's setting
+        # Without the skip path (the paper's decoder, the default until it came):
+        "steps600": {"steps": 600, "model": {"skip": 0}},   # the leaderboard's steps
         # The same networks, the path as the query plus what moving the class code changes
         # in the decoding.
-        "steps600_residual": {"steps": 600, "keep_residual": True},
-        "steps1500": {"steps": 1500},         # the default
+        "steps600_residual": {"steps": 600, "model": {"skip": 0}, "keep_residual": True},
+        "steps1500": {"steps": 1500, "model": {"skip": 0}},  # the default steps
         # A skip path of 4 or 8 channels from the encoder's first, full-resolution
         # features to the decoder's last layer, past every instance norm.
         "skip4": {"steps": 600, "model": {"skip": 4}},
@@ -49,9 +50,9 @@ VARIANTS = {
         "skip8_residual": {"steps": 600, "model": {"skip": 8}, "keep_residual": True},
         # The individual code at half the image side instead of a quarter: one stride-2
         # level fewer in the encoder trunk (and the decoder).
-        "fine_code": {"steps": 1500, "model": {"features": (16, 32)}},
-        "fine_code_wide": {"steps": 1500,
-                           "model": {"features": (16, 32), "content_channels": 64}},
+        "fine_code": {"steps": 1500, "model": {"features": (16, 32), "skip": 0}},
+        "fine_code_wide": {"steps": 1500, "model": {"features": (16, 32), "skip": 0,
+                                                    "content_channels": 64}},
     },
     "latent": {
         "leaderboard": {"vae_steps": 3000, "shift_steps": 1000},   # a latent vector of 16

@@ -66,7 +66,8 @@ class CaeEncoder(nnx.Module):
 
   A shared trunk (a 3x3 conv, then one stride-2 conv per further entry of `features`)
   feeds two heads. Content: a residual block with instance norm and a 3x3 conv to
-  `content_channels`. Class code: the trunk's global mean and max (a small local
+  `content_channels`, followed with a skip path by its folded channels (`skip` x
+  2^(2(L-1)) more). Class code: the trunk's global mean and max (a small local
   finding, such as a lesion, survives max pooling where a mean dilutes it), then a
   two-layer MLP to `style_dim`.
   """

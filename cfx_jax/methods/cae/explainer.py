@@ -259,7 +259,7 @@ class CaeExplainer(common.ClassifierBound):
 
   def with_path_settings(self, **settings) -> CaeExplainer:
     """The same networks and prototypes under other settings of the path (`PATH_SETTINGS`),
-    e.g. `keep_residual=False` for the paper's form, without training again."""
+    e.g. `keep_residual=True`, without training again."""
     unknown = sorted(set(settings) - set(PATH_SETTINGS))
     if unknown:
       raise ValueError(f"{unknown} would need CAE trained again; the path's settings are "

@@ -51,8 +51,8 @@ mostly from the deeper layers, whose per-image variance sits below the populatio
 it moves pixels away from the query everywhere: speckle over the whole image. The
 defaults turn it off and charge the total variation at 0.03 instead, so that what changes
 is a smooth region rather than scattered pixels (`studies/disc_ablation.py`, lesion maps'
-pixel AUROC 0.818 with the reference weights, 0.968 with these, on 15 and again on 37
-other lesion images; docs/leaderboards.md). Without the BN term DISC also explains
+pixel AUROC 0.821 with the reference weights, 0.968 with these on 15 lesion images;
+0.837 and 0.968 on 37 others; docs/leaderboards.md). Without the BN term DISC also explains
 classifiers that have no BatchNorm. Proximity 5 and manifold 1 were chosen on the lesion
 set so that both terms act against a cross-entropy of a few nats.
 """
